@@ -1,0 +1,3 @@
+from free_bench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,6 @@
+"""Subcommands of the CLI, one module each; importing this package registers them."""
+
+from free_bench.commands import (
+    data,  # noqa: F401
+    reproduce,  # noqa: F401
+)

@@ -1,0 +1,100 @@
+"""`free-bench reproduce`: every stage that exists, into results/<profile>/, reusing finished stages.
+
+Stages are functions `(ctx) -> dict` registered in order; each writes its outputs atomically and a
+done-marker into the cache, so a killed run resumes at the first unfinished stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from free_bench.cli import command
+from free_bench.config import cache_dir, get_profile
+from free_bench.records import Manifest, atomic_path, write_json
+
+
+@dataclass(frozen=True)
+class Context:
+    profile: str
+    seed: int
+    results: Path  # results/<profile>/
+    cache: Path  # cache/reproduce/<profile>/
+
+
+STAGES: list[tuple[str, Callable[[Context], dict]]] = []
+
+
+def stage(name: str):
+    def register(fn: Callable[[Context], dict]) -> Callable[[Context], dict]:
+        STAGES.append((name, fn))
+        return fn
+
+    return register
+
+
+@stage("data")
+def _data(ctx: Context) -> dict:
+    from free_bench.commands.data import count_table
+    from free_bench.data.scenes_dataset import cache_key, load_scenes
+
+    ds = load_scenes(ctx.profile, ctx.seed)
+    table = count_table(ds)
+    with atomic_path(ctx.results / "data_counts.csv") as tmp:
+        table.to_csv(tmp)
+    meta = (cache_dir() / "data" / cache_key(ctx.profile, ctx.seed) / "meta.json").read_text()
+    return {"dataset_hash": json.loads(meta)["hash"], "rows": {s: len(d) for s, d in ds.items()}}
+
+
+def default_profile() -> str:
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def _add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default=None, help="smoke | cpu | gpu (default: gpu with CUDA, else cpu)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results", type=Path, default=Path("results"), help="results root (default: results/)")
+    p.add_argument("--fresh", action="store_true", help="recompute every stage instead of reusing them")
+
+
+def run(args: argparse.Namespace) -> int:
+    profile = args.profile or default_profile()
+    get_profile(profile)
+    ctx = Context(profile, args.seed, args.results / profile, cache_dir() / "reproduce" / profile)
+    if args.fresh:
+        shutil.rmtree(ctx.cache, ignore_errors=True)
+    ctx.results.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest("reproduce", {"profile": profile, "seed": args.seed}, seeds=[args.seed])
+    timings: dict[str, float] = {}
+    for name, fn in STAGES:
+        done = ctx.cache / f"{name}.done.json"
+        if done.exists():
+            print(f"[{name}] reused (finished earlier; --fresh recomputes)")
+            manifest.update(**{name: json.loads(done.read_text())})
+            continue
+        t0 = time.perf_counter()
+        out = fn(ctx)
+        timings[name] = round(time.perf_counter() - t0, 2)
+        print(f"[{name}] done in {timings[name]:.1f} s")
+        write_json(out, done)
+        manifest.update(**{name: out})
+    manifest.update(stage_seconds=timings, dataset_hash=manifest.data.get("data", {}).get("dataset_hash"))
+    manifest.write(ctx.results / "manifest.json")
+    print(f"results in {ctx.results}")
+    return 0
+
+
+command(
+    "reproduce",
+    "Run every stage end to end into results/<profile>/ (finished stages are reused).",
+    "free-bench reproduce --profile smoke",
+    _add_args,
+    run,
+)

@@ -1,0 +1,149 @@
+"""Named, frozen configurations: one per profile (smoke, cpu, gpu), no scattered defaults.
+
+A profile fixes the size of everything the suite builds for it: the `scenes` dataset here; the
+embedded backbone and its pretraining, the exit training and the sweeps in later modules.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from free_bench.errors import check_choice
+
+
+@dataclass(frozen=True)
+class ScenesConfig:
+    """Size of the procedurally generated `scenes` dataset for one profile."""
+
+    image_size: int  # pixels per side
+    images: dict[str, int]  # images per split
+    questions_per_image: dict[str, int]  # VQA rows per image, per split
+    max_objects: int = 6
+    novel_pairs: int = 4  # (color, shape) combinations held out for `test_novel`
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Shape of the embedded BLIP-2: ViT -> Q-Former -> projection -> LM (OPT, or T5 for `-t5`)."""
+
+    vision_hidden: int
+    vision_layers: int
+    vision_heads: int
+    patch_size: int
+    qformer_hidden: int
+    qformer_layers: int
+    qformer_heads: int
+    num_query_tokens: int
+    lm_hidden: int
+    lm_layers: int  # OPT decoder layers, or T5 decoder layers (exits sit on these)
+    lm_heads: int
+    lm_ffn: int
+    t5_encoder_layers: int = 2
+    max_positions: int = 128
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """BLIP-2-style two-stage pretraining on `scenes`.
+
+    Stage 1 trains the LM on text alone; stage 2 trains vision encoder, Q-Former and projection on
+    image-text pairs. `stage2_train_lm` unfreezes the LM in stage 2: a documented deviation from
+    BLIP-2 for small models, reported next to the frozen-LM result.
+    """
+
+    stage1_steps: int
+    stage2_steps: int
+    batch_size: int
+    lr_stage1: float = 1e-3
+    lr_stage2: float = 1e-3
+    lr_lm_stage2: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    caption_fraction: float = 0.25  # share of stage-2 examples that are captions (rest: VQA)
+    stage2_train_lm: bool = True
+    checkpoint_every: int = 100
+    eval_max_rows: int = 1000
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything a profile decides. Later issues add exit and sweep configs."""
+
+    name: str
+    scenes: ScenesConfig
+    backbone: BackboneConfig
+    pretrain: PretrainConfig
+    seed: int = 0
+    extras: dict = field(default_factory=dict)
+
+
+_SPLITS = ("train", "exit_train", "unlabeled", "val", "test", "test_novel")
+
+
+def _per_split(train: int, exit_train: int, other: int, novel: int) -> dict[str, int]:
+    return dict(zip(_SPLITS, (train, exit_train, other, other, other, novel), strict=True))
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        scenes=ScenesConfig(
+            image_size=32,
+            images=_per_split(train=160, exit_train=32, other=32, novel=24),
+            questions_per_image=_per_split(train=2, exit_train=2, other=2, novel=2),
+            max_objects=4,
+        ),
+        backbone=BackboneConfig(
+            vision_hidden=64, vision_layers=2, vision_heads=2, patch_size=8,
+            qformer_hidden=64, qformer_layers=1, qformer_heads=2, num_query_tokens=8,
+            lm_hidden=64, lm_layers=4, lm_heads=4, lm_ffn=256, t5_encoder_layers=2,
+        ),
+        pretrain=PretrainConfig(stage1_steps=40, stage2_steps=60, batch_size=32, warmup_steps=10,
+                                checkpoint_every=20, eval_max_rows=64),
+    ),
+    "cpu": Profile(
+        name="cpu",
+        scenes=ScenesConfig(
+            image_size=64,
+            images=_per_split(train=4000, exit_train=300, other=300, novel=200),
+            questions_per_image=_per_split(train=3, exit_train=2, other=2, novel=2),
+        ),
+        backbone=BackboneConfig(
+            vision_hidden=128, vision_layers=3, vision_heads=4, patch_size=8,
+            qformer_hidden=128, qformer_layers=2, qformer_heads=4, num_query_tokens=16,
+            lm_hidden=128, lm_layers=8, lm_heads=4, lm_ffn=512, t5_encoder_layers=2,
+        ),
+        pretrain=PretrainConfig(stage1_steps=300, stage2_steps=900, batch_size=64),
+    ),
+    "gpu": Profile(
+        name="gpu",
+        scenes=ScenesConfig(
+            image_size=64,
+            images=_per_split(train=24000, exit_train=1500, other=1000, novel=1000),
+            questions_per_image=_per_split(train=3, exit_train=2, other=2, novel=2),
+        ),
+        backbone=BackboneConfig(
+            vision_hidden=384, vision_layers=6, vision_heads=6, patch_size=8,
+            qformer_hidden=384, qformer_layers=4, qformer_heads=6, num_query_tokens=32,
+            lm_hidden=512, lm_layers=24, lm_heads=8, lm_ffn=2048, t5_encoder_layers=4,
+        ),
+        pretrain=PretrainConfig(stage1_steps=1500, stage2_steps=4000, batch_size=128, lr_stage1=5e-4,
+                                lr_stage2=5e-4, lr_lm_stage2=1e-4, warmup_steps=200, checkpoint_every=500),
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """The named profile, or an error listing the valid names."""
+    return PROFILES[check_choice("profile", name, list(PROFILES))]
+
+
+def cache_dir() -> Path:
+    """Where generated data and checkpoints live (never in git): $FREE_BENCH_CACHE or ./cache."""
+    return Path(os.environ.get("FREE_BENCH_CACHE", "cache")).resolve()

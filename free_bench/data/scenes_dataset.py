@@ -1,0 +1,108 @@
+"""Build the `scenes` splits as a `datasets.DatasetDict`, cached on disk by (seed, profile, version)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import datasets
+import numpy as np
+from tqdm.auto import tqdm
+
+from free_bench.config import ScenesConfig, cache_dir, get_profile
+from free_bench.data import questions as Q
+from free_bench.data import scenes as S
+from free_bench.data.schema import SPLITS, features
+
+_SPLIT_INDEX = {name: i for i, name in enumerate(SPLITS)}
+_UNLABELED = {"unlabeled"}  # images and questions only: no answers, no captions
+
+
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def generate_split(cfg: ScenesConfig, split: str, seed: int, progress: bool = True) -> list[dict]:
+    """Rows of one split. Image i of split s draws from its own RNG (seed, s, i): order-free."""
+    held_out = S.novel_pairs(cfg.novel_pairs)
+    novel = split == "test_novel"
+    rows: list[dict] = []
+    n_images = cfg.images[split]
+    for i in tqdm(range(n_images), desc=f"scenes/{split}", disable=not progress, leave=False):
+        rng = np.random.default_rng([seed, _SPLIT_INDEX[split], i, S.GENERATOR_VERSION])
+        objects = S.sample_scene(rng, cfg.image_size, cfg.max_objects, held_out, novel=novel)
+        png = _png(S.render(objects, cfg.image_size, rng))
+        focus = [o for o in objects if (o.color, o.shape) in held_out] if novel else None
+        image_id = f"scenes-{split}-{i:06d}"
+        refs = [] if split in _UNLABELED else Q.captions(objects)
+        seen: set[str] = set()
+        for j in range(cfg.questions_per_image[split]):
+            q = Q.make_question(rng, objects, focus)
+            if q.text in seen:  # one question text per image; a repeat adds nothing
+                continue
+            seen.add(q.text)
+            labelled = split not in _UNLABELED
+            rows.append(
+                {
+                    "image": {"bytes": png, "path": None},
+                    "image_id": image_id,
+                    "question_id": f"{image_id}-q{j}",
+                    "question": q.text,
+                    "answers": Q.human_answers(rng, q) if labelled else [],
+                    "answer": q.answer if labelled else "",
+                    "question_type": q.question_type,
+                    "difficulty": q.difficulty,
+                    "captions": refs,
+                    "scene": S.scene_to_json(objects),
+                    "split": split,
+                }
+            )
+    return rows
+
+
+def build_scenes(profile: str, seed: int = 0, progress: bool = True) -> datasets.DatasetDict:
+    """All six splits, in memory."""
+    cfg = get_profile(profile).scenes
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_list(generate_split(cfg, split, seed, progress), features=features())
+            for split in SPLITS
+        }
+    )
+
+
+def cache_key(profile: str, seed: int) -> str:
+    return f"scenes-{profile}-seed{seed}-v{S.GENERATOR_VERSION}"
+
+
+def load_scenes(
+    profile: str, seed: int = 0, *, root: Path | None = None, progress: bool = True
+) -> datasets.DatasetDict:
+    """The cached dataset, generated on first use; the cache write is atomic (temp dir + rename)."""
+    get_profile(profile)  # validate the name first
+    path = (root or cache_dir() / "data") / cache_key(profile, seed)
+    if not (path / "meta.json").exists():
+        ds = build_scenes(profile, seed, progress)
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        ds.save_to_disk(str(tmp))
+        meta = {"profile": profile, "seed": seed, "version": S.GENERATOR_VERSION, "hash": dataset_hash(ds)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+    return datasets.load_from_disk(str(path))
+
+
+def dataset_hash(ds: datasets.DatasetDict) -> str:
+    """Content hash of every split (ids, texts, answers, image bytes), for manifests."""
+    h = hashlib.sha256()
+    for split in sorted(ds):
+        table = ds[split].with_format("arrow")[:]  # pyarrow.Table, images as raw bytes
+        for column in ("question_id", "question", "answers", "captions", "image"):
+            h.update(repr(table.column(column).to_pylist()).encode())
+    return h.hexdigest()[:16]

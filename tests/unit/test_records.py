@@ -1,0 +1,81 @@
+"""Records: schema validation, atomic writes, manifest provenance."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from free_bench.errors import FreeBenchError
+from free_bench.records import SWEEP, Manifest, atomic_path, write_json, write_parquet
+
+
+def _row(**over):
+    row = dict(
+        method="free",
+        regime="semi",
+        kv_policy="propagate",
+        threshold=0.9,
+        batch_size=1,
+        task="vqa",
+        split="val",
+        perturbation="none",
+        metric="vqa_accuracy",
+        value=0.8,
+        expected_speedup=1.4,
+        measured_speedup=1.3,
+        latency_ms_median=2.0,
+        latency_ms_p90=2.5,
+        mean_exit_layer=10.5,
+        exit_layer_hist='{"8": 3}',
+        timer="cuda_event",
+        device="NVIDIA H200",
+    )
+    row.update(over)
+    return row
+
+
+def test_sweep_schema_roundtrip(tmp_path):
+    df = pd.DataFrame([_row(), _row(threshold=0.5, value=0.7)])
+    path = write_parquet(df, tmp_path / "sweep.parquet", SWEEP)
+    back = pd.read_parquet(path)
+    assert list(back.columns[: len(SWEEP.names)]) == SWEEP.names
+    assert back["value"].tolist() == [0.8, 0.7]
+
+
+def test_schema_names_missing_column_and_bad_dtype(tmp_path):
+    with pytest.raises(FreeBenchError, match="timer"):
+        write_parquet(pd.DataFrame([_row()]).drop(columns="timer"), tmp_path / "x.parquet", SWEEP)
+    with pytest.raises(FreeBenchError, match="batch_size"):
+        write_parquet(pd.DataFrame([_row(batch_size=1.5)]), tmp_path / "x.parquet", SWEEP)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_atomic_write_keeps_old_file_when_killed(tmp_path):
+    target = tmp_path / "a.json"
+    write_json({"v": 1}, target)
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_manifest_fields(tmp_path):
+    m = Manifest("data", {"profile": "smoke"}, seeds=[0], dataset_hash="abc")
+    data = json.loads(m.write(tmp_path / "manifest.json").read_text())
+    for key in (
+        "config",
+        "git_commit",
+        "git_dirty",
+        "libraries",
+        "device",
+        "seeds",
+        "dataset_hash",
+        "start_time",
+        "end_time",
+    ):
+        assert key in data
+    assert data["libraries"]["torch"].startswith("2.13")

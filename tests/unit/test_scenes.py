@@ -1,0 +1,127 @@
+"""The scenes generator: determinism, answers re-derived from scenes, disjoint splits, novel pairs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from free_bench.config import get_profile
+from free_bench.data import questions as Q
+from free_bench.data import scenes as S
+from free_bench.data.scenes_dataset import build_scenes, generate_split, load_scenes
+from free_bench.data.schema import SPLITS, features
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    return build_scenes("smoke", seed=0, progress=False)
+
+
+def test_same_seed_same_rows_other_seed_differs():
+    cfg = get_profile("smoke").scenes
+    a, b = generate_split(cfg, "val", 0, False), generate_split(cfg, "val", 0, False)
+    assert a == b
+    c = generate_split(cfg, "val", 1, False)
+    assert [r["image"]["bytes"] for r in a] != [r["image"]["bytes"] for r in c]
+
+
+def test_answers_rederived_from_scene_agree(smoke):
+    n = 0
+    for split in SPLITS:
+        for row in smoke[split]:
+            derived = Q.answer_question(row["question"], S.scene_from_json(row["scene"]))
+            if row["answers"]:
+                assert derived == row["answer"], row["question_id"]
+                n += 1
+    assert n > 300
+
+
+def test_answers_rederived_on_cpu_profile_val():
+    cfg = get_profile("cpu").scenes
+    rows = generate_split(cfg, "val", 3, False)
+    for row in rows:
+        assert Q.answer_question(row["question"], S.scene_from_json(row["scene"])) == row["answer"]
+    assert {r["question_type"] for r in rows} == set(Q.FAMILIES)
+
+
+def test_every_family_and_difficulty_present(smoke):
+    types = set(smoke["train"]["question_type"])
+    assert types == set(Q.FAMILIES)
+    assert set(smoke["train"]["difficulty"]) == {1, 2, 3, 4}
+
+
+def test_splits_disjoint(smoke):
+    for a, b in itertools.combinations(SPLITS, 2):
+        assert not set(smoke[a]["image_id"]) & set(smoke[b]["image_id"])
+        assert not set(smoke[a]["scene"]) & set(smoke[b]["scene"])
+
+
+def test_novel_pairs_absent_from_other_splits(smoke):
+    held = S.novel_pairs(get_profile("smoke").scenes.novel_pairs)
+    assert len(held) == 4
+    for split in SPLITS:
+        for scene in set(smoke[split]["scene"]):
+            pairs = {(o.color, o.shape) for o in S.scene_from_json(scene)}
+            if split == "test_novel":
+                assert pairs & held
+            else:
+                assert not pairs & held, split
+
+
+def test_scene_geometry_and_vocabulary():
+    cfg = get_profile("cpu").scenes
+    rows = generate_split(cfg, "test", 0, False)
+    shapes, colors, counts = set(), set(), set()
+    for scene in {r["scene"] for r in rows}:
+        objs = S.scene_from_json(scene)
+        counts.add(len(objs))
+        for o, p in itertools.combinations(objs, 2):
+            gap = math.hypot(o.x - p.x, o.y - p.y) * cfg.image_size
+            assert gap > (S.size_px(o.size, cfg.image_size) + S.size_px(p.size, cfg.image_size)) / 2
+        shapes |= {o.shape for o in objs}
+        colors |= {o.color for o in objs}
+    assert len(shapes) >= 4 and len(colors) == 8 and counts == set(range(1, 7))
+
+
+def test_images_captions_answers_format(smoke):
+    row = smoke["train"][0]
+    assert row["image"].mode == "RGB" and row["image"].size == (32, 32)
+    assert np.asarray(row["image"]).std() > 1  # noise and objects, not a flat image
+    for r in smoke["val"]:
+        assert len(r["answers"]) == 10
+        assert len(set(r["captions"])) >= 3
+    for r in smoke["unlabeled"]:
+        assert r["answers"] == [] and r["answer"] == "" and r["captions"] == [] and r["question"]
+
+
+def test_answer_lists_contain_harmless_variants(smoke):
+    counts = [r for s in ("train", "val") for r in smoke[s] if r["question_type"] == "count"]
+    assert any(any(a in Q.NUMBER_WORDS for a in r["answers"]) for r in counts)
+
+
+def test_official_normalisation_accepts_every_variant(smoke):
+    from free_bench.metrics import vqa_accuracy
+
+    for r in smoke["test"]:
+        assert vqa_accuracy(r["answer"], r["answers"]) == 1.0, r["answers"]
+
+
+def test_cache_roundtrip(tmp_path):
+    ds = load_scenes("smoke", 0, root=tmp_path, progress=False)
+    again = load_scenes("smoke", 0, root=tmp_path, progress=False)
+    assert ds["val"]["question_id"] == again["val"]["question_id"]
+    assert ds["val"].features == features()
+    meta = json.loads(next(tmp_path.glob("*/meta.json")).read_text())
+    assert meta["profile"] == "smoke" and len(meta["hash"]) == 16
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_unknown_profile_lists_valid():
+    from free_bench.errors import FreeBenchError
+
+    with pytest.raises(FreeBenchError, match="valid profiles: cpu, gpu, smoke"):
+        build_scenes("tiny")
