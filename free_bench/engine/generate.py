@@ -1,0 +1,104 @@
+"""Greedy decoding through the layer runner; the full model today, early exits plug in later.
+
+Matches HF `generate(do_sample=False)`: same EOS/pad rules (EOS is emitted, later positions of a
+finished row hold pad_token_id), stopping once every row has emitted EOS or after max_new_tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from free_bench.backbone import runner
+from free_bench.backbone.base import Backbone
+from free_bench.errors import FreeBenchError, check_choice
+
+KV_POLICIES = ("propagate", "deferred", "full")
+
+
+@dataclass(frozen=True, eq=False)
+class GenerateResult:
+    """New tokens per row and the depth each one took."""
+
+    tokens: torch.Tensor  # (B, T) long; pad_token_id after a row's EOS
+    exit_layers: torch.Tensor  # (B, T) long; num_layers for full-depth tokens, 0 at padding
+    text: list[str] | None  # decoded with skip_special_tokens when a tokenizer is known
+    cost_layers: float  # decoder-layer evaluations spent on real new tokens, summed over the batch
+
+
+def special_tokens(backbone: Backbone) -> tuple[list[int], int]:
+    """(EOS ids, pad id) as HF generate resolves them from the LM's generation config.
+
+    BLIP-2's `generate` delegates to `language_model.generate`, so that config is the one in force.
+    """
+    gen, cfg = backbone.language_model.generation_config, backbone.lm_config
+    eos = gen.eos_token_id if gen.eos_token_id is not None else cfg.eos_token_id
+    eos_ids = [] if eos is None else [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+    pad = gen.pad_token_id
+    if pad is None:
+        pad = eos_ids[0] if eos_ids else cfg.pad_token_id
+    if pad is None:
+        raise FreeBenchError("the LM config defines neither pad_token_id nor eos_token_id")
+    return eos_ids, int(pad)
+
+
+@torch.inference_mode()
+def generate(
+    backbone: Backbone,
+    exits: Any = None,
+    *,
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None = None,
+    max_new_tokens: int = 20,
+    threshold: float | None = None,
+    kv_policy: str = "propagate",
+) -> GenerateResult:
+    """Greedy decoding; with `exits=None` every token runs all `backbone.num_layers` layers."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise FreeBenchError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    check_choice("kv_policy", kv_policy, KV_POLICIES)
+    if exits is not None:
+        raise FreeBenchError("early exits are not available yet: exits arrive with the methods issue")
+    if threshold is not None:
+        raise FreeBenchError("threshold needs exits; exits arrive with the methods issue")
+
+    eos_ids, pad_id = special_tokens(backbone)
+    state = runner.start_decoding(
+        backbone, pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens
+    )
+    batch, num_layers, device = state.batch_size, state.num_layers, backbone.device
+    eos = torch.tensor(eos_ids, dtype=torch.long, device=device)  # (E,)
+    tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)  # (B, N)
+    exit_layers = torch.zeros((batch, max_new_tokens), dtype=torch.long, device=device)  # (B, N)
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)  # (B,)
+    pad = torch.tensor(pad_id, dtype=torch.long, device=device)
+    full_depth = torch.tensor(num_layers, dtype=torch.long, device=device)
+    zero = torch.zeros((), dtype=torch.long, device=device)
+
+    next_ids = state.start_ids  # T5: the decoder start token; OPT: None (the prompt gave hidden)
+    steps = 0
+    for t in range(max_new_tokens):
+        if t == 0 and state.prompt_hidden is not None:
+            hidden = state.prompt_hidden  # (B, 1, D)
+        else:
+            hidden = runner.begin_token(state, next_ids)
+            hidden = runner.step_layers(state, hidden, 0, num_layers)
+            runner.end_token(state)
+        logits = backbone.logits_from_hidden(hidden[:, -1])  # (B, V)
+        next_ids = torch.where(unfinished, logits.argmax(dim=-1), pad)  # (B,)
+        tokens[:, t] = next_ids
+        exit_layers[:, t] = torch.where(unfinished, full_depth, zero)
+        steps = t + 1
+        if eos.numel():
+            unfinished &= ~torch.isin(next_ids, eos)
+            if not bool(unfinished.any()):  # the one host sync per token
+                break
+
+    tokens, exit_layers = tokens[:, :steps], exit_layers[:, :steps]
+    text = None
+    if backbone.tokenizer is not None:
+        text = [s.strip() for s in backbone.tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)]
+    return GenerateResult(tokens, exit_layers, text, float(exit_layers.sum().item()))

@@ -1,0 +1,80 @@
+"""Full-model greedy decoding: layer runner vs HF `generate()`, on BLIP-2 OPT-2.7b's LM shape.
+
+The runner is the baseline every early-exit speedup is measured against, so it must not be slower
+than HF itself. Random weights (nothing downloaded), a tiny vision tower, bf16, EOS disabled so
+both decode exactly `NEW_TOKENS` tokens. Run with `pytest tests/benchmarks` on a CUDA machine.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from free_bench.backbone import Backbone, from_hf
+from free_bench.backbone.tiny import build_tiny_blip2, tiny_inputs
+from free_bench.engine import generate, time_region
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+
+NEW_TOKENS = 32
+# BLIP-2 OPT-2.7b's language model (facebook/opt-2.7b) and Q-Former query count.
+OPT_2_7B = dict(
+    vocab_size=50272,
+    hidden_size=2560,
+    word_embed_proj_dim=2560,
+    ffn_dim=10240,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    max_position_embeddings=2048,
+    init_std=0.02,
+    pad_token_id=1,
+    bos_token_id=2,
+    eos_token_id=None,  # no early stop: both sides decode NEW_TOKENS tokens
+    num_query_tokens=32,
+    image_token_index=50265,
+)
+
+
+@pytest.fixture(scope="module")
+def opt27_backbone() -> Backbone:
+    model = build_tiny_blip2("opt", seed=0, device="cuda", dtype=torch.bfloat16, **OPT_2_7B)
+    model.language_model.generation_config.eos_token_id = None
+    return from_hf(model)
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_runner_vs_hf_generate(benchmark, opt27_backbone: Backbone, batch_size: int) -> None:
+    bb = opt27_backbone
+    inputs = {k: v.to("cuda") for k, v in tiny_inputs(bb.model, batch_size, text_len=8, seed=0).items()}
+    inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
+
+    def run_hf() -> torch.Tensor:
+        return bb.model.generate(**inputs, do_sample=False, max_new_tokens=NEW_TOKENS)
+
+    def run_ours() -> torch.Tensor:
+        return generate(bb, **inputs, max_new_tokens=NEW_TOKENS).tokens
+
+    ours_tokens = run_ours()
+    hf_tokens = run_hf()[:, inputs["input_ids"].shape[1] :]
+    assert ours_tokens.shape == hf_tokens.shape == (batch_size, NEW_TOKENS)
+
+    kw = dict(warmup=2, repeats=5, device="cuda", dtype=torch.bfloat16, batch_size=batch_size)
+    hf = time_region(run_hf, **kw)
+    ours = time_region(run_ours, **kw)
+    benchmark.pedantic(run_ours, rounds=3, warmup_rounds=1, iterations=1)  # pytest-benchmark's own table
+
+    benchmark.extra_info.update(
+        {
+            "new_tokens": NEW_TOKENS,
+            "batch_size": batch_size,
+            "ms_per_token_runner": ours.median_ms / NEW_TOKENS,
+            "ms_per_token_hf": hf.median_ms / NEW_TOKENS,
+            "ratio_runner_over_hf": ours.median_ms / hf.median_ms,
+            "tokens_equal_hf": bool(torch.equal(ours_tokens, hf_tokens)),
+            "timing_runner": ours.as_record(),
+            "timing_hf": hf.as_record(),
+        }
+    )
