@@ -2,5 +2,6 @@
 
 from free_bench.commands import (
     data,  # noqa: F401
+    pretrain,  # noqa: F401
     reproduce,  # noqa: F401
 )

@@ -78,3 +78,57 @@ def test_runner_vs_hf_generate(benchmark, opt27_backbone: Backbone, batch_size: 
             "timing_hf": hf.as_record(),
         }
     )
+
+
+@pytest.fixture(scope="module")
+def embedded_gpu_backbone() -> Backbone:
+    from free_bench.backbone import load_backbone
+    from free_bench.errors import FreeBenchError
+
+    try:
+        return load_backbone("embedded:gpu", device="cuda", dtype=torch.bfloat16, pretrain_if_missing=False)
+    except FreeBenchError as e:
+        pytest.skip(str(e))
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_embedded_gpu_runner_vs_hf_generate(
+    benchmark, embedded_gpu_backbone: Backbone, batch_size: int
+) -> None:
+    """The same comparison on the embedded gpu profile, on real `scenes` VQA prompts (EOS off)."""
+    from free_bench.backbone import examples as E
+    from free_bench.backbone.quality import pixel_values, prompt_batch
+    from free_bench.data.scenes_dataset import load_scenes
+
+    bb = embedded_gpu_backbone
+    rows = load_scenes("gpu", 0, progress=False)["test"].select(range(batch_size))
+    pairs = [E.vqa_pair(bb.tokenizer, q, "") for q in rows["question"]]
+    inputs = {"pixel_values": pixel_values(bb, rows["image"]), **prompt_batch(bb, pairs)}
+    gen_cfg, lm_cfg = bb.model.language_model.generation_config, bb.lm_config
+    eos = gen_cfg.eos_token_id, lm_cfg.eos_token_id
+    gen_cfg.eos_token_id = lm_cfg.eos_token_id = None  # both sides decode exactly NEW_TOKENS tokens
+    try:
+        ours_tokens = generate(bb, **inputs, max_new_tokens=NEW_TOKENS).tokens
+        hf_tokens = bb.model.generate(**inputs, do_sample=False, max_new_tokens=NEW_TOKENS)
+        hf_tokens = hf_tokens[:, inputs["input_ids"].shape[1] :]
+        kw = dict(warmup=2, repeats=5, device="cuda", dtype=torch.bfloat16, batch_size=batch_size)
+        hf = time_region(
+            lambda: bb.model.generate(**inputs, do_sample=False, max_new_tokens=NEW_TOKENS), **kw
+        )
+        ours = time_region(lambda: generate(bb, **inputs, max_new_tokens=NEW_TOKENS), **kw)
+        benchmark.pedantic(lambda: generate(bb, **inputs, max_new_tokens=NEW_TOKENS), rounds=3, iterations=1)
+    finally:
+        gen_cfg.eos_token_id, lm_cfg.eos_token_id = eos
+    benchmark.extra_info.update(
+        {
+            "model": "embedded:gpu",
+            "new_tokens": NEW_TOKENS,
+            "batch_size": batch_size,
+            "ms_per_token_runner": ours.median_ms / NEW_TOKENS,
+            "ms_per_token_hf": hf.median_ms / NEW_TOKENS,
+            "ratio_runner_over_hf": ours.median_ms / hf.median_ms,
+            "tokens_equal_hf": bool(torch.equal(ours_tokens, hf_tokens)),
+            "timing_runner": ours.as_record(),
+            "timing_hf": hf.as_record(),
+        }
+    )

@@ -1,0 +1,178 @@
+"""Two-stage BLIP-2-style pretraining of the embedded backbone on `scenes`, checkpointed and resumable.
+
+Stage 1: the language model alone, on text (questions with answers, captions).
+Stage 2: vision encoder + Q-Former + projection on image-text pairs (VQA and captioning); the LM is
+frozen as in BLIP-2 unless `PretrainConfig.stage2_train_lm` (a documented deviation) unfreezes it.
+Batches are drawn from a generator seeded by (seed, stage, step), and the learning rate is a pure
+function of the step, so a resumed run continues bit-identically on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+from tqdm.auto import tqdm
+from transformers import Blip2ForConditionalGeneration, PreTrainedTokenizerBase
+
+from free_bench.backbone import examples as E
+from free_bench.config import PretrainConfig
+from free_bench.records import atomic_path
+
+
+@dataclass
+class TrainData:
+    """Everything stage 1 and 2 sample from, tokenized once."""
+
+    pixels: torch.Tensor  # (N_img, 3, H, W) uint8
+    vqa: list[tuple[int, E.TextPair]]  # (image row, pair)
+    captions: list[tuple[int, list[E.TextPair]]]  # (image row, one pair per reference)
+
+
+def prepare(split: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> TrainData:
+    pixels, index = E.images_tensor(split)
+    cols = split.select_columns(["image_id", "question", "answer", "captions"])
+    vqa, caps, seen = [], [], set()
+    for r in cols:
+        img = index[r["image_id"]]
+        vqa.append((img, E.vqa_pair(tokenizer, r["question"], r["answer"])))
+        if r["image_id"] not in seen:
+            seen.add(r["image_id"])
+            caps.append((img, [E.caption_pair(tokenizer, c) for c in r["captions"]]))
+    return TrainData(pixels, vqa, caps)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 10 % of peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _sample(data: TrainData, gen: torch.Generator, n: int, caption_fraction: float):
+    """(image rows, pairs) of one batch; captions pick one reference at random."""
+    n_cap = int(round(n * caption_fraction))
+    vq = torch.randint(len(data.vqa), (n - n_cap,), generator=gen).tolist()
+    cp = torch.randint(len(data.captions), (n_cap,), generator=gen).tolist()
+    ref = torch.randint(1 << 30, (n_cap,), generator=gen).tolist()
+    rows = [data.vqa[i] for i in vq]
+    for i, r in zip(cp, ref, strict=True):
+        image, refs = data.captions[i]
+        rows.append((image, refs[r % len(refs)]))
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
+def _trainable(model: Blip2ForConditionalGeneration, stage: int, cfg: PretrainConfig) -> list[dict]:
+    lm = list(model.language_model.parameters())
+    if stage == 1:
+        groups = [{"params": lm, "lr_peak": cfg.lr_stage1}]
+    else:
+        vision = [p for n, p in model.named_parameters() if not n.startswith("language_model.")]
+        groups = [{"params": vision, "lr_peak": cfg.lr_stage2}]
+        if cfg.stage2_train_lm:
+            groups.append({"params": lm, "lr_peak": cfg.lr_lm_stage2})
+    train = {id(p) for g in groups for p in g["params"]}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in train)
+    return groups
+
+
+def _batch(model, data: TrainData, rows: list[int], pairs: list[E.TextPair], stage: int, lm_type: str, tok):
+    batch = E.collate(
+        pairs,
+        lm_type=lm_type,
+        num_query_tokens=model.config.num_query_tokens,
+        image_token_id=model.config.image_token_index,
+        bos_token_id=tok.bos_token_id if lm_type == "opt" else None,
+        pad_token_id=tok.pad_token_id,
+        with_image=stage == 2,
+    )
+    if stage == 1:
+        if lm_type == "opt":  # the LM learns the prompt text too, not only the answer
+            batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, E.IGNORE)
+            batch["labels"][:, 0] = E.IGNORE
+        return model.language_model(**{k: v.to(model.device) for k, v in batch.items()}).loss
+    device = model.device
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    pixel_values = E.normalize(data.pixels[rows]).to(device, non_blocking=True)
+    return model(pixel_values=pixel_values, **batch).loss
+
+
+def train(
+    model: Blip2ForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    data: TrainData,
+    cfg: PretrainConfig,
+    lm_type: str,
+    ckpt_dir: Path,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Run (or resume) both stages; returns the loss curves and stage times."""
+    ckpt = ckpt_dir / "pretrain_state.pt"
+    state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+    log: dict = state["log"] if state else {"loss": {"1": [], "2": []}, "seconds": {"1": 0.0, "2": 0.0}}
+    if state:
+        model.load_state_dict(state["model"])
+    model.train()
+    device = next(model.parameters()).device
+    torch.backends.cuda.matmul.allow_tf32 = True  # GPU: bf16 autocast + TF32; CPU stays exact fp32
+    for stage, steps in ((1, cfg.stage1_steps), (2, cfg.stage2_steps)):
+        start = 0
+        if state and state["stage"] > stage:
+            continue
+        groups = _trainable(model, stage, cfg)
+        opt = torch.optim.AdamW(groups, lr=0.0, weight_decay=cfg.weight_decay)
+        if state and state["stage"] == stage and state["optimizer"] is not None:
+            opt.load_state_dict(state["optimizer"])
+            start = state["step"]
+        bar = tqdm(
+            range(start, steps),
+            desc=f"pretrain stage {stage}",
+            disable=not progress,
+            initial=start,
+            total=steps,
+        )
+        t0 = time.perf_counter()
+        for step in bar:
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + stage * 100_003 + step)
+            frac = 0.5 if stage == 1 else cfg.caption_fraction
+            rows, pairs = _sample(data, gen, cfg.batch_size, frac)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, steps, g["lr_peak"], cfg.warmup_steps)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = _batch(model, data, rows, pairs, stage, lm_type, tokenizer)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
+            opt.step()
+            log["loss"][str(stage)].append(round(loss.item(), 5))
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            done = step + 1
+            if done % cfg.checkpoint_every == 0 or done == steps:
+                log["seconds"][str(stage)] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                nxt = (stage, done) if done < steps else (stage + 1, 0)
+                _save(ckpt, model, opt if done < steps else None, nxt, log)
+        state = None
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return log
+
+
+def _save(path: Path, model, opt, where: tuple[int, int], log: dict) -> None:
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict() if opt else None,
+        "stage": where[0],
+        "step": where[1],
+        "log": log,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)

@@ -1,0 +1,136 @@
+"""Embedded backbone: tokenizer coverage, processor parity, resumable pretraining, load_backbone."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from free_bench.backbone import examples as E
+from free_bench.backbone import pretrain as P
+from free_bench.backbone.embedded import build_model, parse_spec
+from free_bench.backbone.tokenizer import build_processor, build_tokenizer
+from free_bench.config import get_profile
+from free_bench.data.scenes_dataset import load_scenes
+from free_bench.errors import FreeBenchError
+
+
+@pytest.fixture(scope="module")
+def smoke_ds(tmp_path_factory):
+    return load_scenes("smoke", 0, root=tmp_path_factory.mktemp("data"), progress=False)
+
+
+def test_tokenizer_covers_every_generated_word(smoke_ds):
+    tok = build_tokenizer()
+    texts = [t for s in ("train", "val") for t in smoke_ds[s]["question"]]
+    texts += [a for s in ("train", "val") for ans in smoke_ds[s]["answers"] for a in ans]
+    texts += [c for caps in smoke_ds["train"]["captions"] for c in caps]
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in {i for seq in ids for i in seq}
+    assert tok.decode(tok("how many stars are there?")["input_ids"], skip_special_tokens=True) == (
+        "how many stars are there?"
+    )
+
+
+def test_processor_pixels_equal_training_pixels(smoke_ds):
+    """Training normalises uint8 tensors itself; inference goes through the processor: same numbers."""
+    split = smoke_ds["val"].select(range(4))
+    pixels, index = E.images_tensor(split)  # one entry per distinct image
+    proc = build_processor(32, 8)
+    via_processor = proc.image_processor(list(split["image"]), return_tensors="pt")["pixel_values"]
+    rows = [index[i] for i in split["image_id"]]
+    torch.testing.assert_close(via_processor, E.normalize(pixels[rows]), atol=1e-6, rtol=0)
+
+
+def test_processor_places_image_tokens():
+    proc = build_processor(32, 8)
+    from PIL import Image
+
+    enc = proc(images=[Image.new("RGB", (32, 32))], text=["is there a red star?"], return_tensors="pt")
+    assert enc["input_ids"][0, :8].tolist() == [proc.tokenizer.convert_tokens_to_ids("<image>")] * 8
+
+
+def test_from_scratch_init_is_trainable():
+    """HF's config init zeroes the query tokens and draws the ViT with std 1e-10: both would stall training."""
+    model = build_model("smoke", "opt")
+    q = model.query_tokens[0]  # (Q, D)
+    assert torch.cdist(q, q).fill_diagonal_(1.0).min() > 0
+    assert model.vision_model.embeddings.patch_embedding.weight.std() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "spec, want", [("embedded:cpu", ("cpu", "opt")), ("embedded:smoke-t5", ("smoke", "t5"))]
+)
+def test_parse_spec(spec, want):
+    assert parse_spec(spec) == want
+
+
+def test_unknown_profile_lists_valid():
+    with pytest.raises(FreeBenchError, match="valid profiles: cpu, gpu, smoke"):
+        parse_spec("embedded:large")
+
+
+def _short_cfg(**over):
+    base = dataclasses.replace(
+        get_profile("smoke").pretrain,
+        stage1_steps=4,
+        stage2_steps=4,
+        checkpoint_every=2,
+        batch_size=8,
+        warmup_steps=2,
+    )
+    return dataclasses.replace(base, **over)
+
+
+@pytest.mark.parametrize("lm", ["opt", "t5"])
+def test_resume_is_bit_identical(smoke_ds, tmp_path, monkeypatch, lm):
+    torch.set_num_threads(1)
+    tok = build_tokenizer()
+    data = P.prepare(smoke_ds["train"].select(range(60)), tok)
+    cfg = _short_cfg()
+    whole = build_model("smoke", lm)
+    P.train(whole, tok, data, cfg, lm, tmp_path / "a", progress=False)
+
+    calls = {"n": 0}
+    real = P._sample
+
+    def dies_at_step_7(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 7:  # stage 2, step 3: the last checkpoint is stage 2, step 2
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(P, "_sample", dies_at_step_7)
+    resumed = build_model("smoke", lm)
+    with pytest.raises(KeyboardInterrupt):
+        P.train(resumed, tok, data, cfg, lm, tmp_path / "b", progress=False)
+    monkeypatch.setattr(P, "_sample", real)
+    resumed = build_model("smoke", lm, seed=123)  # a fresh process: weights come from the checkpoint
+    log = P.train(resumed, tok, data, cfg, lm, tmp_path / "b", progress=False)
+    assert len(log["loss"]["2"]) == 4
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_stage2_frozen_lm_keeps_lm_weights(smoke_ds, tmp_path):
+    tok = build_tokenizer()
+    data = P.prepare(smoke_ds["train"].select(range(40)), tok)
+    model = build_model("smoke", "opt")
+    P.train(
+        model, tok, data, _short_cfg(stage1_steps=2, stage2_steps=0), "opt", tmp_path / "s1", progress=False
+    )
+    lm_after_stage1 = {k: v.clone() for k, v in model.language_model.state_dict().items()}
+    vision_before = model.language_projection.weight.clone()
+    P.train(
+        model,
+        tok,
+        data,
+        _short_cfg(stage1_steps=0, stage2_steps=3, stage2_train_lm=False),
+        "opt",
+        tmp_path / "s2",
+        progress=False,
+    )
+    for k, v in model.language_model.state_dict().items():
+        assert torch.equal(v, lm_after_stage1[k]), k
+    assert not torch.equal(vision_before, model.language_projection.weight)
