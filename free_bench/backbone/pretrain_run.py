@@ -12,7 +12,7 @@ from free_bench.backbone import embedded
 from free_bench.backbone.pretrain import prepare, train
 from free_bench.backbone.tokenizer import build_processor
 from free_bench.config import get_profile
-from free_bench.data.scenes_dataset import load_scenes
+from free_bench.data.scenes_dataset import load_scenes, scenes_hash
 from free_bench.records import Manifest, write_json
 
 STATE_DIR = "_pretrain_state"  # checkpoints for resuming; removed once the weights are written
@@ -39,6 +39,7 @@ def pretrain(
         "pretrain",
         {"profile": profile, "lm_type": lm_type, "backbone": asdict(prof.backbone), "pretrain": asdict(cfg)},
         seeds=[seed],
+        dataset_hash=scenes_hash(profile, prof.seed),
     )
     torch.manual_seed(seed)
     model = embedded.build_model(profile, lm_type, seed).to(device)
@@ -51,7 +52,7 @@ def pretrain(
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
-    summary = {"loss_curves": log["loss"], "train_seconds": log["seconds"], "device": str(device)}
+    summary = {"loss_curves": log["loss"], "train_seconds": log["seconds"], "torch_device": str(device)}
     if evaluate:
         from free_bench.backbone.load import load_backbone
         from free_bench.backbone.quality import evaluate_quality

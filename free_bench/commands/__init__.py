@@ -4,4 +4,5 @@ from free_bench.commands import (
     data,  # noqa: F401
     pretrain,  # noqa: F401
     reproduce,  # noqa: F401
+    score,  # noqa: F401
 )

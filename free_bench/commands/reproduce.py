@@ -41,14 +41,13 @@ def stage(name: str):
 @stage("data")
 def _data(ctx: Context) -> dict:
     from free_bench.commands.data import count_table
-    from free_bench.data.scenes_dataset import cache_key, load_scenes
+    from free_bench.data.scenes_dataset import load_scenes, scenes_hash
 
     ds = load_scenes(ctx.profile, ctx.seed)
     table = count_table(ds)
     with atomic_path(ctx.results / "data_counts.csv") as tmp:
         table.to_csv(tmp)
-    meta = (cache_dir() / "data" / cache_key(ctx.profile, ctx.seed) / "meta.json").read_text()
-    return {"dataset_hash": json.loads(meta)["hash"], "rows": {s: len(d) for s, d in ds.items()}}
+    return {"dataset_hash": scenes_hash(ctx.profile, ctx.seed), "rows": {s: len(d) for s, d in ds.items()}}
 
 
 def default_profile() -> str:

@@ -106,3 +106,9 @@ def dataset_hash(ds: datasets.DatasetDict) -> str:
         for column in ("question_id", "question", "answers", "captions", "image"):
             h.update(repr(table.column(column).to_pylist()).encode())
     return h.hexdigest()[:16]
+
+
+def scenes_hash(profile: str, seed: int = 0, root: Path | None = None) -> str | None:
+    """The content hash recorded when the cached dataset was written (None if not cached)."""
+    meta = (root or cache_dir() / "data") / cache_key(profile, seed) / "meta.json"
+    return json.loads(meta.read_text())["hash"] if meta.exists() else None

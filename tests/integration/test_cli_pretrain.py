@@ -78,3 +78,15 @@ def test_pretrain_bad_input(tmp_path, args, needle):
     res = _cli("pretrain", *args, "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and needle in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_score_captions_from_saved_predictions(pretrained, cache, tmp_path):
+    """The GPU workflow: predictions saved where pycocoevalcap is missing, scored later on a CPU box."""
+    quality = cache / "backbones" / "embedded-smoke-seed0" / "quality.json"
+    out = tmp_path / "scores.json"
+    res = _cli("score-captions", str(quality), "--profile", "smoke", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    scores = json.loads(out.read_text())["scores"]
+    assert {"BLEU-4", "METEOR", "ROUGE_L", "CIDEr"} <= set(scores)
+    bad = _cli("score-captions", str(tmp_path / "nope.json"), "--profile", "smoke")
+    assert bad.returncode == 2 and "nope.json" in bad.stderr
