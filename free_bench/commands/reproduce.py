@@ -50,6 +50,25 @@ def _data(ctx: Context) -> dict:
     return {"dataset_hash": scenes_hash(ctx.profile, ctx.seed), "rows": {s: len(d) for s, d in ds.items()}}
 
 
+@stage("backbone")
+def _backbone(ctx: Context) -> dict:
+    """Pretrain (or reuse) the embedded backbone; copy its manifest and quality report to results/."""
+    from free_bench.backbone.load import embedded_dir
+    from free_bench.backbone.pretrain_run import pretrain
+
+    spec = f"embedded:{ctx.profile}"
+    folder = embedded_dir(spec, ctx.seed)
+    if not (folder / "manifest.json").exists():
+        pretrain(ctx.profile, "opt", folder, seed=ctx.seed)
+    out = ctx.results / "backbone"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("manifest.json", "quality.json"):
+        with atomic_path(out / name) as tmp:
+            tmp.write_bytes((folder / name).read_bytes())
+    quality = json.loads((folder / "quality.json").read_text())
+    return {"backbone": spec, "vqa_accuracy": quality["vqa_accuracy"], "folder": str(folder)}
+
+
 def default_profile() -> str:
     import torch
 
