@@ -127,7 +127,7 @@ def train(
         if state and state["stage"] > stage:
             continue
         groups = _trainable(model, stage, cfg)
-        opt = torch.optim.AdamW(groups, lr=0.0, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=0.0, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
         if state and state["stage"] == stage and state["optimizer"] is not None:
             opt.load_state_dict(state["optimizer"])
             start = state["step"]
@@ -139,6 +139,7 @@ def train(
             total=steps,
         )
         t0 = time.perf_counter()
+        pending: list[torch.Tensor] = []  # losses not yet read: a per-step .item() would stall the GPU queue
         for step in bar:
             gen = torch.Generator().manual_seed(seed * 1_000_003 + stage * 100_003 + step)
             frac = 0.5 if stage == 1 else cfg.caption_fraction
@@ -151,9 +152,13 @@ def train(
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
             opt.step()
-            log["loss"][str(stage)].append(round(loss.item(), 5))
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            pending.append(loss.detach())
             done = step + 1
+            if done % 25 == 0 or done % cfg.checkpoint_every == 0 or done == steps:
+                values = torch.stack(pending).float().tolist()  # one sync for many steps
+                log["loss"][str(stage)].extend(round(v, 5) for v in values)
+                pending.clear()
+                bar.set_postfix(loss=f"{values[-1]:.3f}")
             if done % cfg.checkpoint_every == 0 or done == steps:
                 log["seconds"][str(stage)] += time.perf_counter() - t0
                 t0 = time.perf_counter()
