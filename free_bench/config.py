@@ -40,10 +40,9 @@ class BackboneConfig:
     qformer_heads: int
     num_query_tokens: int
     lm_hidden: int
-    lm_layers: int  # OPT decoder layers, or T5 decoder layers (exits sit on these)
+    lm_layers: int  # OPT decoder layers, or T5 decoder (and encoder) layers; exits sit on decoder layers
     lm_heads: int
     lm_ffn: int
-    t5_encoder_layers: int = 2
     max_positions: int = 128
 
 
@@ -112,7 +111,6 @@ PROFILES: dict[str, Profile] = {
             lm_layers=4,
             lm_heads=4,
             lm_ffn=256,
-            t5_encoder_layers=2,
         ),
         pretrain=PretrainConfig(
             stage1_steps=40,
@@ -143,7 +141,6 @@ PROFILES: dict[str, Profile] = {
             lm_layers=8,
             lm_heads=4,
             lm_ffn=512,
-            t5_encoder_layers=2,
         ),
         pretrain=PretrainConfig(stage1_steps=100, stage2_steps=900, batch_size=64, caption_fraction=0.2),
     ),
@@ -167,7 +164,6 @@ PROFILES: dict[str, Profile] = {
             lm_layers=24,
             lm_heads=8,
             lm_ffn=2048,
-            t5_encoder_layers=4,
         ),
         pretrain=PretrainConfig(
             stage1_steps=300,

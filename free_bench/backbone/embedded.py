@@ -6,15 +6,9 @@ A real `Blip2ForConditionalGeneration`, only small: the code path is the one rea
 from __future__ import annotations
 
 import torch
-from transformers import (
-    Blip2Config,
-    Blip2ForConditionalGeneration,
-    Blip2QFormerConfig,
-    Blip2VisionConfig,
-    OPTConfig,
-    T5Config,
-)
+from transformers import Blip2Config, Blip2ForConditionalGeneration
 
+from free_bench.backbone.configs import assemble_blip2
 from free_bench.backbone.tokenizer import SPECIAL, vocabulary
 from free_bench.config import Profile, get_profile
 from free_bench.errors import FreeBenchError
@@ -35,7 +29,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
 def blip2_config(profile: Profile, lm_type: str = "opt") -> Blip2Config:
     b = profile.backbone
     vocab = len(vocabulary())
-    vision = Blip2VisionConfig(
+    vision = dict(
         hidden_size=b.vision_hidden,
         intermediate_size=4 * b.vision_hidden,
         num_hidden_layers=b.vision_layers,
@@ -45,7 +39,7 @@ def blip2_config(profile: Profile, lm_type: str = "opt") -> Blip2Config:
         attention_dropout=0.0,
         initializer_range=0.02,  # HF's default for BLIP-2's ViT is 1e-10: a from-scratch ViT would start dead
     )
-    qformer = Blip2QFormerConfig(
+    qformer = dict(
         hidden_size=b.qformer_hidden,
         num_hidden_layers=b.qformer_layers,
         num_attention_heads=b.qformer_heads,
@@ -57,8 +51,9 @@ def blip2_config(profile: Profile, lm_type: str = "opt") -> Blip2Config:
         vocab_size=vocab,
         max_position_embeddings=b.max_positions,
     )
+    special = dict(pad_token_id=PAD, eos_token_id=EOS)
     if lm_type == "opt":
-        text = OPTConfig(
+        text = dict(
             vocab_size=vocab,
             hidden_size=b.lm_hidden,
             word_embed_proj_dim=b.lm_hidden,
@@ -70,39 +65,30 @@ def blip2_config(profile: Profile, lm_type: str = "opt") -> Blip2Config:
             attention_dropout=0.0,
             activation_dropout=0.0,
             layerdrop=0.0,
-            pad_token_id=PAD,
             bos_token_id=BOS,
-            eos_token_id=EOS,
             do_layer_norm_before=True,
+            **special,
         )
     elif lm_type == "t5":
-        text = T5Config(
+        text = dict(
             vocab_size=vocab,
             d_model=b.lm_hidden,
             d_kv=b.lm_hidden // b.lm_heads,
             d_ff=b.lm_ffn,
-            num_layers=b.t5_encoder_layers,
-            num_decoder_layers=b.lm_layers,
+            # Encoder as deep as the decoder: HF generate() sizes its T5 cache from `num_layers`.
+            num_layers=b.lm_layers,
             num_heads=b.lm_heads,
             dropout_rate=0.0,
             feed_forward_proj="gated-gelu",
             tie_word_embeddings=False,
-            pad_token_id=PAD,
-            eos_token_id=EOS,
             decoder_start_token_id=PAD,
+            **special,
         )
     else:
         raise FreeBenchError(f"unknown LM type {lm_type!r}; valid: opt, t5")
-    cfg = Blip2Config(
-        vision_config=vision.to_dict(),
-        qformer_config=qformer.to_dict(),
-        text_config=text.to_dict(),
-        num_query_tokens=b.num_query_tokens,
-        image_token_index=IMAGE,
+    return assemble_blip2(
+        lm_type, vision, qformer, text, num_query_tokens=b.num_query_tokens, image_token_index=IMAGE
     )
-    cfg.text_config.pad_token_id = PAD
-    cfg.text_config.eos_token_id = EOS
-    return cfg
 
 
 def build_model(profile: str, lm_type: str = "opt", seed: int = 0) -> Blip2ForConditionalGeneration:

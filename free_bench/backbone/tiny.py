@@ -10,15 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import (
-    Blip2Config,
-    Blip2ForConditionalGeneration,
-    Blip2QFormerConfig,
-    Blip2VisionConfig,
-    OPTConfig,
-    T5Config,
-)
+from transformers import Blip2Config, Blip2ForConditionalGeneration
 
+from free_bench.backbone.configs import assemble_blip2
 from free_bench.errors import check_choice
 
 # Vocabulary layout shared by the tiny LMs: ids 0..3 special, the last id is the image placeholder.
@@ -83,13 +77,7 @@ def tiny_blip2_config(lm_type: str, **overrides: Any) -> Blip2Config:
     top.setdefault("num_query_tokens", 4)
     text_kwargs = {**(_OPT if lm_type == "opt" else _T5), **overrides}
     top.setdefault("image_token_index", text_kwargs["vocab_size"] - 1)
-    text = OPTConfig(**text_kwargs) if lm_type == "opt" else T5Config(**text_kwargs)
-    return Blip2Config(
-        vision_config=Blip2VisionConfig(**vision),
-        qformer_config=Blip2QFormerConfig(**qformer),
-        text_config=text,
-        **top,
-    )
+    return assemble_blip2(lm_type, vision, qformer, text_kwargs, **top)
 
 
 def build_tiny_blip2(
