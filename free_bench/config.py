@@ -21,6 +21,9 @@ class ScenesConfig:
     images: dict[str, int]  # images per split
     questions_per_image: dict[str, int]  # VQA rows per image, per split
     max_objects: int = 6
+    grid: int = (
+        4  # objects sit in distinct cells of a grid x grid layout; the embedded ViT's patch is one cell
+    )
     novel_pairs: int = 4  # (color, shape) combinations held out for `test_novel`
 
     def as_dict(self) -> dict:
@@ -50,7 +53,8 @@ class BackboneConfig:
 class PretrainConfig:
     """BLIP-2-style two-stage pretraining on `scenes`.
 
-    Stage 1 trains the LM on text alone; stage 2 trains vision encoder, Q-Former and projection on
+    Stage 0 (`vision_steps`) pretrains the ViT on the objects in its patches, standing in for the
+    pretrained vision encoder BLIP-2 starts from. Stage 1 trains the LM on text alone; stage 2 trains vision encoder, Q-Former and projection on
     image-text pairs. `stage2_train_lm` unfreezes the LM in stage 2: a documented deviation from
     BLIP-2 for small models, reported next to the frozen-LM result.
     """
@@ -58,6 +62,8 @@ class PretrainConfig:
     stage1_steps: int
     stage2_steps: int
     batch_size: int
+    vision_steps: int = 0  # stage 0: the ViT on scenes' per-cell objects, for want of a pretrained ViT
+    lr_vision: float = 1e-3
     lr_stage1: float = 1e-3
     lr_stage2: float = 1e-3
     lr_lm_stage2: float = 2e-4
@@ -113,6 +119,7 @@ PROFILES: dict[str, Profile] = {
             lm_ffn=256,
         ),
         pretrain=PretrainConfig(
+            vision_steps=40,
             stage1_steps=40,
             stage2_steps=60,
             batch_size=32,
@@ -132,7 +139,7 @@ PROFILES: dict[str, Profile] = {
             vision_hidden=128,
             vision_layers=3,
             vision_heads=4,
-            patch_size=8,
+            patch_size=16,
             qformer_hidden=128,
             qformer_layers=2,
             qformer_heads=4,
@@ -142,7 +149,14 @@ PROFILES: dict[str, Profile] = {
             lm_heads=4,
             lm_ffn=512,
         ),
-        pretrain=PretrainConfig(stage1_steps=100, stage2_steps=900, batch_size=64, caption_fraction=0.2),
+        pretrain=PretrainConfig(
+            vision_steps=1500,
+            stage1_steps=100,
+            stage2_steps=900,
+            batch_size=64,
+            caption_fraction=0.2,
+            lr_lm_stage2=1e-3,
+        ),
     ),
     "gpu": Profile(
         name="gpu",
@@ -155,7 +169,7 @@ PROFILES: dict[str, Profile] = {
             vision_hidden=384,
             vision_layers=6,
             vision_heads=6,
-            patch_size=8,
+            patch_size=16,
             qformer_hidden=384,
             qformer_layers=4,
             qformer_heads=6,
@@ -166,15 +180,16 @@ PROFILES: dict[str, Profile] = {
             lm_ffn=2048,
         ),
         pretrain=PretrainConfig(
+            vision_steps=1500,
             stage1_steps=300,
-            stage2_steps=1800,
-            batch_size=128,
+            stage2_steps=2000,
+            batch_size=256,
             caption_fraction=0.2,
             lr_stage1=5e-4,
             lr_stage2=1e-3,
-            lr_lm_stage2=2e-4,
+            lr_lm_stage2=5e-4,
             warmup_steps=100,
-            checkpoint_every=600,
+            checkpoint_every=500,
         ),
     ),
 }

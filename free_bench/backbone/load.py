@@ -43,6 +43,9 @@ def load_backbone(
 
             profile, lm = parse_spec(spec)
             pretrain(profile, lm, folder, seed=seed)
+        from free_bench.backbone.pretrain_run import check_current
+
+        check_current(folder, *parse_spec(spec))
         backbone = from_hf(str(folder), device=device, dtype=dtype)
         backbone.spec = spec
         return backbone

@@ -1,5 +1,7 @@
 """Two-stage BLIP-2-style pretraining of the embedded backbone on `scenes`, checkpointed and resumable.
 
+Stage 0 (embedded `scenes` only, `vision_steps` > 0): the ViT alone, on the objects in its patches,
+standing in for BLIP-2's pretrained vision encoder (see `vision_stage`).
 Stage 1: the language model alone, on text (questions with answers, captions).
 Stage 2: vision encoder + Q-Former + projection on image-text pairs (VQA and captioning); the LM is
 frozen as in BLIP-2 unless `PretrainConfig.stage2_train_lm` (a documented deviation) unfreezes it.
@@ -20,7 +22,9 @@ from tqdm.auto import tqdm
 from transformers import Blip2ForConditionalGeneration, PreTrainedTokenizerBase
 
 from free_bench.backbone import examples as E
+from free_bench.backbone.vision_stage import CellHead, cell_labels, vision_loss
 from free_bench.config import PretrainConfig
+from free_bench.errors import FreeBenchError
 from free_bench.records import atomic_path
 
 
@@ -31,9 +35,13 @@ class TrainData:
     pixels: torch.Tensor  # (N_img, 3, H, W) uint8
     vqa: list[tuple[int, E.TextPair]]  # (image row, pair)
     captions: list[tuple[int, list[E.TextPair]]]  # (image row, one pair per reference)
+    cells: torch.Tensor | None = None  # (N_img, G*G, 3) stage-0 labels per grid cell, when asked for
 
 
-def prepare(split: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> TrainData:
+def prepare(
+    split: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, grid: int | None = None
+) -> TrainData:
+    """Tokenize once; with `grid`, also the stage-0 cell labels from the scene annotations."""
     pixels, index = E.images_tensor(split)
     cols = split.select_columns(["image_id", "question", "answer", "captions"])
     vqa, caps, seen = [], [], set()
@@ -43,7 +51,8 @@ def prepare(split: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> Trai
         if r["image_id"] not in seen:
             seen.add(r["image_id"])
             caps.append((img, [E.caption_pair(tokenizer, c) for c in r["captions"]]))
-    return TrainData(pixels, vqa, caps)
+    cells = cell_labels(split, index, grid) if grid else None
+    return TrainData(pixels, vqa, caps, cells)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -67,12 +76,18 @@ def _sample(data: TrainData, gen: torch.Generator, n: int, caption_fraction: flo
     return [r[0] for r in rows], [r[1] for r in rows]
 
 
-def _trainable(model: Blip2ForConditionalGeneration, stage: int, cfg: PretrainConfig) -> list[dict]:
+def _trainable(model: Blip2ForConditionalGeneration, stage: int, cfg: PretrainConfig, head) -> list[dict]:
     lm = list(model.language_model.parameters())
-    if stage == 1:
+    if stage == 0:
+        groups = [
+            {"params": [*model.vision_model.parameters(), *head.parameters()], "lr_peak": cfg.lr_vision}
+        ]
+    elif stage == 1:
         groups = [{"params": lm, "lr_peak": cfg.lr_stage1}]
     else:
-        vision = [p for n, p in model.named_parameters() if not n.startswith("language_model.")]
+        # BLIP-2 freezes its pretrained ViT; a ViT without stage 0 has to learn here
+        frozen = ("language_model.", "vision_model.") if cfg.vision_steps else ("language_model.",)
+        vision = [p for n, p in model.named_parameters() if not n.startswith(frozen)]
         groups = [{"params": vision, "lr_peak": cfg.lr_stage2}]
         if cfg.stage2_train_lm:
             groups.append({"params": lm, "lr_peak": cfg.lr_lm_stage2})
@@ -82,7 +97,12 @@ def _trainable(model: Blip2ForConditionalGeneration, stage: int, cfg: PretrainCo
     return groups
 
 
-def _batch(model, data: TrainData, rows: list[int], pairs: list[E.TextPair], stage: int, lm_type: str, tok):
+def _batch(
+    model, data: TrainData, rows: list[int], pairs: list[E.TextPair], stage: int, lm_type: str, tok, head
+):
+    if stage == 0:
+        pixel_values = E.normalize(data.pixels[rows]).to(model.device, non_blocking=True)
+        return vision_loss(model, head, pixel_values, data.cells[rows].to(model.device))
     batch = E.collate(
         pairs,
         lm_type=lm_type,
@@ -115,18 +135,29 @@ def train(
 ) -> dict:
     """Run (or resume) both stages; returns the loss curves and stage times."""
     ckpt = ckpt_dir / "pretrain_state.pt"
+    device = next(model.parameters()).device
     state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
-    log: dict = state["log"] if state else {"loss": {"1": [], "2": []}, "seconds": {"1": 0.0, "2": 0.0}}
+    log: dict = state["log"] if state else {"loss": {}, "seconds": {}}
+    head = None
+    if cfg.vision_steps:
+        if data.cells is None:
+            raise FreeBenchError("vision_steps > 0 needs TrainData.cells: prepare(..., grid=...)")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = CellHead(model.config.vision_config.hidden_size).to(device)
     if state:
         model.load_state_dict(state["model"])
+        if head is not None and state.get("head") is not None:
+            head.load_state_dict(state["head"])
     model.train()
-    device = next(model.parameters()).device
     torch.backends.cuda.matmul.allow_tf32 = True  # GPU: bf16 autocast + TF32; CPU stays exact fp32
-    for stage, steps in ((1, cfg.stage1_steps), (2, cfg.stage2_steps)):
+    for stage, steps in ((0, cfg.vision_steps), (1, cfg.stage1_steps), (2, cfg.stage2_steps)):
         start = 0
-        if state and state["stage"] > stage:
+        if (state and state["stage"] > stage) or steps == 0:
             continue
-        groups = _trainable(model, stage, cfg)
+        log["loss"].setdefault(str(stage), [])
+        log["seconds"].setdefault(str(stage), 0.0)
+        groups = _trainable(model, stage, cfg, head)
         opt = torch.optim.AdamW(groups, lr=0.0, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
         if state and state["stage"] == stage and state["optimizer"] is not None:
             opt.load_state_dict(state["optimizer"])
@@ -143,11 +174,14 @@ def train(
         for step in bar:
             gen = torch.Generator().manual_seed(seed * 1_000_003 + stage * 100_003 + step)
             frac = 0.5 if stage == 1 else cfg.caption_fraction
-            rows, pairs = _sample(data, gen, cfg.batch_size, frac)
+            if stage == 0:
+                rows, pairs = torch.randint(len(data.pixels), (cfg.batch_size,), generator=gen).tolist(), []
+            else:
+                rows, pairs = _sample(data, gen, cfg.batch_size, frac)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, steps, g["lr_peak"], cfg.warmup_steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = _batch(model, data, rows, pairs, stage, lm_type, tokenizer)
+                loss = _batch(model, data, rows, pairs, stage, lm_type, tokenizer, head)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
@@ -163,7 +197,7 @@ def train(
                 log["seconds"][str(stage)] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 nxt = (stage, done) if done < steps else (stage + 1, 0)
-                _save(ckpt, model, opt if done < steps else None, nxt, log)
+                _save(ckpt, model, opt if done < steps else None, nxt, log, head)
         state = None
     model.eval()
     for p in model.parameters():
@@ -171,9 +205,10 @@ def train(
     return log
 
 
-def _save(path: Path, model, opt, where: tuple[int, int], log: dict) -> None:
+def _save(path: Path, model, opt, where: tuple[int, int], log: dict, head) -> None:
     payload = {
         "model": model.state_dict(),
+        "head": head.state_dict() if head is not None else None,
         "optimizer": opt.state_dict() if opt else None,
         "stage": where[0],
         "step": where[1],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -12,10 +13,42 @@ from free_bench.backbone import embedded
 from free_bench.backbone.pretrain import prepare, train
 from free_bench.backbone.tokenizer import build_processor
 from free_bench.config import get_profile
+from free_bench.data.scenes import GENERATOR_VERSION
 from free_bench.data.scenes_dataset import load_scenes, scenes_hash
+from free_bench.errors import FreeBenchError
 from free_bench.records import Manifest, write_json
 
 STATE_DIR = "_pretrain_state"  # checkpoints for resuming; removed once the weights are written
+
+
+def recipe(profile: str, lm_type: str, overrides: dict | None = None) -> dict:
+    """Everything that decides the weights (besides the seed), as recorded in the manifest."""
+    prof = get_profile(profile)
+    cfg = replace(prof.pretrain, **(overrides or {}))
+    return json.loads(
+        json.dumps(
+            {
+                "profile": profile,
+                "lm_type": lm_type,
+                "scenes_generator": GENERATOR_VERSION,
+                "scenes": asdict(prof.scenes),
+                "backbone": asdict(prof.backbone),
+                "pretrain": asdict(cfg),
+            }
+        )
+    )
+
+
+def check_current(folder: Path, profile: str, lm_type: str) -> None:
+    """A cached backbone made by another recipe (older code or config) is an error, never reused silently."""
+    made = json.loads((folder / "manifest.json").read_text()).get("config", {})
+    want = recipe(profile, lm_type)
+    differ = sorted(k for k in want if made.get(k) != want[k])
+    if differ:
+        raise FreeBenchError(
+            f"{folder} was pretrained with another recipe (differs in: {', '.join(differ)}); "
+            f"remove it or rerun `free-bench pretrain --profile {profile}{' --lm t5' if lm_type == 't5' else ''}`"
+        )
 
 
 def pretrain(
@@ -37,13 +70,14 @@ def pretrain(
     processor = build_processor(prof.scenes.image_size, prof.backbone.num_query_tokens)
     manifest = Manifest(
         "pretrain",
-        {"profile": profile, "lm_type": lm_type, "backbone": asdict(prof.backbone), "pretrain": asdict(cfg)},
+        recipe(profile, lm_type, overrides),
         seeds=[seed],
         dataset_hash=scenes_hash(profile, prof.seed),
     )
     torch.manual_seed(seed)
     model = embedded.build_model(profile, lm_type, seed).to(device)
-    data = prepare(ds["train"], processor.tokenizer)
+    grid = prof.scenes.grid if cfg.vision_steps else None
+    data = prepare(ds["train"], processor.tokenizer, grid)
     data.pixels = data.pixels.to(device)  # uint8, small enough to live on the device
     state = out / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)

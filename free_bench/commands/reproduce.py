@@ -54,12 +54,13 @@ def _data(ctx: Context) -> dict:
 def _backbone(ctx: Context) -> dict:
     """Pretrain (or reuse) the embedded backbone; copy its manifest and quality report to results/."""
     from free_bench.backbone.load import embedded_dir
-    from free_bench.backbone.pretrain_run import pretrain
+    from free_bench.backbone.pretrain_run import check_current, pretrain
 
     spec = f"embedded:{ctx.profile}"
     folder = embedded_dir(spec, ctx.seed)
     if not (folder / "manifest.json").exists():
         pretrain(ctx.profile, "opt", folder, seed=ctx.seed)
+    check_current(folder, ctx.profile, "opt")
     out = ctx.results / "backbone"
     out.mkdir(parents=True, exist_ok=True)
     for name in ("manifest.json", "quality.json"):

@@ -19,7 +19,7 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "
 RELATIONS = ("left of", "right of", "above", "below")
 FAMILIES: dict[str, int] = {"exist": 1, "color": 2, "shape": 2, "size": 2, "count": 3, "relation": 4}
 _FAMILY_WEIGHTS = {"exist": 0.2, "color": 0.14, "shape": 0.14, "size": 0.12, "count": 0.2, "relation": 0.2}
-_MARGIN = 0.04  # objects closer than this (in [0,1] units) on an axis are neither left nor right
+_MARGIN = 0.1  # objects closer than this (in [0,1] units) on an axis are neither left nor right (same grid column/row)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-GENERATOR_VERSION = 1  # bump when rendering or question logic changes: it keys the cache
+GENERATOR_VERSION = 2  # bump when rendering or question logic changes: it keys the cache
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -28,6 +28,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SIZES: tuple[str, ...] = ("small", "large")
 _SUPERSAMPLE = 4  # draw at 4x and downsample: anti-aliased edges at 32-64 px
+_JITTER = 0.1  # largest offset of an object from its cell centre, in cells
 _BACKGROUND = 96  # grey level; every color above stays distinguishable from it
 
 
@@ -40,9 +41,9 @@ class SceneObject:
     y: float  # centre, in [0, 1] of the image height (0 = top)
 
 
-def size_px(size: str, image_size: int) -> float:
-    """Object diameter in pixels: large objects are ~1.7x small ones at every resolution."""
-    return image_size * (0.28 if size == "large" else 0.17)
+def size_px(size: str, image_size: int, grid: int) -> float:
+    """Object diameter in pixels: a large object fills 80 % of its grid cell, a small one 50 %."""
+    return image_size / grid * (0.8 if size == "large" else 0.5)
 
 
 def novel_pairs(n: int) -> frozenset[tuple[str, str]]:
@@ -53,50 +54,42 @@ def novel_pairs(n: int) -> frozenset[tuple[str, str]]:
 
 def sample_scene(
     rng: np.random.Generator,
-    image_size: int,
+    grid: int,
     max_objects: int,
     held_out: frozenset[tuple[str, str]],
     novel: bool = False,
 ) -> list[SceneObject]:
-    """1..max_objects non-overlapping objects; `novel` scenes contain >= 1 held-out pair, others none."""
-    for _ in range(100):
-        n = int(rng.integers(1, max_objects + 1))
-        objects: list[SceneObject] = []
-        for i in range(n):
-            placed = _place(rng, image_size, objects, held_out, want_novel=novel and i == 0)
-            if placed is None:
-                break
-            objects.append(placed)
-        if objects and (not novel or any((o.color, o.shape) in held_out for o in objects)):
-            return objects
-    raise RuntimeError("could not place objects; the image is too small for max_objects")
+    """1..max_objects objects in distinct cells of a grid x grid layout; `novel` scenes hold >= 1 held-out pair.
 
-
-def _place(
-    rng: np.random.Generator,
-    image_size: int,
-    existing: list[SceneObject],
-    held_out: frozenset[tuple[str, str]],
-    want_novel: bool,
-) -> SceneObject | None:
-    for _ in range(50):
-        if want_novel:
-            color, shape = sorted(held_out)[int(rng.integers(len(held_out)))]
-        else:
-            color = list(COLORS)[int(rng.integers(len(COLORS)))]
-            shape = SHAPES[int(rng.integers(len(SHAPES)))]
-            if (color, shape) in held_out:
-                continue
+    Objects sit in grid cells (jittered by up to 10 % of a cell) so that, with a ViT whose patch is one
+    cell, every object lands in one patch: a ViT trained from scratch in minutes can then read shapes,
+    which it cannot learn in that budget when objects straddle patches at arbitrary offsets.
+    """
+    if max_objects > grid * grid:
+        raise ValueError(f"max_objects={max_objects} does not fit a {grid}x{grid} grid")
+    n = int(rng.integers(1, max_objects + 1))
+    cells = rng.choice(grid * grid, size=n, replace=False)
+    objects = []
+    for i, cell in enumerate(cells):
+        color, shape = _attributes(rng, held_out, want_novel=novel and i == 0)
         size = SIZES[int(rng.integers(len(SIZES)))]
-        r = size_px(size, image_size) / 2 / image_size  # radius in [0, 1] units
-        x, y = rng.uniform(r + 0.02, 1 - r - 0.02, size=2)
-        gap = 1.5 / image_size  # at least 1.5 px between objects
-        if all(
-            math.hypot(x - o.x, y - o.y) > r + size_px(o.size, image_size) / 2 / image_size + gap
-            for o in existing
-        ):
-            return SceneObject(shape, color, size, float(x), float(y))
-    return None
+        jx, jy = rng.uniform(-_JITTER, _JITTER, size=2)
+        x = (int(cell) % grid + 0.5 + jx) / grid
+        y = (int(cell) // grid + 0.5 + jy) / grid
+        objects.append(SceneObject(shape, color, size, float(x), float(y)))
+    return objects
+
+
+def _attributes(
+    rng: np.random.Generator, held_out: frozenset[tuple[str, str]], want_novel: bool
+) -> tuple[str, str]:
+    if want_novel:
+        return sorted(held_out)[int(rng.integers(len(held_out)))]
+    while True:
+        color = list(COLORS)[int(rng.integers(len(COLORS)))]
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        if (color, shape) not in held_out:
+            return color, shape
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
@@ -118,13 +111,13 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     raise ValueError(f"no polygon for shape {shape!r}")
 
 
-def render(objects: list[SceneObject], image_size: int, rng: np.random.Generator) -> Image.Image:
+def render(objects: list[SceneObject], image_size: int, grid: int, rng: np.random.Generator) -> Image.Image:
     """Draw the scene at 4x, downsample, then add light Gaussian background noise."""
     big = image_size * _SUPERSAMPLE
     canvas = Image.new("RGB", (big, big), (_BACKGROUND,) * 3)
     draw = ImageDraw.Draw(canvas)
     for o in objects:
-        cx, cy, r = o.x * big, o.y * big, size_px(o.size, image_size) * _SUPERSAMPLE / 2
+        cx, cy, r = o.x * big, o.y * big, size_px(o.size, image_size, grid) * _SUPERSAMPLE / 2
         if o.shape == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=COLORS[o.color])
         else:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
+import os
 import shutil
+from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 
 import datasets
@@ -19,6 +22,7 @@ from free_bench.data.schema import SPLITS, features
 
 _SPLIT_INDEX = {name: i for i, name in enumerate(SPLITS)}
 _UNLABELED = {"unlabeled"}  # images and questions only: no answers, no captions
+_CHUNK = 500  # images per parallel work item
 
 
 def _png(image) -> bytes:
@@ -27,16 +31,31 @@ def _png(image) -> bytes:
     return buf.getvalue()
 
 
-def generate_split(cfg: ScenesConfig, split: str, seed: int, progress: bool = True) -> list[dict]:
-    """Rows of one split. Image i of split s draws from its own RNG (seed, s, i): order-free."""
+def generate_split(
+    cfg: ScenesConfig, split: str, seed: int, progress: bool = True, pool: Executor | None = None
+) -> list[dict]:
+    """Rows of one split. Image i of split s draws from its own RNG (seed, s, i), so chunks of images
+    can render in a process `pool` and the rows are identical with or without one."""
+    n = cfg.images[split]
+    chunks = [(cfg, split, seed, range(i, min(i + _CHUNK, n))) for i in range(0, n, _CHUNK)]
+    results = pool.map(_chunk_rows, chunks) if pool else map(_chunk_rows, chunks)
+    rows: list[dict] = []
+    with tqdm(total=n, desc=f"scenes/{split}", disable=not progress, leave=False) as bar:
+        for (*_, indices), chunk in zip(chunks, results, strict=True):
+            rows.extend(chunk)
+            bar.update(len(indices))
+    return rows
+
+
+def _chunk_rows(args: tuple[ScenesConfig, str, int, range]) -> list[dict]:
+    cfg, split, seed, indices = args
     held_out = S.novel_pairs(cfg.novel_pairs)
     novel = split == "test_novel"
     rows: list[dict] = []
-    n_images = cfg.images[split]
-    for i in tqdm(range(n_images), desc=f"scenes/{split}", disable=not progress, leave=False):
+    for i in indices:
         rng = np.random.default_rng([seed, _SPLIT_INDEX[split], i, S.GENERATOR_VERSION])
-        objects = S.sample_scene(rng, cfg.image_size, cfg.max_objects, held_out, novel=novel)
-        png = _png(S.render(objects, cfg.image_size, rng))
+        objects = S.sample_scene(rng, cfg.grid, cfg.max_objects, held_out, novel=novel)
+        png = _png(S.render(objects, cfg.image_size, cfg.grid, rng))
         focus = [o for o in objects if (o.color, o.shape) in held_out] if novel else None
         image_id = f"scenes-{split}-{i:06d}"
         refs = [] if split in _UNLABELED else Q.captions(objects)
@@ -66,14 +85,25 @@ def generate_split(cfg: ScenesConfig, split: str, seed: int, progress: bool = Tr
 
 
 def build_scenes(profile: str, seed: int = 0, progress: bool = True) -> datasets.DatasetDict:
-    """All six splits, in memory."""
+    """All six splits, in memory; rendered on every core when there is more than a chunk of images."""
     cfg = get_profile(profile).scenes
-    return datasets.DatasetDict(
-        {
-            split: datasets.Dataset.from_list(generate_split(cfg, split, seed, progress), features=features())
-            for split in SPLITS
-        }
+    workers = min(os.cpu_count() or 1, sum(-(-n // _CHUNK) for n in cfg.images.values()))
+    # spawn, not fork: the parent may already hold torch's thread pools
+    pool = (
+        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
     )
+    try:
+        return datasets.DatasetDict(
+            {
+                split: datasets.Dataset.from_list(
+                    generate_split(cfg, split, seed, progress, pool), features=features()
+                )
+                for split in SPLITS
+            }
+        )
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
 
 
 def cache_key(profile: str, seed: int) -> str:

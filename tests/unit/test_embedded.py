@@ -74,6 +74,7 @@ def test_unknown_profile_lists_valid():
 def _short_cfg(**over):
     base = dataclasses.replace(
         get_profile("smoke").pretrain,
+        vision_steps=0,
         stage1_steps=4,
         stage2_steps=4,
         checkpoint_every=2,
@@ -87,8 +88,8 @@ def _short_cfg(**over):
 def test_resume_is_bit_identical(smoke_ds, tmp_path, monkeypatch, lm):
     torch.set_num_threads(1)
     tok = build_tokenizer()
-    data = P.prepare(smoke_ds["train"].select(range(60)), tok)
-    cfg = _short_cfg()
+    data = P.prepare(smoke_ds["train"].select(range(60)), tok, grid=get_profile("smoke").scenes.grid)
+    cfg = _short_cfg(vision_steps=4)
     whole = build_model("smoke", lm)
     P.train(whole, tok, data, cfg, lm, tmp_path / "a", progress=False)
 
@@ -108,7 +109,7 @@ def test_resume_is_bit_identical(smoke_ds, tmp_path, monkeypatch, lm):
     monkeypatch.setattr(P, "_sample", real)
     resumed = build_model("smoke", lm, seed=123)  # a fresh process: weights come from the checkpoint
     log = P.train(resumed, tok, data, cfg, lm, tmp_path / "b", progress=False)
-    assert len(log["loss"]["2"]) == 4
+    assert len(log["loss"]["2"]) == 4 and len(log["loss"]["0"]) == 4
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
@@ -155,3 +156,85 @@ def test_embedded_runner_equals_hf_generate(smoke_ds, lm):
     hf = hf[:, inputs["input_ids"].shape[1] :] if lm == "opt" else hf[:, 1:]
     n = ours.tokens.shape[1]
     assert torch.equal(ours.tokens, hf[:, :n])
+
+
+def test_cell_labels_follow_the_scene(smoke_ds):
+    """Stage 0's targets: each object's shape/colour/size in its own grid cell, every other cell empty."""
+    import json
+
+    from free_bench.backbone.vision_stage import ATTRIBUTES, cell_labels
+
+    split = smoke_ds["val"].select(range(6))
+    pixels, index = E.images_tensor(split)
+    grid = get_profile("smoke").scenes.grid
+    labels = cell_labels(split, index, grid)  # (N, G*G, 3)
+    assert labels.shape == (len(pixels), grid * grid, 3)
+    for r in split:
+        objs = json.loads(r["scene"])
+        got = labels[index[r["image_id"]]]
+        assert int((got[:, 0] > 0).sum()) == len(objs)
+        for o in objs:
+            cell = int(o["y"] * grid) * grid + int(o["x"] * grid)
+            assert [v[i - 1] for v, i in zip(ATTRIBUTES.values(), got[cell].tolist(), strict=True)] == [
+                o["shape"],
+                o["color"],
+                o["size"],
+            ]
+
+
+def test_stage0_needs_cell_labels(smoke_ds, tmp_path):
+    tok = build_tokenizer()
+    data = P.prepare(smoke_ds["train"].select(range(20)), tok)  # no grid: no labels
+    with pytest.raises(FreeBenchError, match="vision_steps"):
+        P.train(
+            build_model("smoke", "opt"),
+            tok,
+            data,
+            _short_cfg(vision_steps=2),
+            "opt",
+            tmp_path,
+            progress=False,
+        )
+
+
+def test_resume_inside_stage0_is_bit_identical(smoke_ds, tmp_path, monkeypatch):
+    """Killed in stage 0: the throw-away cell head and its optimizer come back from the checkpoint too."""
+    torch.set_num_threads(1)
+    tok = build_tokenizer()
+    data = P.prepare(smoke_ds["train"].select(range(40)), tok, grid=get_profile("smoke").scenes.grid)
+    cfg = _short_cfg(vision_steps=4, stage1_steps=1, stage2_steps=2)
+    whole = build_model("smoke", "opt")
+    P.train(whole, tok, data, cfg, "opt", tmp_path / "a", progress=False)
+
+    calls = {"n": 0}
+    real = P.vision_loss
+
+    def dies_at_step_3(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:  # stage 0, step 4: the last checkpoint is stage 0, step 2
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(P, "vision_loss", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        P.train(build_model("smoke", "opt"), tok, data, cfg, "opt", tmp_path / "b", progress=False)
+    monkeypatch.setattr(P, "vision_loss", real)
+    resumed = build_model("smoke", "opt", seed=123)
+    P.train(resumed, tok, data, cfg, "opt", tmp_path / "b", progress=False)
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_stale_cached_backbone_is_an_error(tmp_path):
+    """A cache folder pretrained by another recipe (say, an older generator) must not load silently."""
+    import json
+
+    from free_bench.backbone.pretrain_run import check_current, recipe
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": recipe("smoke", "opt")}))
+    check_current(tmp_path, "smoke", "opt")  # same recipe: fine
+    old = recipe("smoke", "opt")
+    old["scenes_generator"] -= 1
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": old}))
+    with pytest.raises(FreeBenchError, match="differs in: scenes_generator"):
+        check_current(tmp_path, "smoke", "opt")

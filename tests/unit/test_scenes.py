@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -27,6 +28,18 @@ def test_same_seed_same_rows_other_seed_differs():
     assert a == b
     c = generate_split(cfg, "val", 1, False)
     assert [r["image"]["bytes"] for r in a] != [r["image"]["bytes"] for r in c]
+
+
+def test_rows_identical_with_a_process_pool():
+    """Rendering in parallel chunks (every core) must not change a single byte."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    cfg = dataclasses.replace(
+        get_profile("smoke").scenes, images={**get_profile("smoke").scenes.images, "val": 1200}
+    )
+    with ProcessPoolExecutor(2) as pool:
+        parallel = generate_split(cfg, "val", 0, False, pool)
+    assert parallel == generate_split(cfg, "val", 0, False)
 
 
 def test_answers_rederived_from_scene_agree(smoke):
@@ -79,9 +92,15 @@ def test_scene_geometry_and_vocabulary():
     for scene in {r["scene"] for r in rows}:
         objs = S.scene_from_json(scene)
         counts.add(len(objs))
+        cells = {(int(o.x * cfg.grid), int(o.y * cfg.grid)) for o in objs}
+        assert len(cells) == len(objs)  # one object per grid cell
         for o, p in itertools.combinations(objs, 2):
             gap = math.hypot(o.x - p.x, o.y - p.y) * cfg.image_size
-            assert gap > (S.size_px(o.size, cfg.image_size) + S.size_px(p.size, cfg.image_size)) / 2
+            assert (
+                gap
+                > (S.size_px(o.size, cfg.image_size, cfg.grid) + S.size_px(p.size, cfg.image_size, cfg.grid))
+                / 2
+            )
         shapes |= {o.shape for o in objs}
         colors |= {o.color for o in objs}
     assert len(shapes) >= 4 and len(colors) == 8 and counts == set(range(1, 7))
@@ -125,3 +144,12 @@ def test_unknown_profile_lists_valid():
 
     with pytest.raises(FreeBenchError, match="valid profiles: cpu, gpu, smoke"):
         build_scenes("tiny")
+
+
+def test_patches_are_grid_cells():
+    """The embedded ViT's patch is one grid cell in every profile: each object lands in one patch."""
+    from free_bench.config import PROFILES
+
+    for name, prof in PROFILES.items():
+        assert prof.backbone.patch_size * prof.scenes.grid == prof.scenes.image_size, name
+        assert prof.scenes.max_objects <= prof.scenes.grid**2, name
