@@ -1,0 +1,186 @@
+"""Exit modules shared by several methods: light adapter heads, generator layers, discriminators.
+
+Each container holds one module per exit layer `k` (keys `str(k)`), created on the backbone's device
+and dtype so its output can go straight into the backbone's frozen final norm and LM head.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers.masking_utils import create_causal_mask
+
+from free_bench.backbone.base import Backbone
+from free_bench.errors import FreeBenchError
+from free_bench.methods.base import ExitMethod
+
+
+def head_width(backbone: Backbone) -> int:
+    """Width of what the LM head reads (after OPT's optional project_out): the feature dimension."""
+    return backbone.lm_head.in_features
+
+
+def hidden_width(backbone: Backbone) -> int:
+    """Width of the decoder's residual stream, the hidden states exits read."""
+    return int(backbone.lm_config.hidden_size)
+
+
+class Adapter(nn.Module):
+    """`h + tanh(W h + b)` with W, b zero-initialised: exactly the identity (= logit lens) at init.
+
+    A residual, zero-init adapter starts every exit at the backbone's own logit lens instead of a
+    random projection, so training only has to learn the correction; tanh bounds that correction.
+    """
+
+    def __init__(self, width: int, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dense = nn.Linear(width, width, device=device, dtype=dtype)
+        nn.init.zeros_(self.dense.weight)
+        nn.init.zeros_(self.dense.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + torch.tanh(self.dense(hidden))  # (B, T, D)
+
+
+class LightHeads(nn.Module):
+    """DeeBERT/PABEE exits: adapter per exit, then the frozen final norm and the shared LM head,
+    or (own_head=True) the frozen final norm and a per-exit Linear(D, V) copied from the LM head."""
+
+    def __init__(self, backbone: Backbone, layers: tuple[int, ...], own_head: bool) -> None:
+        super().__init__()
+        dev, dt = backbone.device, backbone.dtype
+        self.adapters = nn.ModuleDict({str(k): Adapter(hidden_width(backbone), dev, dt) for k in layers})
+        self.heads = nn.ModuleDict()
+        if own_head:
+            src = backbone.lm_head
+            for k in layers:
+                head = nn.Linear(
+                    src.in_features, src.out_features, bias=src.bias is not None, device=dev, dtype=dt
+                )
+                with torch.no_grad():
+                    head.weight.copy_(src.weight)
+                    if src.bias is not None:
+                        head.bias.copy_(src.bias)
+                self.heads[str(k)] = head
+
+    def logits(self, backbone: Backbone, k: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Adapter output (B, T, D) at exit k -> (B, T, V) through the frozen final norm and the head."""
+        features = backbone.apply_final_norm(hidden)  # (B, T, D_out)
+        head = self.heads[str(k)] if str(k) in self.heads else backbone.lm_head
+        return head(features)
+
+
+def _source_layer(backbone: Backbone, k: int, init_layer: str) -> int:
+    """1-based backbone layer a generator at exit k is copied from."""
+    return {"same": k, "next": min(k + 1, backbone.num_layers), "last": backbone.num_layers}[init_layer]
+
+
+class Generators(nn.Module):
+    """FREE/distillation exits: per exit one decoder layer of the LM's own class and config,
+    deep-copied from a backbone layer (trainable copy; the backbone's layer stays frozen)."""
+
+    def __init__(self, backbone: Backbone, layers: tuple[int, ...], init_layer: str) -> None:
+        super().__init__()
+        if backbone.lm_type != "opt":
+            raise FreeBenchError(
+                f"FREE/distill generator layers support OPT backbones; T5 decoder blocks need the encoder "
+                f"output and relative position bias, which exit training does not carry "
+                f"(backbone {backbone.spec!r} is {backbone.lm_type}); use deebert/pabee light heads for T5"
+            )
+        self.config = backbone.decoder.config
+        self.layers = nn.ModuleDict()
+        for index, k in enumerate(layers):
+            layer = copy.deepcopy(backbone.layers[_source_layer(backbone, k, init_layer) - 1])
+            layer.requires_grad_(True)
+            # Its own KV slot: an engine can give all generators one KV store with E layers.
+            layer.self_attn.layer_idx = index
+            self.layers[str(k)] = layer
+
+    def causal_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The 4D mask HF's OPTDecoder builds for a whole sequence: causal + padding (None = causal only)."""
+        pad = None if attention_mask is None else attention_mask.to(hidden.device).bool()  # (B, T)
+        return create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=pad, cache=None)
+
+    def forward(
+        self,
+        k: int,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        mask4d: torch.Tensor | None = None,
+        cache: object | None = None,
+    ) -> torch.Tensor:
+        """(B, T, D) output of layer k -> generator output (B, T, D), called as the runner calls OPT
+        layers. Teacher forcing passes the 2D `attention_mask`; decoding passes `mask4d` and `cache`.
+        OPT positions are absolute embeddings added before layer 1, so the layer needs no positions."""
+        if cache is None and mask4d is None:
+            mask4d = self.causal_mask(hidden, attention_mask)
+        return self.layers[str(k)](hidden, attention_mask=mask4d, cache=cache)
+
+
+class Discriminators(nn.Module):
+    """FREE's per-exit D_e: MLP (F -> H -> 1, LeakyReLU) on token features, logit > 0 means "real"."""
+
+    def __init__(self, backbone: Backbone, layers: tuple[int, ...], hidden: int | None = None) -> None:
+        super().__init__()
+        width = head_width(backbone)
+        inner = hidden or width
+        dev, dt = backbone.device, backbone.dtype
+        self.mlps = nn.ModuleDict(
+            {
+                str(k): nn.Sequential(
+                    nn.Linear(width, inner, device=dev, dtype=dt),
+                    nn.LeakyReLU(0.2),
+                    nn.Linear(inner, 1, device=dev, dtype=dt),
+                )
+                for k in layers
+            }
+        )
+
+    def forward(self, k: int, features: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) -> (B, T) logits."""
+        return self.mlps[str(k)](features).squeeze(-1)
+
+
+class LightHeadMethod(ExitMethod):
+    """Base of DeeBERT/PABEE: a `LightHeads` exit module; losses are defined by the subclass."""
+
+    defaults: ClassVar[dict[str, Any]] = {"own_head": False, "temperature": 1.0}
+
+    def __init__(self, backbone: Backbone, layers: Any, **options: Any) -> None:
+        super().__init__(backbone, layers, **options)
+        self.light = LightHeads(backbone, self.layers, self.options["own_head"])
+
+    def exit_hidden(
+        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.light.adapters[str(k)](hidden)  # (B, T, D)
+
+    def head_logits(self, k: int, hidden: torch.Tensor) -> torch.Tensor:
+        return self.light.logits(self.backbone, k, hidden)  # (B, T, V)
+
+
+class GeneratorMethod(ExitMethod):
+    """Base of FREE/distillation: a `Generators` exit module (one decoder layer per exit) followed by
+    the frozen final norm + shared LM head."""
+
+    defaults: ClassVar[dict[str, Any]] = {"temperature": 1.0, "init_layer": "same"}
+
+    def __init__(self, backbone: Backbone, layers: Any, **options: Any) -> None:
+        super().__init__(backbone, layers, **options)
+        self.generators = Generators(backbone, self.layers, self.options["init_layer"])
+
+    def exit_hidden(
+        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.generators(k, hidden, attention_mask)  # (B, T, D)
+
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the LM head reads: the frozen final norm of a hidden state. (B, T, D) -> (B, T, F).
+
+        Discriminator and feature-MSE inputs: the raw residual stream of large OPTs has outlier
+        dimensions in the hundreds that would dominate an MLP or an MSE; normed features do not."""
+        return self.backbone.apply_final_norm(hidden)

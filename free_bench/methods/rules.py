@@ -1,0 +1,112 @@
+"""Exit rules as pure tensor functions, so teacher-forced simulation and decoding share one definition.
+
+Every rule maps per-exit scores of N tokens, (E, N, ...) with exits in placement order, to a LongTensor
+(N,) holding the index 0..E-1 of the first exit that fires, or E when none fires ("run the full
+model"). Nothing here looks at later exits than the one that fires, except the oracle, which is the
+ceiling no causal rule can beat.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from free_bench.errors import FreeBenchError
+
+RULES = ("max_prob", "entropy", "patience", "static", "oracle", "cosine")
+NO_EXIT_LABEL = -100  # label ids equal to this (ignored targets) never count as "correct"
+
+
+def first_fired(fired: torch.Tensor) -> torch.Tensor:
+    """(E, N) bool -> (N,) index of the first True along E, or E where a column has none."""
+    if fired.dim() != 2:
+        raise FreeBenchError(f"expected (E, N) exit flags, got shape {tuple(fired.shape)}")
+    num_exits = fired.shape[0]
+    first = fired.to(torch.uint8).argmax(dim=0)  # argmax returns the first maximal index
+    return torch.where(fired.any(dim=0), first, torch.full_like(first, num_exits))
+
+
+def _check_logits(logits: torch.Tensor) -> None:
+    if logits.dim() != 3 or logits.shape[0] == 0:
+        raise FreeBenchError(f"exit logits must be (E>=1, N, V), got shape {tuple(logits.shape)}")
+
+
+def max_prob(logits: torch.Tensor) -> torch.Tensor:
+    """(E, N, V) -> (E, N) largest softmax probability of each exit's distribution."""
+    return logits.float().softmax(dim=-1).amax(dim=-1)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(E, N, V) -> (E, N) entropy in nats; -inf logits (banned tokens) contribute 0, not NaN."""
+    logp = logits.float().log_softmax(dim=-1)
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(dim=-1)
+
+
+def max_prob_exit(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """First exit whose max softmax probability >= threshold (FREE, distillation)."""
+    _check_logits(logits)
+    return first_fired(max_prob(logits) >= threshold)
+
+
+def entropy_exit(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """First exit whose entropy (nats) < threshold (DeeBERT)."""
+    _check_logits(logits)
+    return first_fired(entropy(logits) < threshold)
+
+
+def check_patience(patience: float) -> int:
+    """Patience as an int >= 1 (integral floats from threshold sweeps are accepted)."""
+    if isinstance(patience, bool) or not isinstance(patience, (int, float)) or patience != int(patience):
+        raise FreeBenchError(f"patience must be an integer >= 1, got {patience!r}")
+    if int(patience) < 1:
+        raise FreeBenchError(f"patience must be an integer >= 1, got {patience!r}")
+    return int(patience)
+
+
+def patience_exit(logits: torch.Tensor, patience: float) -> torch.Tensor:
+    """PABEE's counter: exit i fires when the argmax at exits i-p, ..., i is one token (p repeats).
+
+    Exactly PABEE's loop: the counter starts at 0 at the first exit, +1 when an exit's argmax equals
+    the previous exit's, reset to 0 otherwise; stop when it reaches p. So p=1 means "two consecutive
+    exits agree", and the earliest exit that can fire is index p (never the first exit alone).
+    """
+    _check_logits(logits)
+    p = check_patience(patience)
+    tokens = logits.argmax(dim=-1)  # (E, N)
+    counts = torch.zeros_like(tokens)  # (E, N) PABEE counter after each exit
+    for i in range(1, tokens.shape[0]):
+        counts[i] = torch.where(tokens[i] == tokens[i - 1], counts[i - 1] + 1, torch.zeros_like(counts[i]))
+    return first_fired(counts >= p)
+
+
+def static_exit(layers: tuple[int, ...], layer: float, num_exits: int, num_tokens: int) -> torch.Tensor:
+    """Always the exit at LM layer `layer` (which must be in the placement); E if it is not yet seen."""
+    integral = isinstance(layer, (int, float)) and not isinstance(layer, bool) and layer == int(layer)
+    if not integral or int(layer) not in layers:
+        raise FreeBenchError(f"static exit layer {layer!r} is not an exit of this placement {list(layers)}")
+    index = layers.index(int(layer))
+    return torch.full((num_tokens,), index if index < num_exits else num_exits, dtype=torch.long)
+
+
+def oracle_exit(
+    logits: torch.Tensor, final_tokens: torch.Tensor, labels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Earliest exit whose argmax equals the full model's token (N,), or, with `labels` (N,), the
+    earliest exit whose argmax is the correct token ("earliest correct"); E when no exit matches.
+    Labels equal to -100 (ignored positions) never match."""
+    _check_logits(logits)
+    ref = final_tokens if labels is None else labels
+    if ref.shape != logits.shape[1:2]:
+        raise FreeBenchError(
+            f"oracle reference tokens must be (N={logits.shape[1]},), got {tuple(ref.shape)}"
+        )
+    ref = ref.to(logits.device)
+    fired = (logits.argmax(dim=-1) == ref[None]) & (ref[None] != NO_EXIT_LABEL)  # (E, N)
+    return first_fired(fired)
+
+
+def cosine_exit(similarity: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(E, N) cosine similarity of consecutive layers' hidden states: first exit with sim >= threshold (MuE)."""
+    if similarity.dim() != 2:
+        raise FreeBenchError(f"MuE scores must be (E, N) similarities, got shape {tuple(similarity.shape)}")
+    return first_fired(similarity >= threshold)
