@@ -2,7 +2,8 @@
 
 The runner is the baseline every early-exit speedup is measured against, so it must not be slower
 than HF itself. Random weights (nothing downloaded), a tiny vision tower, bf16, EOS disabled so
-both decode exactly `NEW_TOKENS` tokens. Run with `pytest tests/benchmarks` on a CUDA machine.
+both decode exactly `NEW_TOKENS` tokens. Run with `pytest tests/benchmarks` on a CUDA machine;
+the host-overhead comparison runs on CPU too.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from free_bench.backbone import Backbone, from_hf
 from free_bench.backbone.tiny import build_tiny_blip2, tiny_inputs
 from free_bench.engine import generate, time_region
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
-]
+_NO_CUDA = not torch.cuda.is_available()
+
+
+def needs_cuda(fn):
+    return pytest.mark.gpu(pytest.mark.skipif(_NO_CUDA, reason="needs CUDA")(fn))
+
 
 NEW_TOKENS = 32
 # BLIP-2 OPT-2.7b's language model (facebook/opt-2.7b) and Q-Former query count.
@@ -38,7 +41,9 @@ OPT_2_7B = dict(
 )
 
 
-def _compare(benchmark, bb: Backbone, inputs: dict, batch_size: int, model: str) -> None:
+def _compare(
+    benchmark, bb: Backbone, inputs: dict, batch_size: int, model: str, device: str = "cuda"
+) -> None:
     """Time HF generate() and the runner on the same inputs, interleaved in rounds so that drift in
     clocks or host load hits both alike; report medians over all rounds. EOS is off on both sides."""
     gen_cfg, lm_cfg = bb.model.language_model.generation_config, bb.lm_config
@@ -55,7 +60,8 @@ def _compare(benchmark, bb: Backbone, inputs: dict, batch_size: int, model: str)
         ours_tokens = run_ours()
         hf_tokens = run_hf()[:, inputs["input_ids"].shape[1] :]
         assert ours_tokens.shape == hf_tokens.shape == (batch_size, NEW_TOKENS)
-        kw = dict(warmup=2, repeats=5, device="cuda", dtype=torch.bfloat16, batch_size=batch_size)
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        kw = dict(warmup=2, repeats=5, device=device, dtype=dtype, batch_size=batch_size)
         rounds = [(time_region(run_hf, **kw), time_region(run_ours, **kw)) for _ in range(4)]
         benchmark.pedantic(run_ours, rounds=3, warmup_rounds=1, iterations=1)  # pytest-benchmark's table
     finally:
@@ -84,6 +90,7 @@ def opt27_backbone() -> Backbone:
     return from_hf(model)
 
 
+@needs_cuda
 @pytest.mark.parametrize("batch_size", [1, 8])
 def test_runner_vs_hf_generate(benchmark, opt27_backbone: Backbone, batch_size: int) -> None:
     bb = opt27_backbone
@@ -103,6 +110,7 @@ def embedded_gpu_backbone() -> Backbone:
         pytest.skip(str(e))
 
 
+@needs_cuda
 @pytest.mark.parametrize("batch_size", [1, 8])
 def test_embedded_gpu_runner_vs_hf_generate(
     benchmark, embedded_gpu_backbone: Backbone, batch_size: int
@@ -117,3 +125,22 @@ def test_embedded_gpu_runner_vs_hf_generate(
     pairs = [E.vqa_pair(bb.tokenizer, q, "") for q in rows["question"]]
     inputs = {"pixel_values": pixel_values(bb, rows["image"]), **prompt_batch(bb, pairs)}
     _compare(benchmark, bb, inputs, batch_size, "embedded:gpu")
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_host_overhead_runner_vs_hf_generate(benchmark, batch_size: int) -> None:
+    """Host-side cost per token on CPU: 32 layers of width 64, where the arithmetic is negligible and the
+    time is Python and dispatch, i.e. what a launch-bound GPU loop pays per layer (timer=cpu_wall)."""
+    torch.set_num_threads(1)
+    model = build_tiny_blip2(
+        "opt",
+        0,
+        num_hidden_layers=32,
+        hidden_size=64,
+        word_embed_proj_dim=64,
+        ffn_dim=256,
+        num_attention_heads=4,
+    )
+    bb = from_hf(model)
+    inputs = tiny_inputs(bb.model, batch_size, text_len=8, seed=0)
+    _compare(benchmark, bb, inputs, batch_size, "OPT 32 layers x width 64 (host overhead)", device="cpu")
