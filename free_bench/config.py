@@ -77,6 +77,24 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class ExitTrainConfig:
+    """Exit training on the frozen backbone (every method gets the same data budget)."""
+
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_disc: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    checkpoint_every: int = 100
+    collapse_steps: int = 50  # a discriminator pinned at accuracy 0 or 1 this long counts as collapsed
+    rollback_lr_factor: float = 0.3
+    max_rows: int | None = None  # rows of the training split (None: all)
+    dense: str = "all"  # placement for the per-layer analyses
+    sparse: str = "every:2"  # placement for inference (4-6 exits)
+
+
+@dataclass(frozen=True)
 class Profile:
     """Everything a profile decides. Later issues add exit and sweep configs."""
 
@@ -84,6 +102,7 @@ class Profile:
     scenes: ScenesConfig
     backbone: BackboneConfig
     pretrain: PretrainConfig
+    exits: ExitTrainConfig = field(default_factory=ExitTrainConfig)
     seed: int = 0
     extras: dict = field(default_factory=dict)
 
@@ -127,6 +146,7 @@ PROFILES: dict[str, Profile] = {
             checkpoint_every=20,
             eval_max_rows=64,
         ),
+        exits=ExitTrainConfig(steps=20, batch_size=16, checkpoint_every=10, sparse="2,3"),
     ),
     "cpu": Profile(
         name="cpu",
@@ -157,6 +177,7 @@ PROFILES: dict[str, Profile] = {
             caption_fraction=0.2,
             lr_lm_stage2=1e-3,
         ),
+        exits=ExitTrainConfig(steps=300, batch_size=32, sparse="2,4,6"),
     ),
     "gpu": Profile(
         name="gpu",
@@ -191,6 +212,7 @@ PROFILES: dict[str, Profile] = {
             warmup_steps=100,
             checkpoint_every=500,
         ),
+        exits=ExitTrainConfig(steps=600, batch_size=64, dense="every:2", sparse="4,8,12,16,20"),
     ),
 }
 

@@ -1,0 +1,99 @@
+"""Teacher-forced batches for exit training, computed once: the backbone is frozen, so every layer's
+hidden states of a row never change, and each training step runs the exit modules only.
+
+Semi regime: prompt + the labelled answer; the targets are the answer tokens. Unsupervised regime:
+no label is read; the full model answers the question itself (greedy, through the same runner) and
+the exits learn to match its token distributions at those positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import datasets
+import torch
+from tqdm.auto import tqdm
+
+from free_bench.backbone import examples as E
+from free_bench.backbone.base import Backbone
+from free_bench.backbone.quality import pixel_values, prompt_batch
+from free_bench.backbone.runner import teacher_forced_hidden_states
+from free_bench.engine import generate
+from free_bench.errors import FreeBenchError, check_choice
+
+IGNORE = -100
+
+
+@dataclass
+class TFBatch:
+    hidden: torch.Tensor  # (L+1, B, T, D): [0] = layer-1 input, [k] = output of layer k
+    mask: torch.Tensor  # (B, T) 1 at real positions
+    loss_mask: torch.Tensor  # (B, T) 1 where the logits predict an answer token
+    targets: (
+        torch.Tensor | None
+    )  # (B, T) answer ids at loss positions, IGNORE elsewhere; None if unsupervised
+
+
+def teacher_forced_batches(
+    backbone: Backbone,
+    split: datasets.Dataset,
+    regime: str,
+    batch_size: int,
+    max_rows: int | None = None,
+    max_new_tokens: int = 6,
+    progress: bool = True,
+) -> list[TFBatch]:
+    """Fixed batches of `split` (VQA rows), hidden states detached on the backbone's device."""
+    check_choice("regime", regime, ("semi", "unsupervised"))
+    if backbone.lm_type != "opt":
+        raise FreeBenchError("exit training batches support OPT backbones for now (T5: planned)")
+    n = len(split) if max_rows is None else min(max_rows, len(split))
+    if n == 0:
+        raise FreeBenchError("no rows to train exits on")
+    if regime == "semi" and not any(split.select(range(min(n, 50)))["answer"]):
+        raise FreeBenchError("regime 'semi' needs a labelled split (answers); this one has none")
+    out = []
+    for start in tqdm(range(0, n, batch_size), desc=f"teacher forcing ({regime})", disable=not progress):
+        rows = split.select(range(start, min(start + batch_size, n)))
+        out.append(_batch(backbone, rows, regime, max_new_tokens))
+    return out
+
+
+@torch.no_grad()
+def _batch(backbone: Backbone, rows: datasets.Dataset, regime: str, max_new_tokens: int) -> TFBatch:
+    tok = backbone.tokenizer
+    pixels = pixel_values(backbone, rows["image"])
+    prompts = prompt_batch(backbone, [E.vqa_pair(tok, q, "") for q in rows["question"]])
+    if regime == "semi":
+        answers = [E.encode(tok, a) + [tok.eos_token_id] for a in rows["answer"]]
+    else:  # the full model's own answer: no label is read
+        res = generate(backbone, pixel_values=pixels, **prompts, max_new_tokens=max_new_tokens)
+        answers = [_until_eos(t.tolist(), tok.eos_token_id) for t in res.tokens]
+    width = max(len(a) for a in answers)
+    target_ids = torch.full((len(answers), width), tok.pad_token_id, dtype=torch.long)  # (B, Tt)
+    target_mask = torch.zeros_like(target_ids)
+    for i, a in enumerate(answers):
+        target_ids[i, : len(a)] = torch.tensor(a)
+        target_mask[i, : len(a)] = 1
+    tf = teacher_forced_hidden_states(
+        backbone,
+        pixels,
+        prompts["input_ids"],
+        prompts["attention_mask"],
+        target_ids=target_ids.to(backbone.device),
+        target_attention_mask=target_mask.to(backbone.device),
+    )
+    B, T = tf.attention_mask.shape
+    loss_mask = torch.zeros(B, T, dtype=torch.long, device=tf.attention_mask.device)
+    loss_mask[:, tf.target_slice] = target_mask.to(loss_mask.device)
+    targets = None
+    if regime == "semi":
+        targets = torch.full((B, T), IGNORE, dtype=torch.long, device=loss_mask.device)
+        targets[:, tf.target_slice] = target_ids.to(loss_mask.device).masked_fill(
+            target_mask.to(loss_mask.device) == 0, IGNORE
+        )
+    return TFBatch(tf.hidden_states.detach(), tf.attention_mask, loss_mask, targets)
+
+
+def _until_eos(tokens: list[int], eos: int) -> list[int]:
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens

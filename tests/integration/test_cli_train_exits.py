@@ -1,0 +1,126 @@
+"""`free-bench train-exits` on the smoke profile: trains, saves, loads back, refuses bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    env = {**os.environ, "FREE_BENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    res = _cli("pretrain", "--profile", "smoke", "--device", "cpu", "--no-eval", env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return env
+
+
+def _cli(*args: str, env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "free_bench", *args], capture_output=True, text=True, env=env
+    )
+
+
+@pytest.mark.parametrize(
+    "method, regime", [("free", "semi"), ("distill", "unsupervised"), ("static", "semi")]
+)
+def test_train_save_and_load(env, tmp_path, method, regime):
+    from free_bench.backbone import load_backbone
+    from free_bench.methods import load_exits
+
+    out = tmp_path / f"{method}-{regime}"
+    res = _cli(
+        "train-exits",
+        "--method",
+        method,
+        "--backbone",
+        "embedded:smoke",
+        "--regime",
+        regime,
+        "--exits",
+        "2,4",
+        "--steps",
+        "6",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["layers"] == [2, 4]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["regime"] == regime
+    assert len(manifest["loss_log"]) == (6 if method != "static" else 0)
+    assert not out.with_name(out.name + ".state").exists()
+    old = os.environ.get("FREE_BENCH_CACHE")
+    os.environ["FREE_BENCH_CACHE"] = env["FREE_BENCH_CACHE"]
+    try:
+        bb = load_backbone("embedded:smoke", pretrain_if_missing=False)
+    finally:
+        os.environ.pop("FREE_BENCH_CACHE") if old is None else os.environ.__setitem__("FREE_BENCH_CACHE", old)
+    exits = load_exits(out, bb)
+    assert exits.name == method and tuple(exits.layers) == (2, 4)
+    hidden = torch.randn(1, 3, bb.lm_config.hidden_size)
+    assert exits.exit_logits(2, hidden).shape[-1] == bb.lm_config.vocab_size
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "free", "--regime", "semi", "--exits", "0,2"], "outside 1..4"),
+        (["--method", "free", "--regime", "semi", "--exits", "2,2"], "repeated"),
+        (["--method", "pabee", "--regime", "semi", "--patience", "0"], "patience"),
+        (["--method", "distill", "--regime", "semi", "--temperature", "0"], "temperature"),
+        (["--method", "free", "--regime", "semi", "--split", "unlabeled"], "labelled split"),
+        (["--method", "nope", "--regime", "semi"], "valid methods"),
+        (["--method", "free", "--regime", "weak"], "regime"),
+    ],
+)
+def test_bad_input_fails_cleanly_and_writes_nothing(env, tmp_path, args, message):
+    out = tmp_path / "exits"
+    res = _cli(
+        "train-exits", "--backbone", "embedded:smoke", "--device", "cpu", "--out", str(out), *args, env=env
+    )
+    assert res.returncode != 0 and message in res.stderr, res.stderr[-1000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_exits_on_another_backbone_are_refused(env, tmp_path):
+    """Exits remember their backbone: loading them onto a different one names both."""
+    from free_bench.backbone.embedded import build_model
+    from free_bench.backbone.hf import backbone_from_model
+    from free_bench.errors import FreeBenchError
+    from free_bench.methods import load_exits
+
+    out = tmp_path / "deebert"
+    res = _cli(
+        "train-exits",
+        "--method",
+        "deebert",
+        "--backbone",
+        "embedded:smoke",
+        "--regime",
+        "semi",
+        "--exits",
+        "2,4",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    other = backbone_from_model(build_model("smoke", "opt", seed=5).eval(), spec="embedded:smoke-other")
+    with pytest.raises(FreeBenchError, match="embedded:smoke-other"):
+        load_exits(out, other)

@@ -1,0 +1,152 @@
+"""Exit training: teacher-forced batches, the loop, resume, the GAN guard, a frozen backbone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from free_bench.backbone.embedded import build_model
+from free_bench.backbone.hf import backbone_from_model
+from free_bench.backbone.tokenizer import build_processor
+from free_bench.config import get_profile
+from free_bench.data.scenes_dataset import load_scenes
+from free_bench.errors import FreeBenchError
+from free_bench.methods.registry import get_method
+from free_bench.training import ExitTrainConfig, GanCollapse, teacher_forced_batches, train_exits
+from free_bench.training import loop as loop_mod
+
+
+@pytest.fixture(scope="module")
+def smoke_ds(tmp_path_factory):
+    return load_scenes("smoke", 0, root=tmp_path_factory.mktemp("data"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def smoke_backbone():
+    """The embedded smoke model, untrained: a real tokenizer and processor, random weights."""
+    prof = get_profile("smoke")
+    proc = build_processor(prof.scenes.image_size, prof.backbone.num_query_tokens)
+    model = build_model("smoke", "opt", seed=0).eval()
+    return backbone_from_model(model, tokenizer=proc.tokenizer, processor=proc, spec="embedded:smoke")
+
+
+@pytest.fixture(scope="module")
+def semi_batches(smoke_backbone, smoke_ds):
+    return teacher_forced_batches(
+        smoke_backbone, smoke_ds["exit_train"], "semi", 8, max_rows=24, progress=False
+    )
+
+
+def test_semi_batches_target_the_answer(smoke_backbone, smoke_ds, semi_batches):
+    b = semi_batches[0]
+    L = smoke_backbone.num_layers
+    assert b.hidden.shape[:3] == (L + 1, *b.mask.shape)
+    tok = smoke_backbone.tokenizer
+    first = [t for t in b.targets[0].tolist() if t != -100]
+    assert tok.decode(first[:-1]) == smoke_ds["exit_train"][0]["answer"] and first[-1] == tok.eos_token_id
+    assert torch.equal(b.loss_mask.bool(), b.targets != -100)
+
+
+def test_unsupervised_batches_never_read_labels(smoke_backbone, smoke_ds):
+    unlabeled = smoke_ds["unlabeled"]
+    assert not any(unlabeled["answer"])
+    batches = teacher_forced_batches(smoke_backbone, unlabeled, "unsupervised", 8, max_rows=8, progress=False)
+    assert batches[0].targets is None and batches[0].loss_mask.sum() > 0
+
+
+def test_semi_needs_a_labelled_split(smoke_backbone, smoke_ds):
+    with pytest.raises(FreeBenchError, match="labelled split"):
+        teacher_forced_batches(smoke_backbone, smoke_ds["unlabeled"], "semi", 8, max_rows=8, progress=False)
+
+
+@pytest.mark.parametrize("name", ["free", "deebert", "pabee", "distill"])
+def test_training_lowers_the_loss_and_leaves_the_backbone_alone(smoke_backbone, semi_batches, tmp_path, name):
+    torch.manual_seed(0)
+    before = {k: v.clone() for k, v in smoke_backbone.model.state_dict().items()}
+    method = get_method(name)(smoke_backbone, (2, 4))
+    cfg = ExitTrainConfig(steps=30, checkpoint_every=10, lr=3e-3, collapse_steps=1000)
+    log = train_exits(method, semi_batches, cfg, "semi", tmp_path, progress=False)
+    losses = [e["loss"] for e in log["step"]]
+    assert len(losses) == 30 and sum(losses[-5:]) < sum(losses[:5])
+    if name == "free":
+        assert "disc" in log["step"][0] and "disc_acc@2" in log["step"][0]
+    for k, v in smoke_backbone.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_resume_is_bit_identical(smoke_backbone, semi_batches, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    cfg = ExitTrainConfig(steps=8, checkpoint_every=3, collapse_steps=1000)
+    torch.manual_seed(0)
+    whole = get_method("free")(smoke_backbone, (2, 4))
+    train_exits(whole, semi_batches, cfg, "semi", tmp_path / "a", progress=False)
+
+    real, calls = loop_mod._step, {"n": 0}
+
+    def dies_at_step_5(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the last checkpoint is step 3
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop_mod, "_step", dies_at_step_5)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train_exits(
+            get_method("free")(smoke_backbone, (2, 4)),
+            semi_batches,
+            cfg,
+            "semi",
+            tmp_path / "b",
+            progress=False,
+        )
+    monkeypatch.setattr(loop_mod, "_step", real)
+    torch.manual_seed(1)  # fresh weights: everything must come from the checkpoint
+    resumed = get_method("free")(smoke_backbone, (2, 4))
+    train_exits(resumed, semi_batches, cfg, "semi", tmp_path / "b", progress=False)
+    for (k, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_guard_rolls_back_once_then_stops(smoke_backbone, semi_batches, tmp_path, monkeypatch):
+    """A loss that turns NaN after step 4: one rollback to the step-4 checkpoint, then GanCollapse."""
+    real, calls = loop_mod._step, {"n": 0}
+
+    def nan_after_4(*a, **k):
+        calls["n"] += 1
+        entry = real(*a, **k)
+        if calls["n"] > 4:
+            entry["loss"] = float("nan")
+        return entry
+
+    monkeypatch.setattr(loop_mod, "_step", nan_after_4)
+    method = get_method("free")(smoke_backbone, (2, 4))
+    cfg = ExitTrainConfig(steps=10, checkpoint_every=4)
+    with pytest.raises(GanCollapse, match="after one rollback"):
+        train_exits(method, semi_batches, cfg, "semi", tmp_path, progress=False)
+    assert calls["n"] == 6  # 4 good, 1 NaN -> rollback to step 4, 1 NaN -> stop
+    state = torch.load(tmp_path / "exit_train_state.pt", weights_only=False)
+    assert state["step"] == 4
+
+
+def test_collapsed_discriminator_is_detected(smoke_backbone, semi_batches, tmp_path, monkeypatch):
+    real = loop_mod._step
+
+    def pinned(*a, **k):
+        entry = real(*a, **k)
+        entry["disc_acc@2"] = 1.0
+        return entry
+
+    monkeypatch.setattr(loop_mod, "_step", pinned)
+    cfg = ExitTrainConfig(steps=20, checkpoint_every=2, collapse_steps=3)
+    with pytest.raises(GanCollapse, match="pinned"):
+        train_exits(
+            get_method("free")(smoke_backbone, (2, 4)), semi_batches, cfg, "semi", tmp_path, progress=False
+        )
+
+
+def test_untrainable_method_is_an_error(smoke_backbone, semi_batches, tmp_path):
+    with pytest.raises(FreeBenchError, match="nothing to train"):
+        train_exits(
+            get_method("static")(smoke_backbone, (2,)), semi_batches, ExitTrainConfig(), "semi", tmp_path
+        )
