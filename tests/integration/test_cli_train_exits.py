@@ -124,3 +124,21 @@ def test_exits_on_another_backbone_are_refused(env, tmp_path):
     other = backbone_from_model(build_model("smoke", "opt", seed=5).eval(), spec="embedded:smoke-other")
     with pytest.raises(FreeBenchError, match="embedded:smoke-other"):
         load_exits(out, other)
+
+
+def test_eval_exits_writes_the_per_exit_table(env, tmp_path):
+    import pandas as pd
+
+    exits, out = tmp_path / "pabee", tmp_path / "eval"
+    train = ["train-exits", "--method", "pabee", "--backbone", "embedded:smoke", "--regime", "semi"]
+    res = _cli(*train, "--steps", "2", "--device", "cpu", "--out", str(exits), env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = _cli(
+        "eval-exits", "--exits", str(exits), "--split", "val", "--max-rows", "12", "--out", str(out), env=env
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    df = pd.read_parquet(out / "per_exit_val.parquet")
+    assert set(df["layer"]) == {1, 2, 3, 4} and len(df) == 12 * 5  # 4 exits (dense) + the final layer
+    assert set(df["method"]) == {"pabee"} and df["accuracy"].between(0, 1).all()
+    res = _cli("eval-exits", "--exits", str(tmp_path / "none"), "--out", str(out), env=env)
+    assert res.returncode != 0 and "no trained exits" in res.stderr

@@ -150,3 +150,20 @@ def test_untrainable_method_is_an_error(smoke_backbone, semi_batches, tmp_path):
         train_exits(
             get_method("static")(smoke_backbone, (2,)), semi_batches, ExitTrainConfig(), "semi", tmp_path
         )
+
+
+def test_per_exit_eval_of_static_exits_is_the_logit_lens(smoke_backbone, smoke_ds):
+    """Static exits are the raw logit lens: the per-exit table must reproduce backbone.quality's lens."""
+    from free_bench.backbone.quality import logit_lens
+    from free_bench.training.evaluate import accuracy_table, per_exit_vqa
+
+    split = smoke_ds["val"]
+    method = get_method("static")(smoke_backbone, (1, 2, 3, 4))
+    df = per_exit_vqa(method, split, max_rows=40, batch_size=16, progress=False)
+    assert set(df["exit_kind"]) == {"exit", "final"} and len(df) == 40 * 5
+    lens = logit_lens(smoke_backbone, split, 40, progress=False).set_index("layer")["accuracy"]
+    table = accuracy_table(df)
+    assert list(table.columns) == ["1", "2", "3", "4", "final"]
+    for layer in range(1, 5):
+        assert table.loc["all", str(layer)] == pytest.approx(lens[layer], abs=1e-4)
+    assert table.loc["all", "final"] == pytest.approx(lens[4], abs=1e-4)
