@@ -6,7 +6,7 @@ from free_bench.errors import FreeBenchError
 
 __version__ = "0.1.0"
 
-__all__ = ["FreeBenchError", "__version__", "load_backbone"]
+__all__ = ["FreeBenchError", "__version__", "load_backbone", "load_exits"]
 
 
 def __getattr__(name: str) -> Any:
@@ -15,4 +15,8 @@ def __getattr__(name: str) -> Any:
         from free_bench.backbone import load_backbone
 
         return load_backbone
+    if name == "load_exits":
+        from free_bench.methods import load_exits
+
+        return load_exits
     raise AttributeError(f"module 'free_bench' has no attribute {name!r}")

@@ -21,7 +21,6 @@ def _add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from free_bench.backbone import load_backbone
     from free_bench.backbone.embedded import parse_spec
     from free_bench.config import get_profile
     from free_bench.data.scenes_dataset import load_scenes
@@ -41,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     bad = [s for s in args.split if s not in ds]
     if bad:
         raise FreeBenchError(f"unknown split(s) {bad}; valid: {', '.join(ds)}")
-    method = load_exits(args.exits, load_backbone(spec, device=args.device, pretrain_if_missing=False))
+    method = load_exits(args.exits, device=args.device, pretrain_if_missing=False)
     regime = json.loads((args.exits / "manifest.json").read_text())["config"]["regime"]
     for split in args.split:
         df = per_exit_vqa(method, ds[split], args.max_rows)

@@ -85,8 +85,9 @@ def _mismatch(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
     return [k for k in keys if saved.get(k) != given[k]]
 
 
-def load_exits(folder: str | Path, backbone: Backbone) -> ExitMethod:
-    """Rebuild a saved method on `backbone`; FreeBenchError if the exits were trained on another one."""
+def load_exits(folder: str | Path, backbone: Backbone | None = None, **load_kw: Any) -> ExitMethod:
+    """Rebuild a saved method on `backbone` (default: the backbone the exits name, loaded with
+    `load_backbone(spec, **load_kw)`); FreeBenchError if the exits were trained on another one."""
     from free_bench.methods.registry import get_method
 
     folder = Path(folder)
@@ -105,6 +106,10 @@ def load_exits(folder: str | Path, backbone: Backbone) -> ExitMethod:
         )
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise FreeBenchError(f"{str(cfg_path)!r} is not a valid exit config: {exc}") from None
+    if backbone is None:
+        from free_bench.backbone.load import load_backbone
+
+        backbone = load_backbone(saved.get("spec"), **load_kw)
     given = backbone_identity(backbone)
     bad = _mismatch(saved, given)
     if bad:

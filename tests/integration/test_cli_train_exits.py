@@ -32,8 +32,7 @@ def _cli(*args: str, env) -> subprocess.CompletedProcess:
     "method, regime", [("free", "semi"), ("distill", "unsupervised"), ("static", "semi")]
 )
 def test_train_save_and_load(env, tmp_path, method, regime):
-    from free_bench.backbone import load_backbone
-    from free_bench.methods import load_exits
+    import free_bench
 
     out = tmp_path / f"{method}-{regime}"
     res = _cli(
@@ -63,11 +62,11 @@ def test_train_save_and_load(env, tmp_path, method, regime):
     assert not out.with_name(out.name + ".state").exists()
     old = os.environ.get("FREE_BENCH_CACHE")
     os.environ["FREE_BENCH_CACHE"] = env["FREE_BENCH_CACHE"]
-    try:
-        bb = load_backbone("embedded:smoke", pretrain_if_missing=False)
+    try:  # free_bench.load_exits(dir) finds the backbone the exits name
+        exits = free_bench.load_exits(out, pretrain_if_missing=False)
     finally:
         os.environ.pop("FREE_BENCH_CACHE") if old is None else os.environ.__setitem__("FREE_BENCH_CACHE", old)
-    exits = load_exits(out, bb)
+    bb = exits.backbone
     assert exits.name == method and tuple(exits.layers) == (2, 4)
     hidden = torch.randn(1, 3, bb.lm_config.hidden_size)
     assert exits.exit_logits(2, hidden).shape[-1] == bb.lm_config.vocab_size
