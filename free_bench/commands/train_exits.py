@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from free_bench.methods.registry import available, get_method
     from free_bench.records import Manifest
     from free_bench.training import teacher_forced_batches, train_exits
+    from free_bench.training.distributed import barrier, init_from_env
 
     check_choice("method", args.method, available())
     check_choice("regime", args.regime, list(REGIME_SPLIT))
@@ -59,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
     if (args.out / "config.json").exists():
         print(f"exits already trained in {args.out} (delete it to retrain)")
         return 0
-    torch.manual_seed(args.seed)
-    backbone = load_backbone(args.backbone, device=args.device, seed=args.seed)
+    dist, device = init_from_env(args.device)  # under torchrun: one rank per process, data sharded
+    torch.manual_seed(args.seed)  # the same exit initialisation on every rank
+    backbone = load_backbone(args.backbone, device=device, seed=args.seed)
     layers = parse_placement(args.exits or cfg.dense, backbone.num_layers)
     method = get_method(args.method)(backbone, layers, **_options(args))  # validates the options
     split_name = args.split or REGIME_SPLIT[args.regime]
@@ -76,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             "layers": list(layers),
             "options": method.options,
             "split": split_name,
+            "processes": dist.world,
             "train": asdict(cfg),
         },
         seeds=[args.seed],
@@ -85,8 +88,13 @@ def run(args: argparse.Namespace) -> int:
     log: dict = {"step": [], "seconds": 0.0}
     t0 = time.perf_counter()
     if method.trainable:
-        batches = teacher_forced_batches(backbone, ds[split_name], args.regime, cfg.batch_size, cfg.max_rows)
-        log = train_exits(method, batches, cfg, args.regime, state, seed=args.seed)
+        batches = teacher_forced_batches(
+            backbone, ds[split_name], args.regime, cfg.batch_size, cfg.max_rows, dist=dist
+        )
+        log = train_exits(method, batches, cfg, args.regime, state, seed=args.seed, dist=dist)
+    if not dist.main:
+        barrier(dist)
+        return 0
     method.save(args.out)
     manifest.update(
         loss_log=log["step"],
@@ -96,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     )
     manifest.write(args.out / "manifest.json")
     shutil.rmtree(state, ignore_errors=True)
+    barrier(dist)
     last = log["step"][-1] if log["step"] else {}
     print(
         json.dumps(

@@ -20,6 +20,7 @@ from free_bench.backbone.quality import pixel_values, prompt_batch
 from free_bench.backbone.runner import teacher_forced_hidden_states
 from free_bench.engine import generate
 from free_bench.errors import FreeBenchError, check_choice
+from free_bench.training.distributed import SINGLE, Dist, check_batch
 
 IGNORE = -100
 
@@ -42,8 +43,12 @@ def teacher_forced_batches(
     max_rows: int | None = None,
     max_new_tokens: int = 6,
     progress: bool = True,
+    dist: Dist = SINGLE,
 ) -> list[TFBatch]:
-    """Fixed batches of `split` (VQA rows), hidden states detached on the backbone's device."""
+    """Fixed batches of `split` (VQA rows), hidden states detached on the backbone's device.
+
+    Under data parallelism each rank keeps its own share of every global batch of `batch_size` rows."""
+    check_batch(batch_size, dist)
     check_choice("regime", regime, ("semi", "unsupervised"))
     if backbone.lm_type != "opt":
         raise FreeBenchError("exit training batches support OPT backbones for now (T5: planned)")
@@ -54,7 +59,7 @@ def teacher_forced_batches(
         raise FreeBenchError("regime 'semi' needs a labelled split (answers); this one has none")
     out = []
     for start in tqdm(range(0, n, batch_size), desc=f"teacher forcing ({regime})", disable=not progress):
-        rows = split.select(range(start, min(start + batch_size, n)))
+        rows = split.select(dist.share(start, min(start + batch_size, n)))
         out.append(_batch(backbone, rows, regime, max_new_tokens))
     return out
 

@@ -20,6 +20,7 @@ from free_bench.errors import FreeBenchError
 from free_bench.methods.base import ExitMethod
 from free_bench.records import atomic_path
 from free_bench.training.batches import TFBatch
+from free_bench.training.distributed import SINGLE, Dist, average_gradients, average_scalars, barrier
 
 
 class GanCollapse(FreeBenchError):
@@ -34,8 +35,12 @@ def train_exits(
     state_dir: Path,
     seed: int = 0,
     progress: bool = True,
+    dist: Dist = SINGLE,
 ) -> dict:
-    """Train (or resume) `method`'s exits on precomputed batches; returns the loss log."""
+    """Train (or resume) `method`'s exits on precomputed batches; returns the loss log.
+
+    With `dist` (several ranks), gradients and logged values are averaged across ranks and only
+    rank 0 writes checkpoints."""
     if not method.trainable:
         raise FreeBenchError(f"method {method.name!r} has nothing to train")
     ckpt = state_dir / "exit_train_state.pt"
@@ -51,7 +56,7 @@ def train_exits(
     bar = tqdm(
         range(start, cfg.steps),
         desc=f"train {method.name}",
-        disable=not progress,
+        disable=not progress or not dist.main,
         initial=start,
         total=cfg.steps,
     )
@@ -62,7 +67,7 @@ def train_exits(
             len(batches), generator=torch.Generator().manual_seed(seed * 7919 + step // len(batches))
         )
         b = batches[int(order[step % len(batches)])]
-        entry = _step(method, b, regime, cfg, gen_opt, disc_opt)
+        entry = average_scalars(_step(method, b, regime, cfg, gen_opt, disc_opt, dist), dist)
         bad = not all(math.isfinite(v) for k, v in entry.items() if not k.startswith("disc_acc@"))
         accs = [v for k, v in entry.items() if k.startswith("disc_acc@")]
         pinned = pinned + 1 if accs and any(a in (0.0, 1.0) for a in accs) else 0
@@ -97,7 +102,9 @@ def train_exits(
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             log["seconds"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            _save(ckpt, method, gen_opt, disc_opt, step, log, lr_scale)
+            if dist.main:
+                _save(ckpt, method, gen_opt, disc_opt, step, log, lr_scale)
+            barrier(dist)
     bar.close()
     return log
 
@@ -111,12 +118,15 @@ def _optimizers(method: ExitMethod, cfg: ExitTrainConfig, scale: float):
     return gen, disc
 
 
-def _step(method: ExitMethod, b: TFBatch, regime: str, cfg: ExitTrainConfig, gen_opt, disc_opt) -> dict:
+def _step(
+    method: ExitMethod, b: TFBatch, regime: str, cfg: ExitTrainConfig, gen_opt, disc_opt, dist: Dist
+) -> dict:
     entry: dict = {}
     if disc_opt is not None:  # D step first, on detached features
         d = method.discriminator_loss(b.hidden, b.mask, b.loss_mask)
         disc_opt.zero_grad(set_to_none=True)
         d["loss"].backward()
+        average_gradients(list(method.discriminator_parameters()), dist)
         torch.nn.utils.clip_grad_norm_(list(method.discriminator_parameters()), cfg.grad_clip)
         disc_opt.step()
         entry["disc"] = float(d["disc"])
@@ -124,6 +134,7 @@ def _step(method: ExitMethod, b: TFBatch, regime: str, cfg: ExitTrainConfig, gen
     g = method.losses(b.hidden, b.targets if regime == "semi" else None, b.mask, regime, b.loss_mask)
     gen_opt.zero_grad(set_to_none=True)
     g["loss"].backward()
+    average_gradients(list(method.generator_parameters()), dist)
     torch.nn.utils.clip_grad_norm_(list(method.generator_parameters()), cfg.grad_clip)
     gen_opt.step()
     entry.update({k: float(v.detach()) for k, v in g.items() if v.dim() == 0})

@@ -141,3 +141,31 @@ def test_eval_exits_writes_the_per_exit_table(env, tmp_path):
     assert set(df["method"]) == {"pabee"} and df["accuracy"].between(0, 1).all()
     res = _cli("eval-exits", "--exits", str(tmp_path / "none"), "--out", str(out), env=env)
     assert res.returncode != 0 and "no trained exits" in res.stderr
+
+
+def test_torchrun_two_processes_match_one(env, tmp_path):
+    """DDP on 2 CPU processes (gloo), each with half of every global batch, follows the single-process
+    run: the same losses step by step and the same weights, up to float rounding (Adam divides by
+    sqrt(v) + 1e-8, so gradients rounded differently move tiny-gradient weights by ~1e-5 per step)."""
+    from safetensors.torch import load_file
+
+    args = ["--method", "free", "--backbone", "embedded:smoke", "--regime", "semi", "--exits", "2,4"]
+    args += ["--steps", "2", "--device", "cpu"]
+    one = _cli("train-exits", *args, "--out", str(tmp_path / "one"), env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    two = subprocess.run(
+        [*cmd, "-m", "free_bench", "train-exits", *args, "--out", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    m1, m2 = (json.loads((tmp_path / n / "manifest.json").read_text()) for n in ("one", "two"))
+    assert m2["config"]["processes"] == 2 and m1["config"]["processes"] == 1
+    for a, b in zip(m1["loss_log"], m2["loss_log"], strict=True):
+        for key in ("loss", "disc", "task", "adv"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    w1, w2 = (load_file(str(tmp_path / n / "exits.safetensors")) for n in ("one", "two"))
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], atol=1e-4, rtol=0)
