@@ -23,6 +23,9 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exits", default=None, help="placement: '4,8,12', 'every:k' or 'all' (default: dense)")
     p.add_argument("--profile", default=None, help="scenes profile of the data (default: the backbone's)")
     p.add_argument("--split", default=None, help="training split (default: exit_train / unlabeled)")
+    p.add_argument(
+        "--tasks", nargs="+", default=["vqa", "caption"], help="vqa and/or caption (default: both)"
+    )
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the profile's)")
     p.add_argument("--patience", type=int, default=None, help="PABEE patience (>= 1)")
     p.add_argument("--temperature", type=float, default=None, help="distillation temperature (> 0)")
@@ -79,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             "options": method.options,
             "split": split_name,
             "processes": dist.world,
+            "tasks": list(args.tasks),
             "train": asdict(cfg),
         },
         seeds=[args.seed],
@@ -89,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if method.trainable:
         batches = teacher_forced_batches(
-            backbone, ds[split_name], args.regime, cfg.batch_size, cfg.max_rows, dist=dist
+            backbone, ds[split_name], args.regime, cfg.batch_size, cfg.max_rows, tuple(args.tasks), dist=dist
         )
         log = train_exits(method, batches, cfg, args.regime, state, seed=args.seed, dist=dist)
     if not dist.main:

@@ -41,39 +41,70 @@ def teacher_forced_batches(
     regime: str,
     batch_size: int,
     max_rows: int | None = None,
-    max_new_tokens: int = 6,
+    tasks: tuple[str, ...] = ("vqa", "caption"),
     progress: bool = True,
     dist: Dist = SINGLE,
 ) -> list[TFBatch]:
-    """Fixed batches of `split` (VQA rows), hidden states detached on the backbone's device.
-
-    Under data parallelism each rank keeps its own share of every global batch of `batch_size` rows."""
-    check_batch(batch_size, dist)
+    """Fixed batches of `split`: its VQA rows, then one caption per distinct image; hidden states
+    detached on the backbone's device. Under data parallelism each rank keeps its own share of every
+    global batch of `batch_size` rows."""
     check_choice("regime", regime, ("semi", "unsupervised"))
+    check_batch(batch_size, dist)
     if backbone.lm_type != "opt":
         raise FreeBenchError("exit training batches support OPT backbones for now (T5: planned)")
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or not tasks:
+        raise FreeBenchError(f"unknown task(s) {bad or tasks}; valid: {', '.join(TASKS)}")
     n = len(split) if max_rows is None else min(max_rows, len(split))
     if n == 0:
         raise FreeBenchError("no rows to train exits on")
+    split = split.select(range(n))
     if regime == "semi" and not any(split.select(range(min(n, 50)))["answer"]):
         raise FreeBenchError("regime 'semi' needs a labelled split (answers); this one has none")
     out = []
-    for start in tqdm(range(0, n, batch_size), desc=f"teacher forcing ({regime})", disable=not progress):
-        rows = split.select(dist.share(start, min(start + batch_size, n)))
-        out.append(_batch(backbone, rows, regime, max_new_tokens))
+    for task in tasks:
+        rows = split if task == "vqa" else split.select(first_rows_per_image(split))
+        desc = f"teacher forcing {task} ({regime})"
+        for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress or not dist.main):
+            chunk = rows.select(dist.share(start, min(start + batch_size, len(rows))))
+            out.append(_batch(backbone, chunk, regime, task))
     return out
 
 
+TASKS = ("vqa", "caption")
+MAX_NEW = {"vqa": 6, "caption": 30}
+
+
+def first_rows_per_image(split: datasets.Dataset) -> list[int]:
+    first: dict[str, int] = {}
+    for i, image_id in enumerate(split["image_id"]):
+        first.setdefault(image_id, i)
+    return list(first.values())
+
+
 @torch.no_grad()
-def _batch(backbone: Backbone, rows: datasets.Dataset, regime: str, max_new_tokens: int) -> TFBatch:
+def _batch(backbone: Backbone, rows: datasets.Dataset, regime: str, task: str) -> TFBatch:
     tok = backbone.tokenizer
     pixels = pixel_values(backbone, rows["image"])
-    prompts = prompt_batch(backbone, [E.vqa_pair(tok, q, "") for q in rows["question"]])
-    if regime == "semi":
-        answers = [E.encode(tok, a) + [tok.eos_token_id] for a in rows["answer"]]
-    else:  # the full model's own answer: no label is read
-        res = generate(backbone, pixel_values=pixels, **prompts, max_new_tokens=max_new_tokens)
-        answers = [_until_eos(t.tolist(), tok.eos_token_id) for t in res.tokens]
+    if task == "vqa":
+        pairs = [E.vqa_pair(tok, q, "") for q in rows["question"]]
+    else:
+        pairs = [E.caption_pair(tok, "") for _ in range(len(rows))]
+    prompts = prompt_batch(backbone, pairs)
+    if regime == "semi":  # the label: the answer, or the first reference caption
+        labels = rows["answer"] if task == "vqa" else [caps[0] for caps in rows["captions"]]
+        answers = [E.encode(tok, a) + [tok.eos_token_id] for a in labels]
+    else:  # the full model's own output: no label is read
+        res = generate(backbone, pixel_values=pixels, **prompts, max_new_tokens=MAX_NEW[task])
+        answers = [until_eos(t.tolist(), tok.eos_token_id) for t in res.tokens]
+    return teacher_force(backbone, pixels, prompts, answers, with_targets=regime == "semi")
+
+
+def teacher_force(
+    backbone: Backbone, pixels: torch.Tensor, prompts: dict, answers: list[list[int]], with_targets: bool
+) -> TFBatch:
+    """Every layer's hidden states over prompt + `answers` (token ids), and where they are predicted."""
+    tok = backbone.tokenizer
     width = max(len(a) for a in answers)
     target_ids = torch.full((len(answers), width), tok.pad_token_id, dtype=torch.long)  # (B, Tt)
     target_mask = torch.zeros_like(target_ids)
@@ -89,16 +120,15 @@ def _batch(backbone: Backbone, rows: datasets.Dataset, regime: str, max_new_toke
         target_attention_mask=target_mask.to(backbone.device),
     )
     B, T = tf.attention_mask.shape
-    loss_mask = torch.zeros(B, T, dtype=torch.long, device=tf.attention_mask.device)
-    loss_mask[:, tf.target_slice] = target_mask.to(loss_mask.device)
+    dev = tf.attention_mask.device
+    loss_mask = torch.zeros(B, T, dtype=torch.long, device=dev)
+    loss_mask[:, tf.target_slice] = target_mask.to(dev)
     targets = None
-    if regime == "semi":
-        targets = torch.full((B, T), IGNORE, dtype=torch.long, device=loss_mask.device)
-        targets[:, tf.target_slice] = target_ids.to(loss_mask.device).masked_fill(
-            target_mask.to(loss_mask.device) == 0, IGNORE
-        )
+    if with_targets:
+        targets = torch.full((B, T), IGNORE, dtype=torch.long, device=dev)
+        targets[:, tf.target_slice] = target_ids.to(dev).masked_fill(target_mask.to(dev) == 0, IGNORE)
     return TFBatch(tf.hidden_states.detach(), tf.attention_mask, loss_mask, targets)
 
 
-def _until_eos(tokens: list[int], eos: int) -> list[int]:
+def until_eos(tokens: list[int], eos: int) -> list[int]:
     return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens

@@ -2,7 +2,9 @@
 
 Every rank holds the same exits; each takes its own contiguous share of every global batch, and
 gradients are averaged across ranks before clipping, so a run on N processes follows the
-single-process run on the same global batch (up to float rounding).
+single-process run on the same global batch (up to float rounding) whenever every share holds as
+many loss tokens (one-word VQA answers); with captions of different lengths the per-rank token means
+are averaged, as DDP does everywhere.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-exit evaluation without skipping: every exit's VQA answer, teacher-forced, on a split.
+"""Per-exit evaluation without skipping: every exit's VQA answer and caption, teacher-forced.
 
 The exit's answer is its argmax at the first answer position (the last prompt position), the same
 decision the logit lens reads: exact for `scenes`, whose canonical answers are one word. The result
@@ -16,9 +16,11 @@ from tqdm.auto import tqdm
 from free_bench.backbone import examples as E
 from free_bench.backbone.quality import pixel_values, prompt_batch
 from free_bench.backbone.runner import teacher_forced_hidden_states
+from free_bench.engine import generate
 from free_bench.errors import FreeBenchError
 from free_bench.methods.base import ExitMethod
 from free_bench.metrics import vqa_accuracy
+from free_bench.training.batches import MAX_NEW, first_rows_per_image, teacher_force, until_eos
 
 
 @torch.inference_mode()
@@ -77,3 +79,74 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
     by_type = df.assign(column=col).pivot_table(index="question_type", columns="column", values="accuracy")
     overall = df.assign(column=col).groupby("column")["accuracy"].mean().rename("all").to_frame().T
     return pd.concat([overall, by_type])[order].round(4)
+
+
+@torch.inference_mode()
+def per_exit_captions(
+    method: ExitMethod,
+    split: datasets.Dataset,
+    max_images: int | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Each exit's caption, teacher-forced on the full model's own greedy caption (no skipping).
+
+    At every caption position the exit predicts the next token from the full model's prefix; its
+    argmax sequence, cut at the first EOS, is its caption. The final layer reproduces the full model's
+    caption exactly. Columns: image_id, layer, exit_kind, prediction, references.
+    """
+    bb, tok = method.backbone, method.backbone.tokenizer
+    images = split.select(first_rows_per_image(split))
+    n = len(images) if max_images is None else min(max_images, len(images))
+    rows = []
+    for start in tqdm(range(0, n, batch_size), desc=f"per-exit captions {method.name}", disable=not progress):
+        chunk = images.select(range(start, min(start + batch_size, n)))
+        pixels = pixel_values(bb, chunk["image"])
+        prompts = prompt_batch(bb, [E.caption_pair(tok, "") for _ in range(len(chunk))])
+        full = generate(bb, pixel_values=pixels, **prompts, max_new_tokens=MAX_NEW["caption"])
+        answers = [until_eos(t.tolist(), tok.eos_token_id) for t in full.tokens]
+        b = teacher_force(bb, pixels, prompts, answers, with_targets=False)
+        heads = [(k, "exit", method.exit_logits(k, b.hidden[k], b.mask)) for k in method.layers]
+        heads.append((bb.num_layers, "final", bb.logits_from_hidden(b.hidden[-1])))
+        for layer, kind, logits in heads:  # (B, T, V)
+            ids = logits.argmax(-1)  # (B, T)
+            for i, r in enumerate(chunk.select_columns(["image_id", "captions"])):
+                seq = until_eos(ids[i][b.loss_mask[i].bool()].tolist(), tok.eos_token_id)
+                rows.append(
+                    {
+                        "image_id": r["image_id"],
+                        "layer": layer,
+                        "exit_kind": kind,
+                        "prediction": tok.decode(seq, skip_special_tokens=True).strip(),
+                        "references": list(r["captions"]),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def caption_score_table(df: pd.DataFrame) -> pd.DataFrame:
+    """pycocoevalcap scores per exit layer (tidy: layer, exit_kind, metric, value); where the scorer
+    cannot run (no pycocoevalcap or Java) the rows say so in `missing` and carry no value."""
+    from free_bench.backbone.quality import caption_metrics
+
+    out = []
+    for (layer, kind), g in df.groupby(["layer", "exit_kind"]):
+        preds = dict(zip(g["image_id"], g["prediction"], strict=True))
+        refs = {i: list(r) for i, r in zip(g["image_id"], g["references"], strict=True)}
+        scores = caption_metrics(preds, refs)
+        if "missing" in scores:
+            out.append(
+                {
+                    "layer": layer,
+                    "exit_kind": kind,
+                    "metric": "CIDEr",
+                    "value": None,
+                    "missing": scores["missing"],
+                }
+            )
+            continue
+        out += [
+            {"layer": layer, "exit_kind": kind, "metric": m, "value": v, "missing": None}
+            for m, v in scores.items()
+        ]
+    return pd.DataFrame(out)

@@ -136,6 +136,9 @@ def test_eval_exits_writes_the_per_exit_table(env, tmp_path):
         "eval-exits", "--exits", str(exits), "--split", "val", "--max-rows", "12", "--out", str(out), env=env
     )
     assert res.returncode == 0, res.stderr[-2000:]
+    caps = pd.read_parquet(out / "per_exit_captions_val.parquet")
+    assert set(caps["layer"]) == {1, 2, 3, 4} and len(caps) > 0
+    assert (out / "per_exit_caption_scores_val.parquet").exists()
     df = pd.read_parquet(out / "per_exit_val.parquet")
     assert set(df["layer"]) == {1, 2, 3, 4} and len(df) == 12 * 5  # 4 exits (dense) + the final layer
     assert set(df["method"]) == {"pabee"} and df["accuracy"].between(0, 1).all()
@@ -150,7 +153,7 @@ def test_torchrun_two_processes_match_one(env, tmp_path):
     from safetensors.torch import load_file
 
     args = ["--method", "free", "--backbone", "embedded:smoke", "--regime", "semi", "--exits", "2,4"]
-    args += ["--steps", "2", "--device", "cpu"]
+    args += ["--steps", "2", "--device", "cpu", "--tasks", "vqa"]  # one-word answers: equal token shares
     one = _cli("train-exits", *args, "--out", str(tmp_path / "one"), env=env)
     assert one.returncode == 0, one.stderr[-2000:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]

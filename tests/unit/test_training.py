@@ -47,6 +47,14 @@ def test_semi_batches_target_the_answer(smoke_backbone, smoke_ds, semi_batches):
     assert torch.equal(b.loss_mask.bool(), b.targets != -100)
 
 
+def test_caption_batches_target_the_first_reference(smoke_backbone, smoke_ds, semi_batches):
+    rows = smoke_ds["exit_train"].select(range(24))
+    n_vqa = -(-len(rows) // 8)
+    b = semi_batches[n_vqa]  # the first caption batch follows the VQA batches
+    first = [t for t in b.targets[0].tolist() if t != -100]
+    assert smoke_backbone.tokenizer.decode(first[:-1]) == rows[0]["captions"][0]
+
+
 def test_unsupervised_batches_never_read_labels(smoke_backbone, smoke_ds):
     unlabeled = smoke_ds["unlabeled"]
     assert not any(unlabeled["answer"])
@@ -167,3 +175,17 @@ def test_per_exit_eval_of_static_exits_is_the_logit_lens(smoke_backbone, smoke_d
     for layer in range(1, 5):
         assert table.loc["all", str(layer)] == pytest.approx(lens[layer], abs=1e-4)
     assert table.loc["all", "final"] == pytest.approx(lens[4], abs=1e-4)
+
+
+def test_per_exit_captions_final_layer_is_the_full_models_caption(smoke_backbone, smoke_ds):
+    from free_bench.backbone.quality import caption_predictions
+    from free_bench.training.evaluate import caption_score_table, per_exit_captions
+
+    method = get_method("deebert")(smoke_backbone, (2, 4))
+    df = per_exit_captions(method, smoke_ds["val"], max_images=6, batch_size=4, progress=False)
+    assert len(df) == 6 * 3 and set(df["exit_kind"]) == {"exit", "final"}
+    full, _ = caption_predictions(smoke_backbone, smoke_ds["val"], 6, progress=False)
+    final = df[df.exit_kind == "final"].set_index("image_id")["prediction"]
+    assert final.to_dict() == full  # teacher forcing on its own caption reproduces the full model
+    scores = caption_score_table(df)
+    assert set(scores["layer"]) == {2, 4} and ("CIDEr" in set(scores["metric"]))
