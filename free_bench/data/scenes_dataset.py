@@ -88,10 +88,11 @@ def build_scenes(profile: str, seed: int = 0, progress: bool = True) -> datasets
     """All six splits, in memory; rendered on every core when there is more than a chunk of images."""
     cfg = get_profile(profile).scenes
     workers = min(os.cpu_count() or 1, sum(-(-n // _CHUNK) for n in cfg.images.values()))
-    # spawn, not fork: the parent may already hold torch's thread pools
-    pool = (
-        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
-    )
+    # fork, not spawn: spawn re-imports the caller's __main__, which breaks any script without a main
+    # guard; the workers only draw with numpy and PIL and never touch torch's thread pools.
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork") if fork else None
+    pool = ProcessPoolExecutor(workers, mp_context=ctx) if fork and workers > 1 else None
     try:
         return datasets.DatasetDict(
             {

@@ -153,3 +153,21 @@ def test_patches_are_grid_cells():
     for name, prof in PROFILES.items():
         assert prof.backbone.patch_size * prof.scenes.grid == prof.scenes.image_size, name
         assert prof.scenes.max_objects <= prof.scenes.grid**2, name
+
+
+def test_parallel_build_from_a_script_without_main_guard(tmp_path):
+    """Rendering workers must not re-import the caller's __main__ (spawn would: an unguarded user
+    script then crashes with BrokenProcessPool). Small chunks force the process pool on smoke."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "import free_bench.data.scenes_dataset as D\n"
+        "D._CHUNK = 20\n"
+        "ds = D.build_scenes('smoke', 0, progress=False)\n"
+        "print(len(ds['train']))\n"
+    )
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert int(res.stdout.split()[-1]) == len(build_scenes("smoke", 0, progress=False)["train"])
