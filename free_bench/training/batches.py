@@ -50,8 +50,6 @@ def teacher_forced_batches(
     global batch of `batch_size` rows."""
     check_choice("regime", regime, ("semi", "unsupervised"))
     check_batch(batch_size, dist)
-    if backbone.lm_type != "opt":
-        raise FreeBenchError("exit training batches support OPT backbones for now (T5: planned)")
     bad = [t for t in tasks if t not in TASKS]
     if bad or not tasks:
         raise FreeBenchError(f"unknown task(s) {bad or tasks}; valid: {', '.join(TASKS)}")

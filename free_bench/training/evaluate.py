@@ -33,8 +33,6 @@ def per_exit_vqa(
 ) -> pd.DataFrame:
     """Columns: question_id, question_type, layer, exit_kind (exit|final), prediction, confidence, accuracy."""
     bb = method.backbone
-    if bb.lm_type != "opt":
-        raise FreeBenchError("per-exit evaluation supports OPT backbones for now (T5: planned)")
     if not any(split.select(range(min(len(split), 50)))["answers"]):
         raise FreeBenchError("per-exit evaluation needs a labelled split (answers)")
     n = len(split) if max_rows is None else min(max_rows, len(split))
@@ -42,12 +40,16 @@ def per_exit_vqa(
     for start in tqdm(range(0, n, batch_size), desc=f"per-exit eval {method.name}", disable=not progress):
         chunk = split.select(range(start, min(start + batch_size, n)))
         batch = prompt_batch(bb, [E.vqa_pair(tok, q, "") for q in chunk["question"]])
-        tf = teacher_forced_hidden_states(bb, pixel_values(bb, chunk["image"]), **batch)
-        heads = [
-            (k, "exit", method.exit_logits(k, tf.hidden_states[k], tf.attention_mask)[:, -1])
-            for k in method.layers
-        ]
-        heads.append((bb.num_layers, "final", bb.logits_from_hidden(tf.hidden_states[-1][:, -1])))
+        pv = pixel_values(bb, chunk["image"])
+        if bb.lm_type == "opt":  # the first answer token is predicted at the last prompt position
+            tf, at = teacher_forced_hidden_states(bb, pv, **batch), -1
+        else:  # T5: at the first decoder position, fed the decoder start token
+            start_id = bb.language_model.config.decoder_start_token_id
+            dec = torch.full((len(chunk), 1), start_id, dtype=torch.long, device=bb.device)
+            tf, at = teacher_forced_hidden_states(bb, pv, **batch, decoder_input_ids=dec), 0
+        h, mask = tf.hidden_states, tf.attention_mask
+        heads = [(k, "exit", method.exit_logits(k, h[k], mask)[:, at]) for k in method.layers]
+        heads.append((bb.num_layers, "final", bb.logits_from_hidden(h[-1][:, at])))
         for layer, kind, logits in heads:  # logits (B, V) at the first answer position (left padding)
             probs = logits.float().softmax(-1)
             conf, ids = probs.max(-1)

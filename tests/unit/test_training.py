@@ -189,3 +189,35 @@ def test_per_exit_captions_final_layer_is_the_full_models_caption(smoke_backbone
     assert final.to_dict() == full  # teacher forcing on its own caption reproduces the full model
     scores = caption_score_table(df)
     assert set(scores["layer"]) == {2, 4} and ("CIDEr" in set(scores["metric"]))
+
+
+@pytest.fixture(scope="module")
+def smoke_t5_backbone():
+    prof = get_profile("smoke")
+    proc = build_processor(prof.scenes.image_size, prof.backbone.num_query_tokens)
+    model = build_model("smoke", "t5", seed=0).eval()
+    return backbone_from_model(model, tokenizer=proc.tokenizer, processor=proc, spec="embedded:smoke-t5")
+
+
+def test_t5_light_heads_train_and_evaluate(smoke_t5_backbone, smoke_ds, tmp_path):
+    """On a T5 backbone the exits sit on decoder layers: batches, training and both evaluations run,
+    static exits reproduce the logit lens, and the final layer reproduces the full model's caption."""
+    from free_bench.backbone.quality import caption_predictions, logit_lens
+    from free_bench.training.evaluate import accuracy_table, per_exit_captions, per_exit_vqa
+
+    bb = smoke_t5_backbone
+    batches = teacher_forced_batches(bb, smoke_ds["exit_train"], "semi", 8, max_rows=16, progress=False)
+    first = [t for t in batches[0].targets[0].tolist() if t != -100]
+    assert bb.tokenizer.decode(first[:-1]) == smoke_ds["exit_train"][0]["answer"]
+    log = train_exits(
+        get_method("deebert")(bb, (1, 3)), batches, ExitTrainConfig(steps=4), "semi", tmp_path, progress=False
+    )
+    assert len(log["step"]) == 4
+    static = get_method("static")(bb, tuple(range(1, bb.num_layers + 1)))
+    table = accuracy_table(per_exit_vqa(static, smoke_ds["val"], max_rows=24, progress=False))
+    lens = logit_lens(bb, smoke_ds["val"], 24, progress=False).set_index("layer")["accuracy"]
+    for layer in range(1, bb.num_layers + 1):
+        assert table.loc["all", str(layer)] == pytest.approx(lens[layer], abs=1e-4)
+    caps = per_exit_captions(static, smoke_ds["val"], max_images=4, progress=False)
+    full, _ = caption_predictions(bb, smoke_ds["val"], 4, progress=False)
+    assert caps[caps.exit_kind == "final"].set_index("image_id")["prediction"].to_dict() == full
