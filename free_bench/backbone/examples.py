@@ -36,6 +36,14 @@ def images_tensor(split: datasets.Dataset) -> tuple[torch.Tensor, dict[str, int]
     return pixels, {image_id: k for k, image_id in enumerate(first)}
 
 
+def first_rows_per_image(split: datasets.Dataset) -> list[int]:
+    """Index of the first row of each distinct image, in order (captions are per image, not per row)."""
+    first: dict[str, int] = {}
+    for i, image_id in enumerate(split["image_id"]):
+        first.setdefault(image_id, i)
+    return list(first.values())
+
+
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float in [-1, 1], as the embedded processor does (mean 0.5, std 0.5)."""
     return pixels.float().div(255.0).sub(0.5).div(0.5)

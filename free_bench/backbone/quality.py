@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from free_bench.backbone import examples as E
 from free_bench.backbone.base import Backbone
-from free_bench.backbone.runner import teacher_forced_hidden_states
+from free_bench.backbone.runner import TeacherForcedOutput, teacher_forced_hidden_states
 from free_bench.engine.generate import generate
 from free_bench.errors import FreeBenchError
 from free_bench.metrics import vqa_accuracy
@@ -80,10 +80,7 @@ def vqa_predictions(
 def caption_predictions(
     backbone: Backbone, split: datasets.Dataset, max_images: int, batch_size: int = 64, progress: bool = True
 ) -> tuple[dict[str, str], dict[str, list[str]]]:
-    first = {}
-    for i, image_id in enumerate(split["image_id"]):
-        first.setdefault(image_id, i)
-    images = split.select(list(first.values()))
+    images = split.select(E.first_rows_per_image(split))
     preds, refs = {}, {}
     for chunk in _chunks(images, max_images, batch_size, "eval captions", progress):
         pairs = [E.caption_pair(backbone.tokenizer, "") for _ in range(len(chunk))]
@@ -99,6 +96,18 @@ def caption_predictions(
 
 
 @torch.inference_mode()
+def first_answer_pass(
+    backbone: Backbone, pixel_values: torch.Tensor, prompts: dict[str, torch.Tensor]
+) -> tuple[TeacherForcedOutput, int]:
+    """Teacher-forced pass over VQA prompts, and the position whose logits give the first answer token:
+    OPT, the last prompt position (left padding); T5, the first decoder position (decoder start)."""
+    if backbone.lm_type == "opt":
+        return teacher_forced_hidden_states(backbone, pixel_values, **prompts), -1
+    start = backbone.language_model.config.decoder_start_token_id
+    dec = torch.full((pixel_values.shape[0], 1), start, dtype=torch.long, device=backbone.device)
+    return teacher_forced_hidden_states(backbone, pixel_values, **prompts, decoder_input_ids=dec), 0
+
+
 def logit_lens(
     backbone: Backbone, split: datasets.Dataset, max_rows: int, batch_size: int = 64, progress: bool = True
 ) -> pd.DataFrame:
@@ -108,16 +117,8 @@ def logit_lens(
     for chunk in _chunks(split, max_rows, batch_size, "logit lens", progress):
         pairs = [E.vqa_pair(tok, q, "") for q in chunk["question"]]
         batch = prompt_batch(backbone, pairs)
-        pv = pixel_values(backbone, chunk["image"])
-        if backbone.lm_type == "opt":
-            tf = teacher_forced_hidden_states(backbone, pv, **batch)
-            h = tf.hidden_states[1:, :, -1]  # (L, B, D): last prompt position (left padding)
-        else:
-            start = backbone.language_model.config.decoder_start_token_id
-            dec = torch.full((len(pairs), 1), start, dtype=torch.long, device=backbone.device)
-            h = teacher_forced_hidden_states(backbone, pv, **batch, decoder_input_ids=dec).hidden_states[
-                1:, :, 0
-            ]
+        tf, at = first_answer_pass(backbone, pixel_values(backbone, chunk["image"]), batch)
+        h = tf.hidden_states[1:, :, at]  # (L, B, D)
         tokens = backbone.logits_from_hidden(h).argmax(-1)  # (L, B)
         for layer in range(tokens.shape[0]):
             words = tok.batch_decode(tokens[layer, :, None], skip_special_tokens=True)

@@ -61,7 +61,7 @@ def teacher_forced_batches(
         raise FreeBenchError("regime 'semi' needs a labelled split (answers); this one has none")
     out = []
     for task in tasks:
-        rows = split if task == "vqa" else split.select(first_rows_per_image(split))
+        rows = split if task == "vqa" else split.select(E.first_rows_per_image(split))
         desc = f"teacher forcing {task} ({regime})"
         for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress or not dist.main):
             chunk = rows.select(dist.share(start, min(start + batch_size, len(rows))))
@@ -71,13 +71,6 @@ def teacher_forced_batches(
 
 TASKS = ("vqa", "caption")
 MAX_NEW = {"vqa": 6, "caption": 30}
-
-
-def first_rows_per_image(split: datasets.Dataset) -> list[int]:
-    first: dict[str, int] = {}
-    for i, image_id in enumerate(split["image_id"]):
-        first.setdefault(image_id, i)
-    return list(first.values())
 
 
 @torch.no_grad()

@@ -14,13 +14,12 @@ import torch
 from tqdm.auto import tqdm
 
 from free_bench.backbone import examples as E
-from free_bench.backbone.quality import pixel_values, prompt_batch
-from free_bench.backbone.runner import teacher_forced_hidden_states
+from free_bench.backbone.quality import first_answer_pass, pixel_values, prompt_batch
 from free_bench.engine import generate
 from free_bench.errors import FreeBenchError
 from free_bench.methods.base import ExitMethod
 from free_bench.metrics import vqa_accuracy
-from free_bench.training.batches import MAX_NEW, first_rows_per_image, teacher_force, until_eos
+from free_bench.training.batches import MAX_NEW, teacher_force, until_eos
 
 
 @torch.inference_mode()
@@ -40,13 +39,7 @@ def per_exit_vqa(
     for start in tqdm(range(0, n, batch_size), desc=f"per-exit eval {method.name}", disable=not progress):
         chunk = split.select(range(start, min(start + batch_size, n)))
         batch = prompt_batch(bb, [E.vqa_pair(tok, q, "") for q in chunk["question"]])
-        pv = pixel_values(bb, chunk["image"])
-        if bb.lm_type == "opt":  # the first answer token is predicted at the last prompt position
-            tf, at = teacher_forced_hidden_states(bb, pv, **batch), -1
-        else:  # T5: at the first decoder position, fed the decoder start token
-            start_id = bb.language_model.config.decoder_start_token_id
-            dec = torch.full((len(chunk), 1), start_id, dtype=torch.long, device=bb.device)
-            tf, at = teacher_forced_hidden_states(bb, pv, **batch, decoder_input_ids=dec), 0
+        tf, at = first_answer_pass(bb, pixel_values(bb, chunk["image"]), batch)
         h, mask = tf.hidden_states, tf.attention_mask
         heads = [(k, "exit", method.exit_logits(k, h[k], mask)[:, at]) for k in method.layers]
         heads.append((bb.num_layers, "final", bb.logits_from_hidden(h[-1][:, at])))
@@ -98,7 +91,7 @@ def per_exit_captions(
     caption exactly. Columns: image_id, layer, exit_kind, prediction, references.
     """
     bb, tok = method.backbone, method.backbone.tokenizer
-    images = split.select(first_rows_per_image(split))
+    images = split.select(E.first_rows_per_image(split))
     n = len(images) if max_images is None else min(max_images, len(images))
     rows = []
     for start in tqdm(range(0, n, batch_size), desc=f"per-exit captions {method.name}", disable=not progress):

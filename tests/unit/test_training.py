@@ -21,13 +21,18 @@ def smoke_ds(tmp_path_factory):
     return load_scenes("smoke", 0, root=tmp_path_factory.mktemp("data"), progress=False)
 
 
-@pytest.fixture(scope="module")
-def smoke_backbone():
+def _untrained_smoke(lm: str):
     """The embedded smoke model, untrained: a real tokenizer and processor, random weights."""
     prof = get_profile("smoke")
     proc = build_processor(prof.scenes.image_size, prof.backbone.num_query_tokens)
-    model = build_model("smoke", "opt", seed=0).eval()
-    return backbone_from_model(model, tokenizer=proc.tokenizer, processor=proc, spec="embedded:smoke")
+    model = build_model("smoke", lm, seed=0).eval()
+    spec = "embedded:smoke" + ("-t5" if lm == "t5" else "")
+    return backbone_from_model(model, tokenizer=proc.tokenizer, processor=proc, spec=spec)
+
+
+@pytest.fixture(scope="module")
+def smoke_backbone():
+    return _untrained_smoke("opt")
 
 
 @pytest.fixture(scope="module")
@@ -193,10 +198,7 @@ def test_per_exit_captions_final_layer_is_the_full_models_caption(smoke_backbone
 
 @pytest.fixture(scope="module")
 def smoke_t5_backbone():
-    prof = get_profile("smoke")
-    proc = build_processor(prof.scenes.image_size, prof.backbone.num_query_tokens)
-    model = build_model("smoke", "t5", seed=0).eval()
-    return backbone_from_model(model, tokenizer=proc.tokenizer, processor=proc, spec="embedded:smoke-t5")
+    return _untrained_smoke("t5")
 
 
 def test_t5_light_heads_train_and_evaluate(smoke_t5_backbone, smoke_ds, tmp_path):
