@@ -95,7 +95,6 @@ def caption_predictions(
     return preds, refs
 
 
-@torch.inference_mode()
 def first_answer_pass(
     backbone: Backbone, pixel_values: torch.Tensor, prompts: dict[str, torch.Tensor]
 ) -> tuple[TeacherForcedOutput, int]:
@@ -108,6 +107,7 @@ def first_answer_pass(
     return teacher_forced_hidden_states(backbone, pixel_values, **prompts, decoder_input_ids=dec), 0
 
 
+@torch.inference_mode()
 def logit_lens(
     backbone: Backbone, split: datasets.Dataset, max_rows: int, batch_size: int = 64, progress: bool = True
 ) -> pd.DataFrame:
