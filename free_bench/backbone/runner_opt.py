@@ -44,16 +44,33 @@ def begin(state: DecodeState, embeds: torch.Tensor) -> torch.Tensor:
         embeds = dec.project_in(embeds)
     pos_embeds = dec.embed_positions(None, 0, position_ids=state.position_ids[:, pos : pos + q])
     hidden = embeds + pos_embeds  # (B, q, D)
+    set_masks(state, hidden)
+    return hidden
+
+
+def set_masks(state: DecodeState, hidden: torch.Tensor) -> None:
+    """Self-attention mask for the q = hidden.shape[1] positions starting at `state.pos`, all B rows."""
+    pos, q = state.pos, hidden.shape[1]
     if q == 1:
         state.self_mask = None if state.step_masks is None else state.step_masks[..., : pos + 1]
     else:
         state.self_mask = create_causal_mask(
-            config=dec.config,
+            config=state.backbone.decoder.config,
             inputs_embeds=hidden,
             attention_mask=state.pad_mask[:, : pos + q],
             cache=state.kv if pos else None,
         )
-    return hidden
+
+
+def kv_projection(layer: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The K/V an OPTDecoderLayer would cache for `hidden` (b, q, D), without running the layer.
+
+    Same calls as the layer: its pre-attention norm (where the model norms first), then k_proj/v_proj.
+    Returns (b, H, q, Dh) each."""
+    x = layer.self_attn_layer_norm(hidden) if layer.do_layer_norm_before else hidden
+    attn = layer.self_attn
+    shape = (*hidden.shape[:2], -1, attn.head_dim)
+    return attn.k_proj(x).view(shape).transpose(1, 2), attn.v_proj(x).view(shape).transpose(1, 2)
 
 
 def run_layers(

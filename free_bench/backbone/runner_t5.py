@@ -86,9 +86,15 @@ def _cross_inputs(state: DecodeState, hidden: torch.Tensor) -> tuple[torch.Tenso
 
 def begin(state: DecodeState, embeds: torch.Tensor) -> torch.Tensor:
     """Decoder token embeddings (B, q, D) -> block-1 input; set masks and the relative position bias."""
+    hidden = state.backbone.decoder.dropout(embeds)  # (B, q, D)
+    set_masks(state, hidden)
+    return hidden
+
+
+def set_masks(state: DecodeState, hidden: torch.Tensor) -> None:
+    """Masks and relative position bias for the q = hidden.shape[1] positions starting at `state.pos`."""
     dec = state.backbone.decoder
-    pos, q = state.pos, embeds.shape[1]
-    hidden = dec.dropout(embeds)  # (B, q, D)
+    pos, q = state.pos, hidden.shape[1]
     attn0 = state.layers[0].layer[0].SelfAttention
     # What the first block computes when handed position_bias=None; later blocks reuse it.
     state.position_bias = attn0.compute_bias(q, pos + q, device=hidden.device, past_seen_tokens=pos)
@@ -102,7 +108,17 @@ def begin(state: DecodeState, embeds: torch.Tensor) -> torch.Tensor:
             cache=state.kv if pos else None,
         )
     state.cross_mask, state.cross_bias = _cross_inputs(state, hidden)
-    return hidden
+
+
+def kv_projection(block: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The self-attention K/V a T5Block would cache for `hidden` (b, q, D), without running it.
+
+    The relative position bias is added to scores, not keys, so K/V depend on the hidden state alone."""
+    sa = block.layer[0]
+    x = sa.layer_norm(hidden)
+    attn = sa.SelfAttention
+    shape = (*hidden.shape[:2], -1, attn.key_value_proj_dim)
+    return attn.k(x).view(shape).transpose(1, 2), attn.v(x).view(shape).transpose(1, 2)
 
 
 def run_layers(

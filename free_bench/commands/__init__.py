@@ -6,5 +6,6 @@ from free_bench.commands import (
     pretrain,  # noqa: F401
     reproduce,  # noqa: F401
     score,  # noqa: F401
+    sweep,  # noqa: F401
     train_exits,  # noqa: F401
 )

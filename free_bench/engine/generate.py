@@ -1,4 +1,4 @@
-"""Greedy decoding through the layer runner; the full model today, early exits plug in later.
+"""Greedy decoding through the layer runner: the full model, or early exits (`decode_exits`).
 
 Matches HF `generate(do_sample=False)`: same EOS/pad rules (EOS is emitted, later positions of a
 finished row hold pad_token_id), stopping once every row has emitted EOS or after max_new_tokens.
@@ -13,7 +13,10 @@ import torch
 
 from free_bench.backbone import runner
 from free_bench.backbone.base import Backbone
+from free_bench.engine.cost import cost_model
+from free_bench.engine.decode_exits import decode_with_exits
 from free_bench.errors import FreeBenchError, check_choice
+from free_bench.methods.base import ExitMethod
 
 KV_POLICIES = ("propagate", "deferred", "full")
 
@@ -25,7 +28,14 @@ class GenerateResult:
     tokens: torch.Tensor  # (B, T) long; pad_token_id after a row's EOS
     exit_layers: torch.Tensor  # (B, T) long; num_layers for full-depth tokens, 0 at padding
     text: list[str] | None  # decoded with skip_special_tokens when a tokenizer is known
-    cost_layers: float  # decoder-layer evaluations spent on real new tokens, summed over the batch
+    cost_layers: float  # layer-equivalents spent on real new tokens, exits and KV fills included
+    full_cost_layers: float  # what the full model spends on the same tokens (layers + head)
+    confidences: torch.Tensor | None = None  # (B, T) the rule's score where each token left; NaN at padding
+
+    @property
+    def expected_speedup(self) -> float:
+        """Full-model cost / cost spent, in layer-equivalents (engine.cost), exit modules included."""
+        return self.full_cost_layers / self.cost_layers
 
 
 def special_tokens(backbone: Backbone) -> tuple[list[int], int]:
@@ -55,17 +65,36 @@ def generate(
     max_new_tokens: int = 20,
     threshold: float | None = None,
     kv_policy: str = "propagate",
+    compact: bool = True,
 ) -> GenerateResult:
-    """Greedy decoding; with `exits=None` every token runs all `backbone.num_layers` layers."""
+    """Greedy decoding; with `exits=None` every token runs all `backbone.num_layers` layers.
+
+    With `exits` (an `ExitMethod`), each token leaves at the exit its rule picks under `threshold`
+    (max prob, entropy, patience, static layer or cosine) and the layers above it do not run for it;
+    `kv_policy` says what fills their KV entries. `compact=False` keeps exited rows of a batch
+    running, discarded, until the slowest row is done (to measure what compaction saves)."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise FreeBenchError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     check_choice("kv_policy", kv_policy, KV_POLICIES)
-    if exits is not None:
-        raise FreeBenchError("early exits are not available yet: exits arrive with the methods issue")
-    if threshold is not None:
-        raise FreeBenchError("threshold needs exits; exits arrive with the methods issue")
-
     eos_ids, pad_id = special_tokens(backbone)
+    if exits is None and threshold is not None:
+        raise FreeBenchError("threshold needs exits: pass the exit method loaded with free_bench.load_exits")
+    if exits is not None:
+        if not isinstance(exits, ExitMethod):
+            raise FreeBenchError(
+                f"exits must be an ExitMethod (free_bench.load_exits(dir)), got {type(exits).__name__}"
+            )
+        if threshold is None:
+            threshold = exits.options.get("patience") if exits.rule == "patience" else None
+        if threshold is None:
+            raise FreeBenchError(f"{exits.name} exits need a threshold for their {exits.rule} rule")
+        fields = decode_with_exits(
+            backbone, exits, pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens, threshold=threshold, kv_policy=kv_policy, compact=compact,
+            eos_ids=eos_ids, pad_id=pad_id,
+        )  # fmt: skip
+        return GenerateResult(text=_decode_text(backbone, fields["tokens"]), **fields)
+
     state = runner.start_decoding(
         backbone, pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens
     )
@@ -73,6 +102,7 @@ def generate(
     eos = torch.tensor(eos_ids, dtype=torch.long, device=device)  # (E,)
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)  # (B, N)
     exit_layers = torch.zeros((batch, max_new_tokens), dtype=torch.long, device=device)  # (B, N)
+    confidences = torch.full((batch, max_new_tokens), float("nan"), device=device)  # (B, N)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)  # (B,)
     pad = torch.tensor(pad_id, dtype=torch.long, device=device)
     full_depth = torch.tensor(num_layers, dtype=torch.long, device=device)
@@ -91,14 +121,19 @@ def generate(
         next_ids = torch.where(unfinished, logits.argmax(dim=-1), pad)  # (B,)
         tokens[:, t] = next_ids
         exit_layers[:, t] = torch.where(unfinished, full_depth, zero)
+        confidences[:, t] = logits.float().softmax(-1).amax(-1).masked_fill(~unfinished, float("nan"))
         steps = t + 1
         if eos.numel():
             unfinished &= ~torch.isin(next_ids, eos)
             if not bool(unfinished.any()):  # the one host sync per token
                 break
 
-    tokens, exit_layers = tokens[:, :steps], exit_layers[:, :steps]
-    text = None
-    if backbone.tokenizer is not None:
-        text = [s.strip() for s in backbone.tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)]
-    return GenerateResult(tokens, exit_layers, text, float(exit_layers.sum().item()))
+    tokens, exit_layers, confidences = tokens[:, :steps], exit_layers[:, :steps], confidences[:, :steps]
+    full = float((exit_layers > 0).sum().item()) * cost_model(backbone).full
+    return GenerateResult(tokens, exit_layers, _decode_text(backbone, tokens), full, full, confidences)
+
+
+def _decode_text(backbone: Backbone, tokens: torch.Tensor) -> list[str] | None:
+    if backbone.tokenizer is None:
+        return None
+    return [s.strip() for s in backbone.tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)]

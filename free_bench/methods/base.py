@@ -145,6 +145,10 @@ class ExitMethod(nn.Module):
             raise FreeBenchError(f"exit hidden states must be (B, T, D), got shape {tuple(hidden.shape)}")
         return self.head_logits(k, self.exit_hidden(k, hidden, attention_mask))
 
+    def exit_modules(self, k: int) -> list[nn.Module]:
+        """The modules exit k adds on top of the shared frozen head (for its cost); none = logit lens."""
+        return []
+
     def all_exit_logits(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -162,6 +162,10 @@ class LightHeadMethod(ExitMethod):
     def head_logits(self, k: int, hidden: torch.Tensor) -> torch.Tensor:
         return self.light.logits(self.backbone, k, hidden)  # (B, T, V)
 
+    def exit_modules(self, k: int) -> list[nn.Module]:
+        own = [self.light.heads[str(k)]] if str(k) in self.light.heads else []
+        return [self.light.adapters[str(k)], *own]
+
 
 class GeneratorMethod(ExitMethod):
     """Base of FREE/distillation: a `Generators` exit module (one decoder layer per exit) followed by
@@ -177,6 +181,9 @@ class GeneratorMethod(ExitMethod):
         self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         return self.generators(k, hidden, attention_mask)  # (B, T, D)
+
+    def exit_modules(self, k: int) -> list[nn.Module]:
+        return [self.generators.layers[str(k)]]
 
     def features(self, hidden: torch.Tensor) -> torch.Tensor:
         """What the LM head reads: the frozen final norm of a hidden state. (B, T, D) -> (B, T, F).

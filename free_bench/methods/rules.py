@@ -63,6 +63,39 @@ def check_patience(patience: float) -> int:
     return int(patience)
 
 
+def check_threshold(rule: str, threshold: float, layers: tuple[int, ...] = ()) -> float:
+    """A rule's parameter in its range: probability in [0, 1], entropy >= 0, integer patience >= 1,
+    cosine in [-1, 1], static: a layer of the placement. Returns it normalised (patience/static: int)."""
+    number = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+    if rule == "patience":
+        return check_patience(threshold)
+    if not number or threshold != threshold:  # NaN
+        raise FreeBenchError(f"{rule} threshold must be a number, got {threshold!r}")
+    if rule == "max_prob" and not 0 <= threshold <= 1:
+        raise FreeBenchError(f"max_prob threshold is a probability in [0, 1], got {threshold!r}")
+    if rule == "entropy" and threshold < 0:
+        raise FreeBenchError(f"entropy threshold must be >= 0 (nats), got {threshold!r}")
+    if rule == "cosine" and not -1 <= threshold <= 1:
+        raise FreeBenchError(f"cosine threshold must be in [-1, 1], got {threshold!r}")
+    if rule == "static":
+        if threshold != int(threshold) or int(threshold) not in layers:
+            raise FreeBenchError(
+                f"static exit layer {threshold!r} is not an exit of this placement {list(layers)}"
+            )
+        return int(threshold)
+    return float(threshold)
+
+
+def patience_step(
+    previous: torch.Tensor | None, current: torch.Tensor, counts: torch.Tensor | None
+) -> torch.Tensor:
+    """PABEE's counter after one more exit: +1 where this exit's argmax equals the previous one's,
+    else 0 (0 at the first exit, `previous is None`). (N,) long each."""
+    if previous is None or counts is None:
+        return torch.zeros_like(current)
+    return torch.where(current == previous, counts + 1, torch.zeros_like(counts))
+
+
 def patience_exit(logits: torch.Tensor, patience: float) -> torch.Tensor:
     """PABEE's counter: exit i fires when the argmax at exits i-p, ..., i is one token (p repeats).
 
@@ -71,11 +104,15 @@ def patience_exit(logits: torch.Tensor, patience: float) -> torch.Tensor:
     exits agree", and the earliest exit that can fire is index p (never the first exit alone).
     """
     _check_logits(logits)
+    return patience_from_tokens(logits.argmax(dim=-1), patience)
+
+
+def patience_from_tokens(tokens: torch.Tensor, patience: float) -> torch.Tensor:
+    """`patience_exit` on the exits' argmax tokens (E, N) -> (N,)."""
     p = check_patience(patience)
-    tokens = logits.argmax(dim=-1)  # (E, N)
     counts = torch.zeros_like(tokens)  # (E, N) PABEE counter after each exit
     for i in range(1, tokens.shape[0]):
-        counts[i] = torch.where(tokens[i] == tokens[i - 1], counts[i - 1] + 1, torch.zeros_like(counts[i]))
+        counts[i] = patience_step(tokens[i - 1], tokens[i], counts[i - 1])
     return first_fired(counts >= p)
 
 

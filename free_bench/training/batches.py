@@ -65,7 +65,7 @@ def teacher_forced_batches(
         desc = f"teacher forcing {task} ({regime})"
         for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress or not dist.main):
             chunk = rows.select(dist.share(start, min(start + batch_size, len(rows))))
-            out.append(_batch(backbone, chunk, regime, task))
+            out.append(teacher_forced_batch(backbone, chunk, regime, task))
     return out
 
 
@@ -74,7 +74,8 @@ MAX_NEW = {"vqa": 6, "caption": 30}
 
 
 @torch.no_grad()
-def _batch(backbone: Backbone, rows: datasets.Dataset, regime: str, task: str) -> TFBatch:
+def teacher_forced_batch(backbone: Backbone, rows: datasets.Dataset, regime: str, task: str) -> TFBatch:
+    """One batch: prompts + labels (semi) or + the full model's own output (unsupervised)."""
     tok = backbone.tokenizer
     pixels = pixel_values(backbone, rows["image"])
     if task == "vqa":

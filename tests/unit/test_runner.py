@@ -12,6 +12,7 @@ from free_bench.backbone import Backbone, from_hf
 from free_bench.backbone import runner as R
 from free_bench.backbone.tiny import build_tiny_blip2, tiny_blip2_config, tiny_inputs
 from free_bench.engine import generate
+from free_bench.engine.cost import cost_model
 from free_bench.errors import FreeBenchError
 
 N_NEW = 12
@@ -39,7 +40,7 @@ def test_greedy_matches_hf_generate(tiny_backbone: Backbone, batch: int) -> None
     after_eos = (ref == eos).long().cumsum(dim=1) - (ref == eos).long() > 0
     expected = torch.where(after_eos, 0, tiny_backbone.num_layers)
     assert torch.equal(ours.exit_layers, expected)
-    assert ours.cost_layers == float(expected.sum())
+    assert ours.cost_layers == ours.full_cost_layers and ours.expected_speedup == 1.0
     assert ours.text is None  # no tokenizer on the tiny models
 
 
@@ -79,7 +80,9 @@ def test_eos_stops_rows_and_pads(tiny_backbone: Backbone, monkeypatch: pytest.Mo
     assert bool((ours.exit_layers[0, stop + 1 :] == 0).all()) and bool(
         (ours.exit_layers[0, : stop + 1] > 0).all()
     )
-    assert ours.cost_layers == float(ours.exit_layers.sum())
+    assert ours.cost_layers == pytest.approx(
+        float((ours.exit_layers > 0).sum()) * cost_model(tiny_backbone).full
+    )
 
 
 def test_teacher_forced_matches_hf_forward(tiny_backbone: Backbone) -> None:
@@ -195,8 +198,10 @@ def test_generate_validates_inputs(tiny_opt_backbone: Backbone) -> None:
             generate(tiny_opt_backbone, **inputs, max_new_tokens=bad)
     with pytest.raises(FreeBenchError, match="deferred, full, propagate"):
         generate(tiny_opt_backbone, **inputs, kv_policy="lazy")
-    with pytest.raises(FreeBenchError, match="methods issue"):
+    with pytest.raises(FreeBenchError, match="exits must be an ExitMethod"):
         generate(tiny_opt_backbone, object(), **inputs)
+    with pytest.raises(FreeBenchError, match="threshold needs exits"):
+        generate(tiny_opt_backbone, **inputs, threshold=0.5)
 
 
 def test_backbone_accessors(tiny_backbone: Backbone) -> None:

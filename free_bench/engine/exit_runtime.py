@@ -1,0 +1,127 @@
+"""One decode's view of an `ExitMethod`: the exits it consults, their decisions, their own KV cache.
+
+The rule is the method's, applied through `methods.rules` (the same functions the teacher-forced
+simulation uses), one exit at a time, for the rows still in flight. FREE's and distillation's exit
+modules are decoder layers with causal self-attention: they get a KV store of their own (one slot
+per exit) that the KV policies keep filled like the backbone's.
+
+An exit at the last layer is never consulted: a token that reaches layer L has paid for the whole
+model, and the model's own head decides it (the "none fired" case of `ExitMethod.exit_index`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from free_bench.backbone import runner_skip
+from free_bench.backbone.runner_kv import KVStore
+from free_bench.backbone.runner_state import DecodeState
+from free_bench.errors import FreeBenchError
+from free_bench.methods import rules
+from free_bench.methods.base import ExitMethod
+from free_bench.methods.heads import GeneratorMethod
+from free_bench.methods.mue import cosine
+
+LIVE_RULES = ("max_prob", "entropy", "patience", "static", "cosine")
+_READS_LOGITS = ("max_prob", "entropy", "patience")
+
+
+@dataclass(eq=False)
+class Check:
+    """An exit's verdict for b rows: the token it would emit, whether it fires, the rule's score."""
+
+    tokens: torch.Tensor  # (b,) long; meaningful where fired
+    fired: torch.Tensor  # (b,) bool
+    score: torch.Tensor  # (b,) float: max prob, entropy, patience count or cosine
+
+
+class ExitRuntime:
+    def __init__(self, method: ExitMethod, state: DecodeState, threshold: float) -> None:
+        if method.rule not in LIVE_RULES:
+            raise FreeBenchError(
+                f"{method.name}: the {method.rule} rule is a ceiling that needs the full model's answer; "
+                "it exists in simulation only (free-bench sweep --mode simulated)"
+            )
+        self.method, self.state, self.rule = method, state, method.rule
+        self.threshold = rules.check_threshold(method.rule, threshold, method.layers)
+        self.layers = tuple(k for k in method.layers if k < state.num_layers)  # consulted exits
+        self.reads_logits = self.rule in _READS_LOGITS
+        self.reads_previous = self.rule == "cosine"  # MuE compares layer k's input and output
+        self.generators = method.generators if isinstance(method, GeneratorMethod) else None
+        self.gen_kv = (
+            KVStore(len(method.layers), state.batch_size, state.max_len) if self.generators else None
+        )
+        self._tokens: torch.Tensor | None = None  # PABEE: previous exit's argmax per row in flight
+        self._counts: torch.Tensor | None = None
+
+    def slot(self, k: int) -> int:
+        """The generator KV slot of exit k (its index in the method's placement)."""
+        return self.method.layers.index(k)
+
+    # --- per token ---------------------------------------------------------------------------
+    def start_token(self) -> None:
+        self._tokens = self._counts = None
+
+    def keep(self, mask: torch.Tensor) -> None:
+        """Rows in flight were compacted to `mask` (b,) bool: keep the rule's state aligned."""
+        if self._tokens is not None and self._counts is not None:
+            self._tokens, self._counts = self._tokens[mask], self._counts[mask]
+
+    def generator(self, k: int, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Exit k's generator layer over the positions being addressed (b, q, D) -> (b, q, D);
+        writes its K/V into the generator store at the state's current positions."""
+        assert self.generators is not None and self.gen_kv is not None
+        st = self.state
+        self.gen_kv.pos, self.gen_kv.rows = st.kv.pos, rows
+        mask = None if st.self_mask is None else st.self_mask[rows]
+        try:
+            return self.generators(k, hidden, mask4d=mask, cache=self.gen_kv)
+        finally:
+            self.gen_kv.rows = None
+
+    def check(
+        self, k: int, hidden: torch.Tensor, rows: torch.Tensor, previous: torch.Tensor | None = None
+    ) -> Check:
+        """Exit k on the output of layer k (b, q, D) for `rows`; `previous` (b, D) is the input of
+        layer k at the last position (MuE)."""
+        m, last = self.method, hidden[:, -1:]  # (b, 1, D)
+        if self.generators is not None:
+            last = self.generator(k, hidden, rows)[:, -1:]
+        elif self.reads_logits or self.rule == "static":
+            last = m.exit_hidden(k, last)
+        if self.rule == "cosine":
+            assert previous is not None
+            score = cosine(previous, hidden[:, -1])  # (b,)
+            fired = score >= self.threshold
+            return Check(m.head_logits(k, last)[:, 0].argmax(-1), fired, score)
+        if self.rule == "static":
+            logits = m.head_logits(k, last)[:, 0].float()  # (b, V)
+            fired = torch.full((logits.shape[0],), k == self.threshold, device=logits.device)
+            return Check(logits.argmax(-1), fired, rules.max_prob(logits[None])[0])
+        logits = m.head_logits(k, last)[:, 0].float()  # (b, V)
+        tokens = logits.argmax(-1)
+        if self.rule == "max_prob":
+            score = rules.max_prob(logits[None])[0]
+            return Check(tokens, score >= self.threshold, score)
+        if self.rule == "entropy":
+            score = rules.entropy(logits[None])[0]
+            return Check(tokens, score < self.threshold, score)
+        self._counts = rules.patience_step(self._tokens, tokens, self._counts)
+        self._tokens = tokens
+        return Check(tokens, self._counts >= self.threshold, self._counts.float())
+
+    # --- KV policies ---------------------------------------------------------------------------
+    def fill_generators(self, above: int, hidden: torch.Tensor, rows: torch.Tensor) -> int:
+        """Propagate: generator caches of the exits deeper than layer `above` get K/V from `hidden`
+        (b, q, D) at the positions in flight; returns how many were filled."""
+        if self.generators is None or self.gen_kv is None:
+            return 0
+        self.gen_kv.pos = self.state.kv.pos
+        deeper = [k for k in self.layers if k > above]
+        for k in deeper:
+            layer = self.generators.layers[str(k)]
+            key, value = runner_skip.kv_projection("opt", layer, hidden)
+            self.gen_kv.write(self.slot(k), key.to(hidden.dtype), value.to(hidden.dtype), rows)
+        return len(deeper)

@@ -1,0 +1,205 @@
+"""Threshold sweeps: quality, expected and measured speedup of one exit method, point by point.
+
+Every finished point (task, threshold) is written at once to `points/` (atomic parquet); a rerun
+with the same spec skips them, so a killed sweep resumes. `sweep.parquet` (schema `records.SWEEP`)
+gathers them, with the full model as a reference point (`method="full"`) per task.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import datasets
+import pandas as pd
+from tqdm.auto import tqdm
+
+from free_bench.engine import sweep_eval as S
+from free_bench.engine.cost import cost_model
+from free_bench.engine.kv_policies import POLICIES
+from free_bench.errors import FreeBenchError, check_choice
+from free_bench.methods import get_method, load_exits, rules
+from free_bench.methods.base import ExitMethod
+from free_bench.records import SWEEP, device_name, write_json, write_parquet
+
+MODES = ("simulated", "live")
+SPLITS = ("val", "test", "test_novel")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    method: str
+    exits: str
+    split: str
+    mode: str
+    thresholds: tuple[float, ...]
+    kv_policy: str = "propagate"
+    batch_size: int = 1
+    perturb: str | None = None
+    tasks: tuple[str, ...] = ("vqa",)
+    max_rows: int | None = None
+    warmup: int = 3
+    repeats: int = 1
+
+    def check(self) -> None:
+        check_choice("mode", self.mode, MODES)
+        check_choice("split", self.split, SPLITS)
+        check_choice("kv_policy", self.kv_policy, tuple(POLICIES))
+        for task in self.tasks:
+            check_choice("task", task, tuple(S.TASK_ROWS))
+        if self.batch_size < 1 or (self.max_rows is not None and self.max_rows < 1):
+            raise FreeBenchError(
+                f"batch size and max rows must be >= 1, got {self.batch_size}, {self.max_rows}"
+            )
+        if not self.thresholds:
+            raise FreeBenchError("give at least one threshold")
+        if self.perturb is not None:
+            from free_bench.data.perturb import parse_spec
+
+            parse_spec(self.perturb)
+
+
+def load_method(spec: SweepSpec, device: str | None) -> tuple[ExitMethod, str]:
+    """The exits named by `spec.exits`, or an untrained rule (static, mue) on their backbone."""
+    cls = get_method(spec.method)
+    if cls.rule == "oracle":
+        raise FreeBenchError("the oracle is a ceiling over every exit's answer, not a threshold rule: "
+                             "read it from `free-bench eval-exits` tables")  # fmt: skip
+    config = Path(spec.exits) / "config.json"
+    if not config.exists():
+        raise FreeBenchError(f"{spec.exits} holds no trained exits (no config.json); run train-exits first")
+    saved = json.loads(config.read_text())
+    manifest = Path(spec.exits) / "manifest.json"
+    regime = json.loads(manifest.read_text())["config"].get("regime", "none") if manifest.exists() else "none"
+    trained = load_exits(spec.exits, device=device, pretrain_if_missing=False)
+    if trained.name == spec.method:
+        return trained.eval(), regime
+    if cls.trainable:
+        raise FreeBenchError(f"--method {spec.method} but {spec.exits} holds {saved.get('method')} exits")
+    return cls(trained.backbone, trained.layers).eval(), "none"
+
+
+def _rows(spec: SweepSpec, split: datasets.Dataset, task: str) -> datasets.Dataset:
+    rows = S.TASK_ROWS[task](split)
+    return rows.select(range(min(spec.max_rows, len(rows)))) if spec.max_rows else rows
+
+
+def _point_file(out: Path, task: str, threshold: float | str) -> Path:
+    return out / "points" / f"{task}__{threshold}.parquet"
+
+
+def run_sweep(spec: SweepSpec, out: Path, device: str | None = None, progress: bool = True) -> pd.DataFrame:
+    spec.check()
+    method, regime = load_method(spec, device)
+    for t in spec.thresholds:  # all validated before any work
+        rules.check_threshold(method.rule, t, method.layers)
+    saved = out / "sweep_spec.json"
+    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(asdict(spec))):
+        raise FreeBenchError(f"{out} holds another sweep ({saved}); choose a new --out or delete it")
+    ds = load_split(method, spec)
+    write_json(asdict(spec), saved)
+    bb, cost = method.backbone, cost_model(method.backbone, method)
+    base = {"regime": regime, "kv_policy": spec.kv_policy, "batch_size": spec.batch_size, "split": spec.split,
+            "perturbation": spec.perturb or "none", "device": device_name()}  # fmt: skip
+    timings = {}
+    for task in spec.tasks:
+        rows = _rows(spec, ds, task)
+        if spec.mode == "simulated":
+            timings[task] = _simulated(spec, method, cost, rows, task, out, base, progress)
+        else:
+            timings[task] = _live(spec, method, rows, task, out, base, progress)
+    files = sorted((out / "points").glob("*.parquet"))
+    df = SWEEP.validate(pd.concat([pd.read_parquet(f) for f in files], ignore_index=True))
+    write_parquet(df, out / "sweep.parquet", SWEEP)
+    write_json({"spec": asdict(spec), "backbone": bb.spec, "timings": timings, "device": device_name()},
+               out / "manifest.json")  # fmt: skip
+    return df
+
+
+def load_split(method: ExitMethod, spec: SweepSpec) -> datasets.Dataset:
+    from free_bench.backbone.embedded import parse_spec
+    from free_bench.config import get_profile
+    from free_bench.data.scenes_dataset import load_scenes
+
+    if not str(method.backbone.spec).startswith("embedded:"):
+        raise FreeBenchError(f"sweeps run on scenes with an embedded backbone, not {method.backbone.spec}")
+    profile = get_profile(parse_spec(method.backbone.spec)[0])
+    split = load_scenes(profile.name, profile.seed, progress=False)[spec.split]
+    if spec.perturb is None:
+        return split
+    from free_bench.data.perturb import apply_to_row
+    from free_bench.data.perturb import parse_spec as parse_perturb
+
+    name, severity = parse_perturb(spec.perturb)
+    return split.map(lambda r: apply_to_row(r, name, severity), desc=f"perturb {spec.perturb}")
+
+
+def _rows_out(
+    base: dict, method: str, threshold: float, task: str, quality: dict, summary: dict, **timing
+) -> pd.DataFrame:
+    nan = float("nan")
+    defaults = {"measured_speedup": nan, "latency_ms_median": nan, "latency_ms_p90": nan, "timer": "none"}
+    common = {
+        **base,
+        "method": method,
+        "threshold": float(threshold),
+        "task": task,
+        **summary,
+        **defaults,
+        **timing,
+    }
+    return pd.DataFrame([{**common, "metric": m, "value": v} for m, v in quality.items()])
+
+
+def _simulated(spec, method, cost, rows, task, out, base, progress) -> dict:
+    t0 = time.perf_counter()
+    rec = S.record(method, rows, task, batch_size=max(spec.batch_size, 32))
+    recorded = time.perf_counter() - t0
+    tok, memo = method.backbone.tokenizer, {}
+
+    def texts(seqs: list[list[int]]) -> list[str]:
+        return [memo.setdefault(tuple(s), tok.decode(s, skip_special_tokens=True).strip()) for s in seqs]
+
+    points = [(None, "full")] + [(t, t) for t in spec.thresholds]
+    for t, key in tqdm(points, desc=f"simulated {method.name} {task}", disable=not progress):
+        path = _point_file(out, task, key)
+        if path.exists():
+            continue
+        seqs, res = S.simulated_outputs(method, rec, t, cost, spec.kv_policy, len(rows))
+        name, threshold = (method.name, t) if t is not None else ("full", method.backbone.num_layers)
+        q = S.quality(task, rows, texts(seqs))
+        write_parquet(_rows_out(base, name, threshold, task, q, res.summary()), path, SWEEP)
+    return {"record_s": recorded, "sweep_s": time.perf_counter() - t0, "thresholds": len(spec.thresholds)}
+
+
+def _live(spec, method, rows, task, out, base, progress) -> dict:
+    bb = method.backbone
+    args = (rows, task, spec.batch_size)
+    full_file = out / "points" / f"{task}__full.json"
+    if full_file.exists():
+        full = json.loads(full_file.read_text())
+    else:
+        eng = S.live_outputs(bb, None, *args, None, "propagate", spec.warmup, spec.repeats)
+        hf = S.live_outputs(bb, None, *args, None, "propagate", spec.warmup, spec.repeats, hf=True)
+        full = {"engine_ms": sum(eng.latencies_ms), "hf_ms": sum(hf.latencies_ms), "timer": eng.timer,
+                "quality": S.quality(task, rows, eng.texts), "summary": eng.summary(),
+                "latencies": eng.latencies_ms}  # fmt: skip
+        write_json(full, full_file)
+    faster = min(full["engine_ms"], full["hf_ms"])
+    lat = pd.Series(full["latencies"])
+    write_parquet(_rows_out(base, "full", float(bb.num_layers), task, full["quality"], full["summary"],
+                            measured_speedup=faster / full["engine_ms"], latency_ms_median=lat.median(),
+                            latency_ms_p90=lat.quantile(0.9), timer=full["timer"]),
+                  _point_file(out, task, "full"), SWEEP)  # fmt: skip
+    for t in tqdm(spec.thresholds, desc=f"live {method.name} {task}", disable=not progress):
+        path = _point_file(out, task, t)
+        if path.exists():
+            continue
+        res = S.live_outputs(bb, method, *args, t, spec.kv_policy, spec.warmup, spec.repeats)
+        lat = pd.Series(res.latencies_ms)
+        write_parquet(_rows_out(base, method.name, t, task, S.quality(task, rows, res.texts), res.summary(),
+                                measured_speedup=faster / sum(res.latencies_ms), latency_ms_median=lat.median(),
+                                latency_ms_p90=lat.quantile(0.9), timer=res.timer), path, SWEEP)  # fmt: skip
+    return {k: full[k] for k in ("engine_ms", "hf_ms", "timer")}

@@ -1,0 +1,208 @@
+"""The two ways a sweep evaluates a threshold: offline from recorded exit scores, or by live decoding.
+
+Simulated: one teacher-forced pass per batch over prompt + continuation (VQA: the labelled answer,
+so the first token is the engine's exact decision; captions: the full model's own caption) records
+every consulted exit's token and scores (`simulate.exit_scores`); a threshold is then `choose` plus
+a table lookup. Live: `engine.generate` per batch, timed; the full model is timed beside it through
+the same engine and through HF `generate()`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+import datasets
+import torch
+
+from free_bench.backbone import examples as E
+from free_bench.backbone.base import Backbone
+from free_bench.backbone.quality import pixel_values, prompt_batch
+from free_bench.engine.cost import CostModel
+from free_bench.engine.generate import generate, special_tokens
+from free_bench.engine.simulate import ExitScores, choose, exit_scores
+from free_bench.engine.timing import time_region
+from free_bench.methods.base import ExitMethod
+from free_bench.metrics import vqa_accuracy
+from free_bench.training.batches import MAX_NEW, teacher_forced_batch
+
+TASK_ROWS = {"vqa": lambda s: s, "caption": lambda s: s.select(E.first_rows_per_image(s))}
+
+
+@dataclass
+class Outputs:
+    """What one threshold produced on a task: texts per row, and the exit layers of its tokens."""
+
+    texts: list[str] = field(default_factory=list)
+    exit_layers: list[int] = field(default_factory=list)
+    spent: float = 0.0
+    full: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    timer: str = "none"
+
+    def summary(self) -> dict:
+        hist = Counter(self.exit_layers)
+        return {
+            "expected_speedup": self.full / self.spent if self.spent else float("nan"),
+            "mean_exit_layer": sum(self.exit_layers) / len(self.exit_layers)
+            if self.exit_layers
+            else float("nan"),
+            "exit_layer_hist": json.dumps({str(k): hist[k] for k in sorted(hist)}),
+        }
+
+
+def prompts_for(backbone: Backbone, rows: datasets.Dataset, task: str) -> list[E.TextPair]:
+    tok = backbone.tokenizer
+    if task == "vqa":
+        return [E.vqa_pair(tok, q, "") for q in rows["question"]]
+    return [E.caption_pair(tok, "") for _ in range(len(rows))]
+
+
+def quality(task: str, rows: datasets.Dataset, texts: list[str]) -> dict[str, float]:
+    """VQA: official accuracy. Captions: CIDEr, or NaN (reported missing) where pycocoevalcap is absent."""
+    if task == "vqa":
+        acc = [vqa_accuracy(t, a) for t, a in zip(texts, rows["answers"], strict=True)]
+        return {"vqa_accuracy": sum(acc) / len(acc)}
+    try:
+        from free_bench.metrics.captions import caption_scores
+
+        preds = {str(i): t for i, t in zip(rows["image_id"], texts, strict=True)}
+        refs = {str(i): list(c) for i, c in zip(rows["image_id"], rows["captions"], strict=True)}
+        return {"CIDEr": caption_scores(preds, refs, skip_meteor=True)["CIDEr"]}
+    except ImportError:
+        return {"CIDEr": float("nan")}
+
+
+# --- simulated ------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class Recorded:
+    """Exit scores at every decided position of a split, in (row, step) order."""
+
+    scores: ExitScores
+    row: torch.Tensor  # (N,) row index in the task's rows
+    step: torch.Tensor  # (N,) position of the token in the row's output
+
+
+@torch.inference_mode()
+def record(method: ExitMethod, rows: datasets.Dataset, task: str, batch_size: int) -> Recorded:
+    """The one teacher-forced pass of a simulated sweep (VQA: labelled answers; captions: own output)."""
+    regime = "semi" if task == "vqa" else "unsupervised"
+    parts, rix, steps = [], [], []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows.select(range(start, min(start + batch_size, len(rows))))
+        tf = teacher_forced_batch(method.backbone, chunk, regime, task)
+        pos = tf.loss_mask.nonzero()  # (n, 2) row-major: rows, then their positions in order
+        parts.append(exit_scores(method, tf.hidden, tf.mask, pos))
+        rix.append(pos[:, 0] + start)
+        first = tf.loss_mask.argmax(1)  # (b,) first decided column of each row
+        steps.append(pos[:, 1] - first[pos[:, 0]])
+    merged = ExitScores(
+        parts[0].layers,
+        *(torch.cat([getattr(p, f) for p in parts], dim=-1) for f in ("tokens", "max_prob", "entropy")),
+        None if parts[0].similarity is None else torch.cat([p.similarity for p in parts], dim=-1),
+        *(torch.cat([getattr(p, f) for p in parts]) for f in ("final_tokens", "final_prob")),
+        parts[0].num_layers,
+    )  # fmt: skip
+    return Recorded(merged, torch.cat(rix), torch.cat(steps))
+
+
+def step_costs(
+    cost: CostModel, method: ExitMethod, rec: Recorded, index: torch.Tensor, policy: str
+) -> torch.Tensor:
+    """(N,) layer-equivalents each decided position would spend under `policy`, priced as the engine
+    prices them (deferred: its catch-up work depends on the decode order and is not simulated)."""
+    num_exits = len(rec.scores.layers)
+    depth = torch.tensor([*rec.scores.layers, cost.num_layers], dtype=torch.float64)
+    extra = torch.tensor([cost.exit_extra.get(k, 0.0) for k in rec.scores.layers], dtype=torch.float64)
+    reads = method.rule in ("max_prob", "entropy", "patience")
+    per_check = extra + (cost.head if reads else 0.0)  # (E,)
+    checked = torch.cat([torch.zeros(1, dtype=torch.float64), per_check.cumsum(0)])  # (E+1,) exits 0..i-1
+    idx = index.cpu()
+    fired = idx < num_exits
+    upto = (idx + 1).clamp(max=num_exits)  # exits consulted: through the one that fired, or all
+    head_once = torch.where(fired, 0.0 if reads else cost.head, cost.head)  # the head that picks the token
+    if policy == "full":  # every layer and every exit, then the model's head
+        return cost.full + float(per_check.sum()) + torch.where(fired, 0.0 if reads else cost.head, 0.0)
+    spent = depth[idx] + checked[upto] + head_once
+    if policy == "propagate":
+        gen = 1.0 if getattr(method, "generators", None) is not None else 0.0
+        deeper = gen * (num_exits - upto).double()  # generator caches above the exit
+        spent += torch.where(fired, (cost.num_layers - depth[idx] + deeper) * cost.kv_fill, 0.0)
+    return spent
+
+
+def simulated_outputs(
+    method: ExitMethod, rec: Recorded, threshold: float | None, cost: CostModel, policy: str, n_rows: int
+) -> tuple[list[list[int]], Outputs]:
+    """Token ids per row (cut after the first chosen EOS) and their costs, for one threshold; with
+    `threshold=None`, the full model (its own token at every position, every layer)."""
+    if threshold is None:
+        tokens = rec.scores.final_tokens
+        layers = torch.full_like(tokens, cost.num_layers)
+        spent = torch.full(tokens.shape, cost.full, dtype=torch.float64)
+    else:
+        choice = choose(method, rec.scores, threshold)
+        tokens, layers = choice.tokens, choice.exit_layers
+        spent = step_costs(cost, method, rec, choice.index, policy)
+    eos_ids, _ = special_tokens(method.backbone)
+    seqs: list[list[int]] = [[] for _ in range(n_rows)]
+    out, done = Outputs(), [False] * n_rows
+    for r, tok, layer, c in zip(
+        rec.row.tolist(), tokens.tolist(), layers.tolist(), spent.tolist(), strict=True
+    ):
+        if done[r]:
+            continue
+        seqs[r].append(tok)
+        out.exit_layers.append(layer)
+        out.spent += c
+        out.full += cost.full
+        done[r] = tok in eos_ids
+    return seqs, out
+
+
+# --- live -----------------------------------------------------------------------------------------
+def live_outputs(
+    backbone: Backbone, method: ExitMethod | None, rows: datasets.Dataset, task: str, batch_size: int,
+    threshold: float | None, policy: str, warmup: int, repeats: int, hf: bool = False,
+) -> Outputs:  # fmt: skip
+    """Decode every batch (timed), through the engine, or through HF `generate()` when `hf`."""
+    out = Outputs()
+    batches = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows.select(range(start, min(start + batch_size, len(rows))))
+        batches.append(
+            (
+                pixel_values(backbone, chunk["image"]),
+                prompt_batch(backbone, prompts_for(backbone, chunk, task)),
+            )
+        )
+
+    def run(pv: torch.Tensor, prompts: dict):
+        if hf:
+            return backbone.model.generate(
+                pixel_values=pv, **prompts, do_sample=False, max_new_tokens=MAX_NEW[task]
+            )
+        return generate(backbone, method, pixel_values=pv, **prompts, max_new_tokens=MAX_NEW[task],
+                        threshold=threshold, kv_policy=policy)  # fmt: skip
+
+    for pv, prompts in batches[: max(warmup, 0)]:  # warm-up: allocator, kernels, lazy init
+        run(pv, prompts)
+    for pv, prompts in batches:
+        last: dict = {}
+
+        def timed(pv: torch.Tensor = pv, prompts: dict = prompts, last: dict = last) -> None:
+            last["res"] = run(pv, prompts)
+
+        timing = time_region(timed, warmup=0, repeats=repeats, device=backbone.device, dtype=backbone.dtype,
+                             batch_size=len(pv))  # fmt: skip
+        out.latencies_ms.append(timing.median_ms)
+        out.timer = timing.timer
+        if not hf:
+            res = last["res"]
+            out.texts.extend(res.text)
+            real = res.exit_layers > 0
+            out.exit_layers.extend(res.exit_layers[real].tolist())
+            out.spent += res.cost_layers
+            out.full += res.full_cost_layers
+    return out

@@ -1,0 +1,104 @@
+"""`free-bench sweep` on the smoke profile: simulated and live points, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from free_bench.records import SWEEP
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(*args: str, env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "free_bench", *args], capture_output=True, text=True, env=env
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    env = {**os.environ, "FREE_BENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    res = _cli("pretrain", "--profile", "smoke", "--device", "cpu", "--no-eval", env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    exits = tmp_path_factory.mktemp("exits") / "free"
+    res = _cli("train-exits", "--method", "free", "--backbone", "embedded:smoke", "--regime", "semi",
+               "--exits", "1,2,3", "--steps", "4", "--device", "cpu", "--out", str(exits), env=env)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    return env, exits
+
+
+def _sweep(env, exits, out, *extra: str) -> subprocess.CompletedProcess:
+    return _cli("sweep", "--method", "free", "--exits", str(exits), "--split", "val", "--device", "cpu",
+                "--max-rows", "12", "--out", str(out), *extra, env=env)  # fmt: skip
+
+
+def test_simulated_sweep_and_resume(trained, tmp_path):
+    env, exits = trained
+    out = tmp_path / "sim"
+    res = _sweep(
+        env, exits, out, "--mode", "simulated", "--thresholds", "0", "0.5", "1", "--tasks", "vqa", "caption"
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    df = SWEEP.validate(pd.read_parquet(out / "sweep.parquet"))
+    assert set(df["metric"]) == {"vqa_accuracy", "CIDEr"} and set(df["method"]) == {"free", "full"}
+    vqa = df[df.task == "vqa"].set_index("threshold")
+    full = vqa[vqa.method == "full"].iloc[0]
+    assert full.expected_speedup == pytest.approx(1.0) and full.mean_exit_layer == 4
+    # threshold 0 always exits at layer 1; 1.0 never does, and equals the full model's answers
+    assert vqa.loc[0.0, "mean_exit_layer"] == 1 and vqa.loc[0.0, "expected_speedup"] > 1.2
+    assert vqa.loc[1.0, "value"] == full.value and vqa.loc[1.0, "expected_speedup"] < 1.0
+    assert df["measured_speedup"].isna().all() and set(df["timer"]) == {"none"}
+    assert all(json.loads(h) for h in df["exit_layer_hist"])
+    # resume: finished points are not recomputed, a missing one is
+    point = out / "points" / "vqa__0.5.parquet"
+    others = {p: p.stat().st_mtime_ns for p in (out / "points").glob("*.parquet") if p != point}
+    point.unlink()
+    res = _sweep(
+        env, exits, out, "--mode", "simulated", "--thresholds", "0", "0.5", "1", "--tasks", "vqa", "caption"
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert point.exists() and all(p.stat().st_mtime_ns == t for p, t in others.items())
+    res = _sweep(env, exits, out, "--mode", "simulated", "--thresholds", "0.7")
+    assert res.returncode != 0 and "holds another sweep" in res.stderr
+
+
+def test_live_sweep_times_against_the_full_model(trained, tmp_path):
+    env, exits = trained
+    out = tmp_path / "live"
+    res = _sweep(env, exits, out, "--mode", "live", "--thresholds", "0", "1", "--kv-policy", "deferred",
+                 "--batch-size", "4", "--warmup", "1")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    df = SWEEP.validate(pd.read_parquet(out / "sweep.parquet")).set_index("threshold")
+    assert set(df["timer"]) == {"cpu_wall"} and (df["measured_speedup"] > 0).all()
+    assert (df["latency_ms_p90"] >= df["latency_ms_median"]).all()
+    full = df[df.method == "full"].iloc[0]
+    assert df.loc[1.0, "value"] == full.value and df.loc[0.0, "mean_exit_layer"] == 1
+    assert df.loc[0.0, "expected_speedup"] > 1.2
+    timings = json.loads((out / "manifest.json").read_text())["timings"]["vqa"]
+    assert timings["engine_ms"] > 0 and timings["hf_ms"] > 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--mode", "live", "--thresholds", "1.5"], "probability in \\[0, 1\\]"),
+        (["--mode", "live", "--thresholds", "0.5", "--kv-policy", "lazy"], "kv_policy"),
+        (["--mode", "fast", "--thresholds", "0.5"], "mode"),
+        (["--mode", "live", "--thresholds", "0.5", "--perturb", "blur:7"], "severity"),
+    ],
+)
+def test_bad_input_writes_nothing(trained, tmp_path, extra, message):
+    env, exits = trained
+    out = tmp_path / "bad"
+    res = _sweep(env, exits, out, *extra)
+    assert res.returncode != 0 and message.replace("\\", "") in res.stderr.replace("\\", ""), res.stderr[
+        -500:
+    ]
+    assert not out.exists()

@@ -1,0 +1,198 @@
+"""The early-exit engine's invariants on tiny random BLIP-2s (OPT and T5), every KV policy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from free_bench.backbone import Backbone, from_hf
+from free_bench.backbone.runner import teacher_forced_hidden_states
+from free_bench.backbone.tiny import build_tiny_blip2, tiny_inputs
+from free_bench.engine import KV_POLICIES, generate
+from free_bench.engine.simulate import choose, exit_scores
+from free_bench.errors import FreeBenchError
+from free_bench.methods import ExitMethod, get_method
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+N_NEW = 8
+METHODS = {
+    "opt": ("free", "deebert", "pabee", "distill", "static", "mue"),
+    "t5": ("deebert", "pabee", "static", "mue"),
+}
+NEVER = {"max_prob": 1.0, "entropy": 0.0, "patience": 9, "cosine": 1.0}  # thresholds that cannot fire
+ALWAYS = {"max_prob": 0.0, "entropy": 1e9, "cosine": -1.0}
+
+
+@pytest.fixture(scope="module", params=["opt", "t5"])
+def bb(request: pytest.FixtureRequest) -> Backbone:
+    """A backbone of its own: building methods freezes it. EOS disabled so rows run N_NEW tokens."""
+    backbone = from_hf(build_tiny_blip2(request.param, seed=2))
+    return backbone
+
+
+def _method(bb: Backbone, name: str, layers: str = "all") -> ExitMethod:
+    m = get_method(name)(bb, layers)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # off the init, so exits disagree with the logit lens and each other
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return m.eval()
+
+
+def _inputs(bb: Backbone, batch: int = 3) -> dict:
+    return tiny_inputs(bb.model, batch, padded=batch > 1, seed=5)
+
+
+def _methods(bb: Backbone) -> list[str]:
+    return list(METHODS[bb.lm_type])
+
+
+def _simulated(m: ExitMethod, inputs: dict, out, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-force the generated tokens; the rule's choices and exit layers at each real position."""
+    bb = m.backbone
+    real = out.exit_layers > 0  # (B, T)
+    with torch.no_grad():
+        tf = teacher_forced_hidden_states(
+            bb, **inputs, target_ids=out.tokens, target_attention_mask=real.long()
+        )
+    cols = torch.arange(tf.target_slice.start, tf.target_slice.stop)  # (T,)
+    rows, t = real.nonzero(as_tuple=True)
+    choice = choose(
+        m, exit_scores(m, tf.hidden_states, tf.attention_mask, torch.stack([rows, cols[t]], 1)), threshold
+    )
+    return choice.tokens, choice.exit_layers
+
+
+def _mid_threshold(m: ExitMethod, inputs: dict) -> float:
+    """A threshold that lets some tokens out early and keeps others (from the full model's scores)."""
+    if m.rule == "patience":
+        return 1
+    if m.rule == "static":
+        return 2
+    full = generate(m.backbone, **inputs, max_new_tokens=N_NEW)
+    with torch.no_grad():
+        tf = teacher_forced_hidden_states(m.backbone, **inputs, target_ids=full.tokens)
+    n = full.tokens.numel()
+    pos = torch.stack(
+        [
+            torch.arange(n) // full.tokens.shape[1],
+            torch.arange(n) % full.tokens.shape[1] + tf.target_slice.start,
+        ],
+        1,
+    )
+    s = exit_scores(m, tf.hidden_states, tf.attention_mask, pos)
+    first = {"cosine": s.similarity, "max_prob": s.max_prob, "entropy": s.entropy}[m.rule][0]
+    return float(first.median())
+
+
+@pytest.mark.parametrize("policy", KV_POLICIES)
+def test_never_exiting_equals_full_model_and_hf(bb: Backbone, policy: str) -> None:
+    inputs = _inputs(bb)
+    full = generate(bb, **inputs, max_new_tokens=N_NEW)
+    for name in _methods(bb):
+        m = _method(bb, name)
+        if m.rule == "static":
+            continue  # a static exit always fires; its "never" is the last layer, tested below
+        out = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=NEVER[m.rule], kv_policy=policy)
+        assert torch.equal(out.tokens, full.tokens), name
+        assert torch.equal(out.exit_layers, full.exit_layers), name
+        assert out.text == full.text
+        if m.rule == "cosine":  # MuE's check is a cosine: priced at nothing, so no loss either
+            assert out.expected_speedup == pytest.approx(1.0), name
+        else:  # exits checked, none taken: slower than the model
+            assert out.expected_speedup < 1.0, name
+    static_last = generate(
+        bb, _method(bb, "static"), **inputs, max_new_tokens=N_NEW, threshold=bb.num_layers, kv_policy=policy
+    )
+    assert torch.equal(static_last.tokens, full.tokens)
+
+
+@pytest.mark.parametrize("policy", KV_POLICIES)
+def test_always_exiting_stops_at_the_first_exit(bb: Backbone, policy: str) -> None:
+    inputs = _inputs(bb)
+    for name in _methods(bb):
+        first, second = bb.num_layers - 2, bb.num_layers - 1
+        m = _method(bb, name, f"{first},{second}")
+        threshold = {"patience": 1, "static": first}.get(m.rule, ALWAYS.get(m.rule))
+        out = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=threshold, kv_policy=policy)
+        real = out.exit_layers > 0
+        if m.rule == "patience":  # PABEE fires only where two consecutive exits agree, else runs to L
+            assert set(out.exit_layers[real].tolist()) <= {second, bb.num_layers}, name
+            continue
+        assert bool((out.exit_layers[real] == first).all()), name
+        if policy != "full":
+            assert out.expected_speedup > 1.0, name
+        else:
+            assert out.expected_speedup < 1.0, name  # the paper's code: every layer and every exit
+
+
+@pytest.mark.parametrize("policy", ["full", "deferred"])
+def test_exact_policies_equal_the_teacher_forced_simulation(bb: Backbone, policy: str) -> None:
+    """`full` and `deferred` read only K/V the full model would compute: choices = simulation."""
+    inputs = _inputs(bb)
+    for name in _methods(bb):
+        m = _method(bb, name)
+        threshold = _mid_threshold(m, inputs)
+        out = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=threshold, kv_policy=policy)
+        real = out.exit_layers > 0
+        layers = set(out.exit_layers[real].tolist())
+        assert len(layers) > 1 or m.rule == "static", (name, layers)  # mixed depths, or the test is idle
+        tokens, exit_layers = _simulated(m, inputs, out, threshold)
+        assert torch.equal(out.tokens[real], tokens), name
+        assert torch.equal(out.exit_layers[real], exit_layers), name
+
+
+def test_batch_rows_decode_as_alone_and_compaction_changes_nothing(bb: Backbone) -> None:
+    inputs = _inputs(bb, 3)
+    for name in _methods(bb):
+        m = _method(bb, name)
+        threshold = _mid_threshold(m, inputs)
+        batched = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=threshold)
+        waiting = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=threshold, compact=False)
+        assert torch.equal(batched.tokens, waiting.tokens), name
+        assert waiting.cost_layers >= batched.cost_layers
+        for row in range(3):
+            one = {k: v[row : row + 1] for k, v in inputs.items()}
+            keep = one["attention_mask"][0].bool() if bb.lm_type == "opt" else slice(None)
+            if bb.lm_type == "opt":  # drop the row's left padding: alone it has none
+                one = {
+                    "pixel_values": one["pixel_values"],
+                    "input_ids": one["input_ids"][:, keep],
+                    "attention_mask": None,
+                }
+            alone = generate(bb, m, **one, max_new_tokens=N_NEW, threshold=threshold)
+            n = alone.tokens.shape[1]
+            assert torch.equal(alone.tokens[0], batched.tokens[row, :n]), (name, row)
+
+
+def test_confidences_and_costs(bb: Backbone) -> None:
+    inputs = _inputs(bb, 2)
+    m = _method(bb, "deebert", "1,2")
+    out = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=1e9)  # entropy < 1e9: exit 1
+    real = out.exit_layers > 0
+    assert bool(torch.isfinite(out.confidences[real]).all()) and bool(
+        torch.isnan(out.confidences[~real]).all()
+    )
+    assert out.expected_speedup == pytest.approx(out.full_cost_layers / out.cost_layers)
+    assert 1.0 < out.expected_speedup < 4.0  # 1 of 4 layers, plus the adapter, head and K/V fills
+
+
+def test_bad_inputs(bb: Backbone) -> None:
+    inputs = _inputs(bb, 1)
+    m = _method(bb, "deebert" if bb.lm_type == "t5" else "free")
+    rule = m.rule
+    bad = {"max_prob": (1.5, -0.1), "entropy": (-1.0,)}[rule]
+    for threshold in bad:
+        with pytest.raises(FreeBenchError, match=rule):
+            generate(bb, m, **inputs, threshold=threshold)
+    with pytest.raises(FreeBenchError, match="simulation only"):
+        generate(bb, _method(bb, "oracle"), **inputs, threshold=0.5)
+    with pytest.raises(FreeBenchError, match="need a threshold"):
+        generate(bb, m, **inputs)
+    with pytest.raises(FreeBenchError, match="compact=False"):
+        generate(bb, m, **inputs, threshold=0.5, kv_policy="deferred", compact=False)
+    with pytest.raises(FreeBenchError, match="patience"):
+        generate(bb, _method(bb, "pabee"), **inputs, threshold=0)
+    other = from_hf(build_tiny_blip2(bb.lm_type, seed=3))
+    with pytest.raises(FreeBenchError, match="belong to backbone"):
+        generate(other, m, **tiny_inputs(other.model, 1, seed=5), threshold=0.5)
