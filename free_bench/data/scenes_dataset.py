@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -108,7 +109,11 @@ def build_scenes(profile: str, seed: int = 0, progress: bool = True) -> datasets
 
 
 def cache_key(profile: str, seed: int) -> str:
-    return f"scenes-{profile}-seed{seed}-v{S.GENERATOR_VERSION}"
+    """Profile, seed, generator version and a hash of the profile's scenes config: editing the config
+    (image counts, sizes) gets a new dataset instead of silently reusing the old one."""
+    config = json.dumps(dataclasses.asdict(get_profile(profile).scenes), sort_keys=True)
+    digest = hashlib.sha256(config.encode()).hexdigest()[:8]
+    return f"scenes-{profile}-seed{seed}-v{S.GENERATOR_VERSION}-{digest}"
 
 
 def load_scenes(

@@ -50,15 +50,16 @@ class ExitRuntime:
         self.reads_logits = self.rule in _READS_LOGITS
         self.reads_previous = self.rule == "cosine"  # MuE compares layer k's input and output
         self.generators = method.generators if isinstance(method, GeneratorMethod) else None
-        self.gen_kv = (
-            KVStore(len(method.layers), state.batch_size, state.max_len) if self.generators else None
-        )
+        self.gen_kv = None  # one slot per trained generator: a restricted method consults some of them
+        if self.generators is not None:
+            self.gen_kv = KVStore(len(self.generators.layers), state.batch_size, state.max_len)
         self._tokens: torch.Tensor | None = None  # PABEE: previous exit's argmax per row in flight
         self._counts: torch.Tensor | None = None
 
     def slot(self, k: int) -> int:
-        """The generator KV slot of exit k (its index in the method's placement)."""
-        return self.method.layers.index(k)
+        """The generator KV slot of exit k (the layer_idx its attention writes under)."""
+        assert self.generators is not None
+        return int(self.generators.layers[str(k)].self_attn.layer_idx)
 
     # --- per token ---------------------------------------------------------------------------
     def start_token(self) -> None:

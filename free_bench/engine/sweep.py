@@ -42,6 +42,8 @@ class SweepSpec:
     max_rows: int | None = None
     warmup: int = 3
     repeats: int = 1
+    compact: bool = True  # False: exited rows ride along until the batch's slowest row is done
+    exits_at: str | None = None  # consult only these trained exits (a sparse subset of a dense placement)
 
     def check(self) -> None:
         check_choice("mode", self.mode, MODES)
@@ -53,6 +55,8 @@ class SweepSpec:
             raise FreeBenchError(
                 f"batch size and max rows must be >= 1, got {self.batch_size}, {self.max_rows}"
             )
+        if not self.compact and (self.mode == "simulated" or self.kv_policy == "deferred"):
+            raise FreeBenchError("--no-compact is for live decoding under the propagate or full policy")
         if not self.thresholds:
             raise FreeBenchError("give at least one threshold")
         if self.perturb is not None:
@@ -75,10 +79,14 @@ def load_method(spec: SweepSpec, device: str | None) -> tuple[ExitMethod, str]:
     regime = json.loads(manifest.read_text())["config"].get("regime", "none") if manifest.exists() else "none"
     trained = load_exits(spec.exits, device=device, pretrain_if_missing=False)
     if trained.name == spec.method:
-        return trained.eval(), regime
-    if cls.trainable:
+        method = trained
+    elif cls.trainable:
         raise FreeBenchError(f"--method {spec.method} but {spec.exits} holds {saved.get('method')} exits")
-    return cls(trained.backbone, trained.layers).eval(), "none"
+    else:
+        method, regime = cls(trained.backbone, trained.layers), "none"
+    if spec.exits_at is not None:
+        method = method.restrict(spec.exits_at)
+    return method.eval(), regime
 
 
 def _rows(spec: SweepSpec, split: datasets.Dataset, task: str) -> datasets.Dataset:
@@ -87,7 +95,12 @@ def _rows(spec: SweepSpec, split: datasets.Dataset, task: str) -> datasets.Datas
 
 
 def _point_file(out: Path, task: str, threshold: float | str) -> Path:
-    return out / "points" / f"{task}__{threshold}.parquet"
+    """One small JSON per finished point (a parquet write per point would cost more than the point)."""
+    return out / "points" / f"{task}__{threshold}.json"
+
+
+def _write_point(df: pd.DataFrame, path: Path) -> None:
+    write_json(SWEEP.validate(df).to_dict(orient="records"), path)
 
 
 def run_sweep(spec: SweepSpec, out: Path, device: str | None = None, progress: bool = True) -> pd.DataFrame:
@@ -110,8 +123,8 @@ def run_sweep(spec: SweepSpec, out: Path, device: str | None = None, progress: b
             timings[task] = _simulated(spec, method, cost, rows, task, out, base, progress)
         else:
             timings[task] = _live(spec, method, rows, task, out, base, progress)
-    files = sorted((out / "points").glob("*.parquet"))
-    df = SWEEP.validate(pd.concat([pd.read_parquet(f) for f in files], ignore_index=True))
+    files = sorted(f for f in (out / "points").glob("*.json") if not f.name.endswith("__timing.json"))
+    df = SWEEP.validate(pd.DataFrame([r for f in files for r in json.loads(f.read_text())]))
     write_parquet(df, out / "sweep.parquet", SWEEP)
     write_json({"spec": asdict(spec), "backbone": bb.spec, "timings": timings, "device": device_name()},
                out / "manifest.json")  # fmt: skip
@@ -159,8 +172,13 @@ def _simulated(spec, method, cost, rows, task, out, base, progress) -> dict:
     recorded = time.perf_counter() - t0
     tok, memo = method.backbone.tokenizer, {}
 
-    def texts(seqs: list[list[int]]) -> list[str]:
-        return [memo.setdefault(tuple(s), tok.decode(s, skip_special_tokens=True).strip()) for s in seqs]
+    def texts(seqs: list[tuple[int, ...]]) -> list[str]:
+        out = []
+        for s in seqs:
+            if s not in memo:
+                memo[s] = tok.decode(list(s), skip_special_tokens=True).strip()
+            out.append(memo[s])
+        return out
 
     points = [(None, "full")] + [(t, t) for t in spec.thresholds]
     for t, key in tqdm(points, desc=f"simulated {method.name} {task}", disable=not progress):
@@ -170,14 +188,17 @@ def _simulated(spec, method, cost, rows, task, out, base, progress) -> dict:
         seqs, res = S.simulated_outputs(method, rec, t, cost, spec.kv_policy, len(rows))
         name, threshold = (method.name, t) if t is not None else ("full", method.backbone.num_layers)
         q = S.quality(task, rows, texts(seqs))
-        write_parquet(_rows_out(base, name, threshold, task, q, res.summary()), path, SWEEP)
-    return {"record_s": recorded, "sweep_s": time.perf_counter() - t0, "thresholds": len(spec.thresholds)}
+        _write_point(_rows_out(base, name, threshold, task, q, res.summary()), path)
+    total = time.perf_counter() - t0
+    return {"teacher_forced_s": rec.tf_seconds, "record_s": recorded, "sweep_s": total,
+            "thresholds": len(spec.thresholds), "sweep_over_teacher_forced": total / rec.tf_seconds,
+            "sweep_over_record": total / recorded}  # fmt: skip
 
 
 def _live(spec, method, rows, task, out, base, progress) -> dict:
     bb = method.backbone
     args = (rows, task, spec.batch_size)
-    full_file = out / "points" / f"{task}__full.json"
+    full_file = out / "points" / f"{task}__timing.json"
     if full_file.exists():
         full = json.loads(full_file.read_text())
     else:
@@ -189,17 +210,19 @@ def _live(spec, method, rows, task, out, base, progress) -> dict:
         write_json(full, full_file)
     faster = min(full["engine_ms"], full["hf_ms"])
     lat = pd.Series(full["latencies"])
-    write_parquet(_rows_out(base, "full", float(bb.num_layers), task, full["quality"], full["summary"],
-                            measured_speedup=faster / full["engine_ms"], latency_ms_median=lat.median(),
-                            latency_ms_p90=lat.quantile(0.9), timer=full["timer"]),
-                  _point_file(out, task, "full"), SWEEP)  # fmt: skip
+    _write_point(_rows_out(base, "full", float(bb.num_layers), task, full["quality"], full["summary"],
+                           measured_speedup=faster / full["engine_ms"], latency_ms_median=lat.median(),
+                           latency_ms_p90=lat.quantile(0.9), timer=full["timer"]),
+                 _point_file(out, task, "full"))  # fmt: skip
     for t in tqdm(spec.thresholds, desc=f"live {method.name} {task}", disable=not progress):
         path = _point_file(out, task, t)
         if path.exists():
             continue
-        res = S.live_outputs(bb, method, *args, t, spec.kv_policy, spec.warmup, spec.repeats)
+        res = S.live_outputs(
+            bb, method, *args, t, spec.kv_policy, spec.warmup, spec.repeats, compact=spec.compact
+        )
         lat = pd.Series(res.latencies_ms)
-        write_parquet(_rows_out(base, method.name, t, task, S.quality(task, rows, res.texts), res.summary(),
-                                measured_speedup=faster / sum(res.latencies_ms), latency_ms_median=lat.median(),
-                                latency_ms_p90=lat.quantile(0.9), timer=res.timer), path, SWEEP)  # fmt: skip
+        _write_point(_rows_out(base, method.name, t, task, S.quality(task, rows, res.texts), res.summary(),
+                               measured_speedup=faster / sum(res.latencies_ms), latency_ms_median=lat.median(),
+                               latency_ms_p90=lat.quantile(0.9), timer=res.timer), path)  # fmt: skip
     return {k: full[k] for k in ("engine_ms", "hf_ms", "timer")}

@@ -10,6 +10,7 @@ the same engine and through HF `generate()`.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -82,16 +83,19 @@ class Recorded:
     scores: ExitScores
     row: torch.Tensor  # (N,) row index in the task's rows
     step: torch.Tensor  # (N,) position of the token in the row's output
+    tf_seconds: float = 0.0  # the backbone's teacher-forced pass alone (without the exit modules)
 
 
 @torch.inference_mode()
 def record(method: ExitMethod, rows: datasets.Dataset, task: str, batch_size: int) -> Recorded:
     """The one teacher-forced pass of a simulated sweep (VQA: labelled answers; captions: own output)."""
     regime = "semi" if task == "vqa" else "unsupervised"
-    parts, rix, steps = [], [], []
+    parts, rix, steps, tf_s = [], [], [], 0.0
     for start in range(0, len(rows), batch_size):
         chunk = rows.select(range(start, min(start + batch_size, len(rows))))
+        t0 = _synced_clock(method)
         tf = teacher_forced_batch(method.backbone, chunk, regime, task)
+        tf_s += _synced_clock(method) - t0
         pos = tf.loss_mask.nonzero()  # (n, 2) row-major: rows, then their positions in order
         parts.append(exit_scores(method, tf.hidden, tf.mask, pos))
         rix.append(pos[:, 0] + start)
@@ -104,7 +108,14 @@ def record(method: ExitMethod, rows: datasets.Dataset, task: str, batch_size: in
         *(torch.cat([getattr(p, f) for p in parts]) for f in ("final_tokens", "final_prob")),
         parts[0].num_layers,
     )  # fmt: skip
-    return Recorded(merged, torch.cat(rix), torch.cat(steps))
+    return Recorded(merged, torch.cat(rix), torch.cat(steps), tf_s)
+
+
+def _synced_clock(method: ExitMethod) -> float:
+    """perf_counter after the device's queued work is done (CUDA runs asynchronously)."""
+    if method.backbone.device.type == "cuda":
+        torch.cuda.synchronize(method.backbone.device)
+    return time.perf_counter()
 
 
 def step_costs(
@@ -134,9 +145,10 @@ def step_costs(
 
 def simulated_outputs(
     method: ExitMethod, rec: Recorded, threshold: float | None, cost: CostModel, policy: str, n_rows: int
-) -> tuple[list[list[int]], Outputs]:
+) -> tuple[list[tuple[int, ...]], Outputs]:
     """Token ids per row (cut after the first chosen EOS) and their costs, for one threshold; with
-    `threshold=None`, the full model (its own token at every position, every layer)."""
+    `threshold=None`, the full model (its own token at every position, every layer). Vectorised:
+    a sweep evaluates this once per threshold."""
     if threshold is None:
         tokens = rec.scores.final_tokens
         layers = torch.full_like(tokens, cost.num_layers)
@@ -145,26 +157,25 @@ def simulated_outputs(
         choice = choose(method, rec.scores, threshold)
         tokens, layers = choice.tokens, choice.exit_layers
         spent = step_costs(cost, method, rec, choice.index, policy)
+    tokens, layers = tokens.cpu(), layers.cpu()
     eos_ids, _ = special_tokens(method.backbone)
-    seqs: list[list[int]] = [[] for _ in range(n_rows)]
-    out, done = Outputs(), [False] * n_rows
-    for r, tok, layer, c in zip(
-        rec.row.tolist(), tokens.tolist(), layers.tolist(), spent.tolist(), strict=True
-    ):
-        if done[r]:
-            continue
-        seqs[r].append(tok)
-        out.exit_layers.append(layer)
-        out.spent += c
-        out.full += cost.full
-        done[r] = tok in eos_ids
+    is_eos = torch.isin(tokens, torch.tensor(eos_ids, dtype=torch.long)).long()  # (N,)
+    before = is_eos.cumsum(0) - is_eos  # EOS chosen strictly before each position (whole split)
+    row_start = torch.zeros(n_rows, dtype=torch.long).index_reduce_(
+        0, rec.row.cpu(), before, "amin", include_self=False
+    )
+    keep = before == row_start[rec.row.cpu()]  # no EOS yet in this row: the position is decoded
+    counts = torch.bincount(rec.row.cpu()[keep], minlength=n_rows).tolist()
+    seqs = [tuple(x) for x in torch.split(tokens[keep], counts)] if n_rows else []
+    out = Outputs(exit_layers=layers[keep].tolist(), spent=float(spent[keep].sum()))
+    out.full = cost.full * int(keep.sum())
     return seqs, out
 
 
 # --- live -----------------------------------------------------------------------------------------
 def live_outputs(
     backbone: Backbone, method: ExitMethod | None, rows: datasets.Dataset, task: str, batch_size: int,
-    threshold: float | None, policy: str, warmup: int, repeats: int, hf: bool = False,
+    threshold: float | None, policy: str, warmup: int, repeats: int, hf: bool = False, compact: bool = True,
 ) -> Outputs:  # fmt: skip
     """Decode every batch (timed), through the engine, or through HF `generate()` when `hf`."""
     out = Outputs()
@@ -184,7 +195,7 @@ def live_outputs(
                 pixel_values=pv, **prompts, do_sample=False, max_new_tokens=MAX_NEW[task]
             )
         return generate(backbone, method, pixel_values=pv, **prompts, max_new_tokens=MAX_NEW[task],
-                        threshold=threshold, kv_policy=policy)  # fmt: skip
+                        threshold=threshold, kv_policy=policy, compact=compact)  # fmt: skip
 
     for pv, prompts in batches[: max(warmup, 0)]:  # warm-up: allocator, kernels, lazy init
         run(pv, prompts)

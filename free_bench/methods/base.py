@@ -8,6 +8,7 @@ and gradients must not leak into the shared final norm / LM head the exits route
 
 from __future__ import annotations
 
+import copy
 import operator
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,6 +119,19 @@ class ExitMethod(nn.Module):
     @property
     def num_exits(self) -> int:
         return len(self.layers)
+
+    def restrict(self, layers: str | list[int] | tuple[int, ...]) -> ExitMethod:
+        """The same trained exits, consulted only at `layers` (a subset of the placement), e.g. a sparse
+        inference placement out of a dense training one; the exit modules are shared, not copied."""
+        keep = parse_placement(layers, self.backbone.num_layers)
+        missing = sorted(set(keep) - set(self.layers))
+        if missing:
+            raise FreeBenchError(
+                f"{self.name}: no trained exit at layer(s) {missing}; exits are at {list(self.layers)}"
+            )
+        clone = copy.copy(self)
+        clone.layers = keep
+        return clone
 
     def exit_position(self, k: int) -> int:
         """Index (0..E-1) of the exit at LM layer k; FreeBenchError if k is not an exit."""

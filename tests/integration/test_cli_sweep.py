@@ -57,8 +57,8 @@ def test_simulated_sweep_and_resume(trained, tmp_path):
     assert df["measured_speedup"].isna().all() and set(df["timer"]) == {"none"}
     assert all(json.loads(h) for h in df["exit_layer_hist"])
     # resume: finished points are not recomputed, a missing one is
-    point = out / "points" / "vqa__0.5.parquet"
-    others = {p: p.stat().st_mtime_ns for p in (out / "points").glob("*.parquet") if p != point}
+    point = out / "points" / "vqa__0.5.json"
+    others = {p: p.stat().st_mtime_ns for p in (out / "points").glob("*.json") if p != point}
     point.unlink()
     res = _sweep(
         env, exits, out, "--mode", "simulated", "--thresholds", "0", "0.5", "1", "--tasks", "vqa", "caption"

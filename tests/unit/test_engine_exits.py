@@ -89,6 +89,9 @@ def _mid_threshold(m: ExitMethod, inputs: dict) -> float:
 def test_never_exiting_equals_full_model_and_hf(bb: Backbone, policy: str) -> None:
     inputs = _inputs(bb)
     full = generate(bb, **inputs, max_new_tokens=N_NEW)
+    hf = bb.model.generate(**inputs, do_sample=False, max_new_tokens=N_NEW)
+    hf = hf[:, inputs["input_ids"].shape[1] :] if bb.lm_type == "opt" else hf[:, 1:]
+    assert torch.equal(full.tokens, hf)
     for name in _methods(bb):
         m = _method(bb, name)
         if m.rule == "static":
@@ -196,3 +199,19 @@ def test_bad_inputs(bb: Backbone) -> None:
     other = from_hf(build_tiny_blip2(bb.lm_type, seed=3))
     with pytest.raises(FreeBenchError, match="belong to backbone"):
         generate(other, m, **tiny_inputs(other.model, 1, seed=5), threshold=0.5)
+
+
+def test_a_restricted_dense_placement_decodes_as_the_sparse_one(bb: Backbone) -> None:
+    inputs = _inputs(bb)
+    name = "free" if bb.lm_type == "opt" else "deebert"
+    dense = _method(bb, name)
+    sparse = get_method(name)(bb, "1,3")
+    state = {k: v for k, v in dense.state_dict().items() if any(f".{k_}." in k for k_ in ("1", "3"))}
+    sparse.load_state_dict(state, strict=False)
+    threshold = _mid_threshold(dense, inputs)
+    a = generate(bb, dense.restrict("1,3"), **inputs, max_new_tokens=N_NEW, threshold=threshold)
+    b = generate(bb, sparse.eval(), **inputs, max_new_tokens=N_NEW, threshold=threshold)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.exit_layers, b.exit_layers)
+    assert set(a.exit_layers[a.exit_layers > 0].tolist()) <= {1, 3, bb.num_layers}
+    with pytest.raises(FreeBenchError, match="no trained exit"):
+        sparse.restrict("2")
