@@ -61,14 +61,8 @@ def fill_kv(state: DecodeState, index: int, hidden: torch.Tensor, rows: torch.Te
 def replay(state: DecodeState, start: int, like: torch.Tensor) -> Iterator[None]:
     """Address the q = like.shape[1] positions [start, start + q) (masks, T5 bias, KV writes) for the
     duration, then restore the token in flight. `like` is any (B, q, D) tensor (dtype and device)."""
-    saved = (
-        state.kv.pos,
-        state.q_len,
-        state.self_mask,
-        state.position_bias,
-        state.cross_mask,
-        state.cross_bias,
-    )
+    fields = ("q_len", "self_mask", "position_bias", "cross_mask", "cross_bias")  # what set_masks rewrites
+    saved = (state.kv.pos, *(getattr(state, f) for f in fields))
     end = start + like.shape[1]
     if start < 0 or end > state.pos + state.q_len:
         raise FreeBenchError(
@@ -79,11 +73,6 @@ def replay(state: DecodeState, start: int, like: torch.Tensor) -> Iterator[None]
         _IMPL[state.backbone.lm_type].set_masks(state, like)
         yield
     finally:
-        (
-            state.kv.pos,
-            state.q_len,
-            state.self_mask,
-            state.position_bias,
-            state.cross_mask,
-            state.cross_bias,
-        ) = saved
+        state.kv.pos = saved[0]
+        for f, value in zip(fields, saved[1:], strict=True):
+            setattr(state, f, value)

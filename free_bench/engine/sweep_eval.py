@@ -166,7 +166,7 @@ def simulated_outputs(
     )
     keep = before == row_start[rec.row.cpu()]  # no EOS yet in this row: the position is decoded
     counts = torch.bincount(rec.row.cpu()[keep], minlength=n_rows).tolist()
-    seqs = [tuple(x) for x in torch.split(tokens[keep], counts)] if n_rows else []
+    seqs = [tuple(x.tolist()) for x in torch.split(tokens[keep], counts)] if n_rows else []
     out = Outputs(exit_layers=layers[keep].tolist(), spent=float(spent[keep].sum()))
     out.full = cost.full * int(keep.sum())
     return seqs, out

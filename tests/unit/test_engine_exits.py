@@ -215,3 +215,25 @@ def test_a_restricted_dense_placement_decodes_as_the_sparse_one(bb: Backbone) ->
     assert set(a.exit_layers[a.exit_layers > 0].tolist()) <= {1, 3, bb.num_layers}
     with pytest.raises(FreeBenchError, match="no trained exit"):
         sparse.restrict("2")
+
+
+@pytest.mark.parametrize("policy", ["full", "propagate"])
+def test_simulated_costs_price_steps_as_the_engine_does(bb: Backbone, policy: str) -> None:
+    """Where the simulation's choices are the engine's (batch 1, the first step), so are the costs."""
+    from free_bench.engine.cost import cost_model
+    from free_bench.engine.sweep_eval import Recorded, step_costs
+
+    inputs = {k: v[:1] for k, v in _inputs(bb, 1).items()}
+    for name in _methods(bb):
+        m = _method(bb, name)
+        threshold = _mid_threshold(m, inputs)
+        out = generate(bb, m, **inputs, max_new_tokens=1, threshold=threshold, kv_policy=policy)
+        with torch.no_grad():
+            tf = teacher_forced_hidden_states(bb, **inputs, target_ids=out.tokens)
+        pos = torch.tensor([[0, tf.target_slice.start]])
+        scores = exit_scores(m, tf.hidden_states, tf.attention_mask, pos)
+        choice = choose(m, scores, threshold)
+        assert torch.equal(choice.tokens, out.tokens[0]), name
+        rec = Recorded(scores, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+        spent = step_costs(cost_model(bb, m), m, rec, choice.index, policy)
+        assert float(spent.sum()) == pytest.approx(out.cost_layers), name
