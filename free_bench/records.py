@@ -87,7 +87,7 @@ SWEEP = Schema(
         Column("latency_ms_p90", "float", "90th percentile of the same, in ms"),
         Column("mean_exit_layer", "float", "mean LM layer at which generated tokens exited"),
         Column("exit_layer_hist", "string", "JSON {layer: token count}"),
-        Column("timer", "string", "cuda_event or cpu_wall"),
+        Column("timer", "string", "cuda_event or cpu_wall; none for simulated (untimed) points"),
         Column("device", "string", "GPU or CPU name"),
     ),
 )

@@ -88,6 +88,11 @@ class ExitRuntime:
         """Exit k on the output of layer k (b, q, D) for `rows`; `previous` (b, D) is the input of
         layer k at the last position (MuE)."""
         m, last = self.method, hidden[:, -1:]  # (b, 1, D)
+        if self.rule == "static" and k != self.threshold:  # decided by position alone: nothing to compute
+            nothing = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+            return Check(
+                nothing.long(), nothing, torch.full(nothing.shape, float("nan"), device=hidden.device)
+            )
         if self.generators is not None:
             last = self.generator(k, hidden, rows)[:, -1:]
         elif self.reads_logits or self.rule == "static":
@@ -99,7 +104,7 @@ class ExitRuntime:
             return Check(m.head_logits(k, last)[:, 0].argmax(-1), fired, score)
         if self.rule == "static":
             logits = m.head_logits(k, last)[:, 0].float()  # (b, V)
-            fired = torch.full((logits.shape[0],), k == self.threshold, device=logits.device)
+            fired = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
             return Check(logits.argmax(-1), fired, rules.max_prob(logits[None])[0])
         logits = m.head_logits(k, last)[:, 0].float()  # (b, V)
         tokens = logits.argmax(-1)

@@ -1,0 +1,77 @@
+"""Early-exit decoding on the clock: does skipping layers save what the layer count says, and what
+does one exit check cost? Random weights (nothing downloaded), EOS off, `NEW_TOKENS` tokens.
+
+- static exit at the middle layer (every token leaves there, whatever the weights): measured speedup
+  over the full model through the same engine, next to the expected one (layer-equivalents);
+- three DeeBERT-style checks that never fire: the time per check per token (head + rule + host sync).
+
+On CUDA: BLIP-2 OPT-2.7b's LM shape in bf16. On CPU (timer=cpu_wall): 32 layers of width 64, where
+the arithmetic is negligible and the time is Python and dispatch.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from bench_runner import NEW_TOKENS, OPT_2_7B  # same folder (tests/benchmarks is no package)
+
+from free_bench.backbone import from_hf
+from free_bench.backbone.tiny import build_tiny_blip2, tiny_inputs
+from free_bench.engine import generate, time_region
+from free_bench.methods import get_method
+
+_SHAPES = {
+    "cuda": ("random-init OPT-2.7b LM shape", torch.bfloat16, OPT_2_7B),
+    "cpu": ("OPT 32 layers x width 64 (host overhead)", torch.float32,
+            dict(num_hidden_layers=32, hidden_size=64, word_embed_proj_dim=64, ffn_dim=256, num_attention_heads=4)),
+}  # fmt: skip
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("policy", ["propagate", "deferred"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_static_exit_saves_what_it_skips(benchmark, device: str, policy: str) -> None:
+    name, dtype, shape = _SHAPES[device]
+    if device == "cpu":
+        torch.set_num_threads(1)
+    bb = from_hf(build_tiny_blip2("opt", 0, device=device, dtype=dtype, **shape))
+    bb.language_model.generation_config.eos_token_id = bb.lm_config.eos_token_id = None
+    inputs = {k: v.to(device) for k, v in tiny_inputs(bb.model, 1, text_len=8, seed=0).items()}
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    half = bb.num_layers // 2
+    static = get_method("static")(bb, [half // 2, half, bb.num_layers - half // 2]).eval()
+    never = get_method("deebert")(bb, [half // 2, half, bb.num_layers - half // 2]).eval()
+    kw = dict(warmup=2, repeats=5, device=device, dtype=dtype, batch_size=1)
+
+    def full() -> object:
+        return generate(bb, **inputs, max_new_tokens=NEW_TOKENS)
+
+    def early() -> object:
+        return generate(bb, static, **inputs, max_new_tokens=NEW_TOKENS, threshold=half, kv_policy=policy)
+
+    def checked() -> object:
+        return generate(bb, never, **inputs, max_new_tokens=NEW_TOKENS, threshold=0.0, kv_policy=policy)
+
+    result = early()
+    assert bool((result.exit_layers == half).all())
+    rounds = [
+        (time_region(full, **kw), time_region(early, **kw), time_region(checked, **kw)) for _ in range(3)
+    ]
+    benchmark.pedantic(early, rounds=3, warmup_rounds=1, iterations=1)
+    med = [torch.tensor([t for r in rounds for t in r[i].samples_ms]).median().item() for i in range(3)]
+    benchmark.extra_info.update(
+        {
+            "model": name,
+            "policy": policy,
+            "new_tokens": NEW_TOKENS,
+            "exit_layer": half,
+            "num_layers": bb.num_layers,
+            "measured_speedup": med[0] / med[1],
+            "expected_speedup": result.expected_speedup,
+            "measured_over_expected": med[0] / med[1] / result.expected_speedup,
+            "ms_per_token_full": med[0] / NEW_TOKENS,
+            "ms_per_token_static_exit": med[1] / NEW_TOKENS,
+            "ms_per_exit_check": (med[2] - med[0]) / NEW_TOKENS / 3,
+            "timing_full": rounds[0][0].as_record(),
+        }
+    )
