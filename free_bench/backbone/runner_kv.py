@@ -22,28 +22,44 @@ class KVStore:
     def __init__(self, num_layers: int, batch_size: int, max_len: int) -> None:
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
+        # Every layer's buffer is a view of one (L, B, H, max_len, Dh) tensor, so K/V for a range of
+        # layers (an exited token's skipped layers) are written by one indexed copy.
+        self.all_keys: torch.Tensor | None = None
+        self.all_values: torch.Tensor | None = None
         self.batch_size = batch_size
         self.max_len = max_len
         self.pos = 0  # first KV position of the token(s) in flight
         self.rows: torch.Tensor | None = None  # (b,) batch rows in flight; None = all rows
 
-    def _allocate(
-        self, layer_idx: int, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _allocate(self, k: torch.Tensor, v: torch.Tensor) -> None:
         # Zeros, not empty: slots never written (skipped layers) must not inject NaN through 0 * NaN.
-        shape = (self.batch_size, k.shape[1], self.max_len)
-        kb = k.new_zeros((*shape, k.shape[3]))
-        vb = v.new_zeros((*shape, v.shape[3]))
-        self.keys[layer_idx], self.values[layer_idx] = kb, vb
-        return kb, vb
+        shape = (len(self.keys), self.batch_size, k.shape[1], self.max_len)
+        self.all_keys = k.new_zeros((*shape, k.shape[3]))
+        self.all_values = v.new_zeros((*shape, v.shape[3]))
+        self.keys, self.values = list(self.all_keys.unbind(0)), list(self.all_values.unbind(0))
+
+    def write_layers(
+        self, start: int, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> None:
+        """K/V (n, b, H, q, Dh) of layers start..start+n-1 at the current positions, for `rows`."""
+        if self.all_keys is None or self.all_values is None:
+            self._allocate(keys[0], values[0])
+        assert self.all_keys is not None and self.all_values is not None
+        end, q = start + keys.shape[0], keys.shape[3]
+        if self.pos + q > self.max_len:
+            raise FreeBenchError(f"KV store full: position {self.pos + q} > max_len {self.max_len}")
+        at = slice(None) if rows is None else rows
+        self.all_keys[start:end, at, :, self.pos : self.pos + q] = keys
+        self.all_values[start:end, at, :, self.pos : self.pos + q] = values
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write (b, H, q, Dh) at [rows, :, pos:pos+q]; return this layer's K/V for positions [0, pos+q)."""
+        if self.all_keys is None:
+            self._allocate(key_states, value_states)
         kb, vb = self.keys[layer_idx], self.values[layer_idx]
-        if kb is None:
-            kb, vb = self._allocate(layer_idx, key_states, value_states)
+        assert kb is not None and vb is not None
         start = self.pos
         end = start + key_states.shape[2]
         if end > self.max_len:

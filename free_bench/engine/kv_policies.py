@@ -61,8 +61,7 @@ class Propagate(Policy):
     def finish_step(self) -> None:
         # After the whole step, so rows that rode along uncompacted get their K/V overwritten too.
         for layer, hidden, rows in self.pending:
-            for index in range(layer, self.state.num_layers):
-                runner_skip.fill_kv(self.state, index, hidden, rows)
+            runner_skip.fill_kv_from(self.state, layer, hidden, rows)  # layers layer+1..L, one matmul
             filled = self.state.num_layers - layer + self.runtime.fill_generators(layer, hidden, rows)
             self.spent += len(rows) * filled * self.cost.kv_fill
         self.pending = []

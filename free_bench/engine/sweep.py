@@ -126,7 +126,7 @@ def run_sweep(spec: SweepSpec, out: Path, device: str | None = None, progress: b
             timings[task] = _simulated(spec, method, cost, rows, task, out, base, progress)
         else:
             timings[task] = _live(spec, method, rows, task, out, base, progress)
-    files = sorted(f for f in (out / "points").glob("*.json") if not f.name.endswith("__timing.json"))
+    files = sorted(f for f in (out / "points").glob("*.json") if not f.name.endswith(".full_ms.json"))
     df = SWEEP.validate(pd.DataFrame([r for f in files for r in json.loads(f.read_text())]))
     write_parquet(df, out / "sweep.parquet", SWEEP)
     write_json({"spec": asdict(spec), "backbone": bb.spec, "timings": timings, "device": device_name()},
@@ -210,33 +210,21 @@ def _simulated(spec, method, cost, rows, task, out, base, progress) -> dict:
 
 
 def _live(spec, method, rows, task, out, base, progress) -> dict:
+    """The full model's own point, then each threshold; every point times the full model beside it."""
     bb = method.backbone
     args = (rows, task, spec.batch_size)
-    full_file = out / "points" / f"{task}__timing.json"
-    if full_file.exists():
-        full = json.loads(full_file.read_text())
-    else:
-        eng = S.live_outputs(bb, None, *args, None, "propagate", spec.warmup, spec.repeats)
-        hf = S.live_outputs(bb, None, *args, None, "propagate", spec.warmup, spec.repeats, hf=True)
-        full = {"engine_ms": sum(eng.latencies_ms), "hf_ms": sum(hf.latencies_ms), "timer": eng.timer,
-                "quality": S.quality(task, rows, eng.texts), "summary": eng.summary(),
-                "latencies": eng.latencies_ms}  # fmt: skip
-        write_json(full, full_file)
-    faster = min(full["engine_ms"], full["hf_ms"])
-    lat = pd.Series(full["latencies"])
-    _write_point(_rows_out(base, "full", float(bb.num_layers), task, full["quality"], full["summary"],
-                           measured_speedup=faster / full["engine_ms"], latency_ms_median=lat.median(),
-                           latency_ms_p90=lat.quantile(0.9), timer=full["timer"]),
-                 _point_file(out, task, "full"))  # fmt: skip
-    for t in tqdm(spec.thresholds, desc=f"live {method.name} {task}", disable=not progress):
-        path = _point_file(out, task, t)
+    for t, key in [(None, "full")] + [(t, t) for t in spec.thresholds]:
+        path = _point_file(out, task, key)
         if path.exists():
             continue
-        res = S.live_outputs(
-            bb, method, *args, t, spec.kv_policy, spec.warmup, spec.repeats, compact=spec.compact
-        )
+        res, full = S.live_outputs(bb, None if t is None else method, *args, t, spec.kv_policy, spec.warmup,
+                                   spec.repeats, compact=spec.compact)  # fmt: skip
         lat = pd.Series(res.latencies_ms)
-        _write_point(_rows_out(base, method.name, t, task, S.quality(task, rows, res.texts), res.summary(),
+        name, threshold = (method.name, t) if t is not None else ("full", bb.num_layers)
+        faster = min(full["engine_ms"], full["hf_ms"])
+        _write_point(_rows_out(base, name, threshold, task, S.quality(task, rows, res.texts), res.summary(),
                                measured_speedup=faster / sum(res.latencies_ms), latency_ms_median=lat.median(),
                                latency_ms_p90=lat.quantile(0.9), timer=res.timer), path)  # fmt: skip
-    return {k: full[k] for k in ("engine_ms", "hf_ms", "timer")}
+        write_json(full, path.with_suffix(".full_ms.json"))  # the full model timed beside this point
+    return {f.name.split("__")[1].removesuffix(".full_ms.json"): json.loads(f.read_text())
+            for f in sorted((out / "points").glob(f"{task}__*.full_ms.json"))}  # fmt: skip

@@ -175,9 +175,12 @@ def simulated_outputs(
 # --- live -----------------------------------------------------------------------------------------
 def live_outputs(
     backbone: Backbone, method: ExitMethod | None, rows: datasets.Dataset, task: str, batch_size: int,
-    threshold: float | None, policy: str, warmup: int, repeats: int, hf: bool = False, compact: bool = True,
-) -> Outputs:  # fmt: skip
-    """Decode every batch (timed), through the engine, or through HF `generate()` when `hf`."""
+    threshold: float | None, policy: str, warmup: int, repeats: int, compact: bool = True,
+) -> tuple[Outputs, dict[str, float]]:  # fmt: skip
+    """Decode every batch through the engine (timed), with the full model timed beside it on the same
+    batch, interleaved (HF `generate()`, the engine with exits off, then the early-exit decode), so
+    that clock or load drift hits all three alike. Returns the decode's outputs and the summed
+    full-model times {"engine_ms", "hf_ms"}."""
     out = Outputs()
     batches = []
     for start in range(0, len(rows), batch_size):
@@ -188,32 +191,37 @@ def live_outputs(
                 prompt_batch(backbone, prompts_for(backbone, chunk, task)),
             )
         )
+    new = MAX_NEW[task]
 
-    def run(pv: torch.Tensor, prompts: dict):
-        if hf:
-            return backbone.model.generate(
-                pixel_values=pv, **prompts, do_sample=False, max_new_tokens=MAX_NEW[task]
-            )
-        return generate(backbone, method, pixel_values=pv, **prompts, max_new_tokens=MAX_NEW[task],
-                        threshold=threshold, kv_policy=policy, compact=compact)  # fmt: skip
+    def runners(pv: torch.Tensor, prompts: dict, last: dict) -> dict:
+        def hf() -> None:
+            backbone.model.generate(pixel_values=pv, **prompts, do_sample=False, max_new_tokens=new)
+
+        def engine() -> None:
+            last["full"] = generate(backbone, pixel_values=pv, **prompts, max_new_tokens=new)
+
+        def early() -> None:
+            last["res"] = generate(backbone, method, pixel_values=pv, **prompts, max_new_tokens=new,
+                                   threshold=threshold, kv_policy=policy, compact=compact)  # fmt: skip
+
+        return {"hf_ms": hf, "engine_ms": engine, **({"early": early} if method is not None else {})}
 
     for pv, prompts in batches[: max(warmup, 0)]:  # warm-up: allocator, kernels, lazy init
-        run(pv, prompts)
+        for fn in runners(pv, prompts, {}).values():
+            fn()
+    lat: dict[str, list[float]] = {"hf_ms": [], "engine_ms": [], "early": []}
     for pv, prompts in batches:
         last: dict = {}
-
-        def timed(pv: torch.Tensor = pv, prompts: dict = prompts, last: dict = last) -> None:
-            last["res"] = run(pv, prompts)
-
-        timing = time_region(timed, warmup=0, repeats=repeats, device=backbone.device, dtype=backbone.dtype,
-                             batch_size=len(pv))  # fmt: skip
-        out.latencies_ms.append(timing.median_ms)
-        out.timer = timing.timer
-        if not hf:
-            res = last["res"]
-            out.texts.extend(res.text)
-            real = res.exit_layers > 0
-            out.exit_layers.extend(res.exit_layers[real].tolist())
-            out.spent += res.cost_layers
-            out.full += res.full_cost_layers
-    return out
+        for name, fn in runners(pv, prompts, last).items():
+            timing = time_region(fn, warmup=0, repeats=repeats, device=backbone.device, dtype=backbone.dtype,
+                                 batch_size=len(pv))  # fmt: skip
+            out.timer = timing.timer
+            lat[name].append(timing.median_ms)
+        res = last["res"] if method is not None else last["full"]
+        out.texts.extend(res.text)
+        real = res.exit_layers > 0
+        out.exit_layers.extend(res.exit_layers[real].tolist())
+        out.spent += res.cost_layers
+        out.full += res.full_cost_layers
+    out.latencies_ms = lat["early"] if method is not None else lat["engine_ms"]
+    return out, {"engine_ms": sum(lat["engine_ms"]), "hf_ms": sum(lat["hf_ms"])}

@@ -59,6 +59,7 @@ def test_simulated_sweep_and_resume(trained, tmp_path):
     # resume: finished points are not recomputed, a missing one is
     point = out / "points" / "vqa__0.5.json"
     others = {p: p.stat().st_mtime_ns for p in (out / "points").glob("*.json") if p != point}
+    assert len(others) == 2 * 4 - 1  # (full + 3 thresholds) x (vqa, caption), one removed
     point.unlink()
     res = _sweep(
         env, exits, out, "--mode", "simulated", "--thresholds", "0", "0.5", "1", "--tasks", "vqa", "caption"
@@ -82,7 +83,8 @@ def test_live_sweep_times_against_the_full_model(trained, tmp_path):
     assert df.loc[1.0, "value"] == full.value and df.loc[0.0, "mean_exit_layer"] == 1
     assert df.loc[0.0, "expected_speedup"] > 1.2
     timings = json.loads((out / "manifest.json").read_text())["timings"]["vqa"]
-    assert timings["engine_ms"] > 0 and timings["hf_ms"] > 0
+    assert set(timings) == {"full", "0.0", "1.0"}  # the full model is timed beside every point
+    assert all(t["engine_ms"] > 0 and t["hf_ms"] > 0 for t in timings.values())
 
 
 @pytest.mark.parametrize(

@@ -237,3 +237,18 @@ def test_simulated_costs_price_steps_as_the_engine_does(bb: Backbone, policy: st
         rec = Recorded(scores, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
         spent = step_costs(cost_model(bb, m), m, rec, choice.index, policy)
         assert float(spent.sum()) == pytest.approx(out.cost_layers), name
+
+
+def test_stacked_kv_equals_each_layers_projection(bb: Backbone) -> None:
+    """Propagation's one-matmul K/V (norm scales folded into k/v weights) = each layer's own."""
+    from free_bench.backbone.runner_skip import StackedKV, kv_projection
+
+    hidden = torch.randn(2, 3, bb.lm_config.hidden_size if bb.lm_type == "opt" else bb.lm_config.d_model)
+    stacked = StackedKV(bb.lm_type, list(bb.layers))
+    for start in range(bb.num_layers):
+        k, v = stacked(hidden, start)
+        assert k.shape[0] == bb.num_layers - start
+        for i, layer in enumerate(list(bb.layers)[start:]):
+            k_ref, v_ref = kv_projection(bb.lm_type, layer, hidden)
+            torch.testing.assert_close(k[i], k_ref, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(v[i], v_ref, rtol=1e-4, atol=1e-5)
