@@ -85,6 +85,18 @@ def prefix(
     return embeds.masked_scatter(placeholders, image_features), attention_mask
 
 
+def new_state(
+    backbone: Backbone, embeds: torch.Tensor, mask: torch.Tensor, max_new_tokens: int
+) -> DecodeState:
+    """Decoding state for a prefix (B, P, D) with room for `max_new_tokens`: T5 runs its encoder over
+    the prefix; OPT gets a KV store for prompt + new tokens (the prompt not yet run)."""
+    if backbone.lm_type == "t5":
+        return runner_t5.new_state(backbone, embeds, mask, max_new_tokens)
+    if not bool(mask[:, -1].all()):  # the next token goes right after the last prompt column
+        raise FreeBenchError("OPT prompts must be left-padded (tokenizer.padding_side='left')")
+    return runner_opt.new_state(backbone, mask, embeds.shape[1] + max_new_tokens)
+
+
 def start_decoding(
     backbone: Backbone,
     pixel_values: torch.Tensor,
@@ -100,11 +112,9 @@ def start_decoding(
     T5: runs the encoder once; the first decoder input is `state.start_ids`.
     """
     embeds, mask = prefix(backbone, pixel_values, input_ids, attention_mask)
+    state = new_state(backbone, embeds, mask, max_new_tokens)
     if backbone.lm_type == "t5":
-        return runner_t5.new_state(backbone, embeds, mask, max_new_tokens)
-    if not bool(mask[:, -1].all()):  # the next token goes right after the last prompt column
-        raise FreeBenchError("OPT prompts must be left-padded (tokenizer.padding_side='left')")
-    state = runner_opt.new_state(backbone, mask, embeds.shape[1] + max_new_tokens)
+        return state
     hidden = step_layers(state, begin_embeds(state, embeds), 0, state.num_layers)  # (B, P, D)
     end_token(state)
     state.prompt_hidden = hidden[:, -1:]

@@ -2,8 +2,8 @@
 
 - `open_prompt`: the first decoding step put in flight but not run, so the first new token can exit
   early too (OPT: the whole prompt, q = P positions; T5: the decoder start token after the encoder).
-- `kv_projection` / `fill_kv`: the K/V a layer would cache for a hidden state, without running the
-  layer (CALM's propagation of an exited state into the layers it skipped).
+- `kv_projection` / `StackedKV` / `fill_kv_from`: the K/V a layer (or every layer from one on) would
+  cache for a hidden state, without running it (CALM's propagation of an exited state).
 - `replay`: temporarily address positions [start, start + q) instead of the token in flight, so
   positions that skipped a layer can run it later, batched with the current token (deferred policy).
 """
@@ -37,24 +37,15 @@ def open_prompt(
     OPT: (B, P, D), the prompt's positions; the decision for the first new token reads the last one.
     T5: (B, 1, D), the decoder start token (the encoder has run over the prefix)."""
     embeds, mask = runner.prefix(backbone, pixel_values, input_ids, attention_mask)
+    state = runner.new_state(backbone, embeds, mask, max_new_tokens)
     if backbone.lm_type == "t5":
-        state = runner_t5.new_state(backbone, embeds, mask, max_new_tokens)
         return state, runner.begin_token(state, state.start_ids)
-    if not bool(mask[:, -1].all()):
-        raise FreeBenchError("OPT prompts must be left-padded (tokenizer.padding_side='left')")
-    state = runner_opt.new_state(backbone, mask, embeds.shape[1] + max_new_tokens)
     return state, runner.begin_embeds(state, embeds)
 
 
 def kv_projection(lm_type: str, layer: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(b, q, D) -> the K/V (b, H, q, Dh) that `layer` (an OPT layer or T5 block) would cache."""
     return _IMPL[lm_type].kv_projection(layer, hidden)
-
-
-def fill_kv(state: DecodeState, index: int, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> None:
-    """Write layer `index` (0-based)'s K/V for the positions in flight from `hidden` (b, q, D)."""
-    k, v = kv_projection(state.backbone.lm_type, state.layers[index], hidden)
-    state.kv.write(index, k.to(hidden.dtype), v.to(hidden.dtype), rows)
 
 
 class StackedKV:

@@ -3,30 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
+from clitools import cli
 
 from free_bench.records import SWEEP
 
 pytestmark = pytest.mark.integration
 
 
-def _cli(*args: str, env) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "free_bench", *args], capture_output=True, text=True, env=env
-    )
+_cli = cli
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    env = {**os.environ, "FREE_BENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    res = _cli("pretrain", "--profile", "smoke", "--device", "cpu", "--no-eval", env=env)
-    assert res.returncode == 0, res.stderr[-2000:]
+def trained(tmp_path_factory, smoke_env):
+    env = smoke_env
     exits = tmp_path_factory.mktemp("exits") / "free"
     res = _cli("train-exits", "--method", "free", "--backbone", "embedded:smoke", "--regime", "semi",
                "--exits", "1,2,3", "--steps", "4", "--device", "cpu", "--out", str(exits), env=env)  # fmt: skip

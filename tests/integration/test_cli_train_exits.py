@@ -9,23 +9,18 @@ import sys
 
 import pytest
 import torch
+from clitools import cli
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    env = {**os.environ, "FREE_BENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    res = _cli("pretrain", "--profile", "smoke", "--device", "cpu", "--no-eval", env=env)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return env
+def env(smoke_env: dict) -> dict:
+    return smoke_env
 
 
 def _cli(*args: str, env) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "free_bench", *args], capture_output=True, text=True, env=env
-    )
+    return cli(*args, env=env)
 
 
 @pytest.mark.parametrize(
