@@ -95,6 +95,28 @@ class ExitTrainConfig:
 
 
 @dataclass(frozen=True)
+class ReproduceConfig:
+    """What `free-bench reproduce` runs after the backbone: exits, sweeps, robustness, report."""
+
+    runs: tuple[str, ...] = (
+        "free:semi", "deebert:semi", "pabee:semi", "distill:semi", "free:unsupervised", "distill:unsupervised"
+    )  # fmt: skip
+    seeds: tuple[int, ...] = (0,)  # exit-training seeds (the backbone is trained once)
+    grid: int = 101  # thresholds of a simulated VQA sweep
+    caption_grid: int = 11  # thresholds of a simulated caption sweep (each point is a CIDEr run)
+    caption_rows: int | None = 100  # images in caption sweeps
+    live_rows: int = 200  # VQA rows decoded live per threshold (test split)
+    live_points: int = 3  # thresholds decoded live per method: the val operating point and neighbours
+    batch_sizes: tuple[int, ...] = (8, 32)  # FREE also decoded live at these, with and without compaction
+    robustness_runs: tuple[str, ...] = ("free:semi", "deebert:semi", "pabee:semi", "distill:semi")
+    robustness_rows: int = 64  # rows per perturbation x severity, decoded live at the operating point
+    robustness_batch_size: int = 8
+    perturbations: tuple[str, ...] | None = None  # None: every perturbation in data.perturb
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    max_drop: float = 0.01  # the operating point: the cheapest threshold within this of the full model on val
+
+
+@dataclass(frozen=True)
 class Profile:
     """Everything a profile decides. Later issues add exit and sweep configs."""
 
@@ -103,6 +125,7 @@ class Profile:
     backbone: BackboneConfig
     pretrain: PretrainConfig
     exits: ExitTrainConfig = field(default_factory=ExitTrainConfig)
+    reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
     seed: int = 0
     extras: dict = field(default_factory=dict)
 
@@ -147,6 +170,19 @@ PROFILES: dict[str, Profile] = {
             eval_max_rows=64,
         ),
         exits=ExitTrainConfig(steps=20, batch_size=16, checkpoint_every=10, sparse="2,3"),
+        reproduce=ReproduceConfig(
+            runs=("free:semi", "deebert:semi", "pabee:semi", "distill:semi", "free:unsupervised"),
+            grid=11,
+            caption_grid=3,
+            caption_rows=8,
+            live_rows=12,
+            live_points=2,
+            batch_sizes=(4,),
+            robustness_rows=8,
+            robustness_batch_size=4,
+            perturbations=("gaussian_noise", "typo"),
+            severities=(1, 5),
+        ),  # fmt: skip
     ),
     "cpu": Profile(
         name="cpu",
@@ -213,6 +249,9 @@ PROFILES: dict[str, Profile] = {
             checkpoint_every=500,
         ),
         exits=ExitTrainConfig(steps=600, batch_size=64, dense="every:2", sparse="4,8,12,16,20"),
+        reproduce=ReproduceConfig(
+            seeds=(0, 1, 2), live_rows=300, live_points=2, robustness_rows=128, robustness_batch_size=32
+        ),
     ),
 }
 

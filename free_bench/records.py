@@ -93,6 +93,39 @@ SWEEP = Schema(
 )
 
 
+SWEEP_SAMPLES = Schema(
+    "sweep_samples",
+    (
+        *(
+            c
+            for c in SWEEP.columns
+            if c.name
+            in ("method", "regime", "kv_policy", "threshold", "batch_size", "task", "split", "perturbation")
+        ),  # fmt: skip
+        Column("sample_id", "string", "question id (vqa) or image id (caption)"),
+        Column(
+            "value",
+            "float",
+            "the sample's quality: VQA accuracy, or per-image CIDEr (corpus IDF); NaN if missing",
+        ),
+        Column("exit_layer_mean", "float", "mean exit layer over the sample's generated tokens"),
+        Column("cost_layers", "float", "layer-equivalents spent on the sample (a batch's cost split evenly)"),
+        Column("full_cost_layers", "float", "what the full model spends on the same tokens"),
+        Column(
+            "latency_ms",
+            "float",
+            "early-exit decode time attributed to the sample (batch time / rows); NaN if untimed",
+        ),
+        Column(
+            "full_latency_ms",
+            "float",
+            "the faster full model's time for the same batch / rows; NaN if untimed",
+        ),
+        Column("batch", "int", "index of the batch the sample was decoded in"),
+    ),
+)
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""

@@ -1,4 +1,5 @@
-"""`free-bench reproduce`: every stage that exists, into results/<profile>/, reusing finished stages.
+"""`free-bench reproduce`: data -> backbone -> exits -> sweeps -> robustness -> report, into
+results/<profile>/, reusing finished stages (`reproduce_stages` holds the stages after the backbone).
 
 Stages are functions `(ctx) -> dict` registered in order; each writes its outputs atomically and a
 done-marker into the cache, so a killed run resumes at the first unfinished stage.
@@ -70,6 +71,9 @@ def _backbone(ctx: Context) -> dict:
     return {"backbone": spec, "vqa_accuracy": quality["vqa_accuracy"], "folder": str(folder)}
 
 
+from free_bench.commands import reproduce_stages  # noqa: E402, F401  (registers exits .. report after these)
+
+
 def default_profile() -> str:
     import torch
 
@@ -87,8 +91,13 @@ def run(args: argparse.Namespace) -> int:
     profile = args.profile or default_profile()
     get_profile(profile)
     ctx = Context(profile, args.seed, args.results / profile, cache_dir() / "reproduce" / profile)
-    if args.fresh:
-        shutil.rmtree(ctx.cache, ignore_errors=True)
+    if args.fresh:  # every stage's work: its markers, exits, sweeps, the backbone and the dataset
+        from free_bench.backbone.load import embedded_dir
+        from free_bench.data.scenes_dataset import cache_key
+
+        for folder in (ctx.cache, embedded_dir(f"embedded:{profile}", args.seed),
+                       cache_dir() / "data" / cache_key(profile, args.seed)):  # fmt: skip
+            shutil.rmtree(folder, ignore_errors=True)
     ctx.results.mkdir(parents=True, exist_ok=True)
     manifest = Manifest("reproduce", {"profile": profile, "seed": args.seed}, seeds=[args.seed])
     timings: dict[str, float] = {}

@@ -1,8 +1,10 @@
 """Threshold sweeps: quality, expected and measured speedup of one exit method, point by point.
 
-Every finished point (task, threshold) is written at once to `points/` (atomic parquet); a rerun
-with the same spec skips them, so a killed sweep resumes. `sweep.parquet` (schema `records.SWEEP`)
-gathers them, with the full model as a reference point (`method="full"`) per task.
+Every finished point (task, threshold) is written at once to `points/` (a small JSON of its records,
+and a `.samples.npy` of its per-sample numbers); a rerun with the same spec skips them, so a killed
+sweep resumes. `sweep.parquet` (schema `records.SWEEP`) gathers them, with the full model as a
+reference point (`method="full"`) per task; `samples.parquet` (`records.SWEEP_SAMPLES`) holds the
+per-sample values that bootstrap CIs resample.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -23,7 +26,7 @@ from free_bench.errors import FreeBenchError, check_choice
 from free_bench.methods import get_method, load_exits, rules
 from free_bench.methods.base import ExitMethod
 from free_bench.metrics import vqa_accuracy
-from free_bench.records import SWEEP, device_name, write_json, write_parquet
+from free_bench.records import SWEEP, SWEEP_SAMPLES, atomic_path, device_name, write_json, write_parquet
 
 MODES = ("simulated", "live")
 SPLITS = ("val", "test", "test_novel")
@@ -91,8 +94,16 @@ def load_method(spec: SweepSpec, device: str | None) -> tuple[ExitMethod, str]:
 
 
 def _rows(spec: SweepSpec, split: datasets.Dataset, task: str) -> datasets.Dataset:
+    """The task's rows (first `max_rows`), perturbed after the cut so only the rows used pay for it
+    (each row's perturbation is seeded by its own id, so the cut does not change it)."""
     rows = S.TASK_ROWS[task](split)
-    return rows.select(range(min(spec.max_rows, len(rows)))) if spec.max_rows else rows
+    rows = rows.select(range(min(spec.max_rows, len(rows)))) if spec.max_rows else rows
+    if spec.perturb is None:
+        return rows
+    from free_bench.data.perturb import apply_to_row, parse_spec
+
+    name, severity = parse_spec(spec.perturb)
+    return rows.map(lambda r: apply_to_row(r, name, severity), desc=f"perturb {spec.perturb}")
 
 
 def _point_file(out: Path, task: str, threshold: float | str) -> Path:
@@ -100,15 +111,55 @@ def _point_file(out: Path, task: str, threshold: float | str) -> Path:
     return out / "points" / f"{task}__{threshold}.json"
 
 
-def _write_point(records: list[dict], path: Path) -> None:
+def _write_point(records: list[dict], path: Path, values: list[float], rows: dict[str, list[float]]) -> None:
     """Plain records (validated against SWEEP when gathered): pandas per point would cost more than
-    evaluating the point."""
+    evaluating the point. The per-sample numbers go first, so a point file always has its samples."""
+    with atomic_path(path.with_suffix(".samples.npy")) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.array([values] + [rows[k] for k in S.ROW_FIELDS], dtype=np.float64))  # (F, R)
     write_json(records, path)
 
 
-def run_sweep(spec: SweepSpec, out: Path, device: str | None = None, progress: bool = True) -> pd.DataFrame:
+def _point_files(out: Path) -> list[Path]:
+    return sorted(f for f in (out / "points").glob("*__*.json") if not f.name.endswith(".full_ms.json"))
+
+
+def gather_samples(out: Path) -> pd.DataFrame:
+    """Every point's per-sample numbers, keyed like its SWEEP rows (`records.SWEEP_SAMPLES`)."""
+    keys = [c.name for c in SWEEP_SAMPLES.columns[:8]]
+    frames = []
+    for f in _point_files(out):
+        npy = f.with_suffix(".samples.npy")
+        if not npy.exists():
+            continue
+        task = f.name.split("__")[0]
+        arr = np.load(npy)  # (F, R): value, then S.ROW_FIELDS
+        df = pd.DataFrame(dict(zip(("value", *S.ROW_FIELDS), arr, strict=True)))
+        full_ms = f.with_suffix(".full_ms.json")
+        if full_ms.exists():  # the baseline the point's measured speedup used: the faster full model
+            totals = json.loads(full_ms.read_text())
+            faster = "engine_ms" if totals["engine_ms"] <= totals["hf_ms"] else "hf_ms"
+            df["full_latency_ms"] = df[faster]
+        else:
+            df["full_latency_ms"] = np.nan
+        record = json.loads(f.read_text())[0]
+        ids = json.loads((out / "points" / f"{task}.ids.json").read_text())
+        frames.append(df.assign(sample_id=ids, batch=df["batch"].astype(int), **{k: record[k] for k in keys}))
+    if not frames:
+        return pd.DataFrame(columns=SWEEP_SAMPLES.names)
+    return SWEEP_SAMPLES.validate(pd.concat(frames, ignore_index=True))[SWEEP_SAMPLES.names]
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: Path,
+    device: str | None = None,
+    progress: bool = True,
+    loaded: tuple[ExitMethod, str] | None = None,
+) -> pd.DataFrame:
+    """Run (or resume) a sweep into `out`. `loaded`: `load_method(spec, device)`'s result, when a
+    caller runs many sweeps of one method (reproduce's robustness grid) and loads it once."""
     spec.check()
-    method, regime = load_method(spec, device)
+    method, regime = loaded if loaded is not None else load_method(spec, device)
     for t in spec.thresholds:  # all validated before any work
         rules.check_threshold(method.rule, t, method.layers)
     saved = out / "sweep_spec.json"
@@ -122,13 +173,14 @@ def run_sweep(spec: SweepSpec, out: Path, device: str | None = None, progress: b
     timings = {}
     for task in spec.tasks:
         rows = _rows(spec, ds, task)
+        write_json(S.sample_ids(task, rows), out / "points" / f"{task}.ids.json")
         if spec.mode == "simulated":
             timings[task] = _simulated(spec, method, cost, rows, task, out, base, progress)
         else:
             timings[task] = _live(spec, method, rows, task, out, base, progress)
-    files = sorted(f for f in (out / "points").glob("*.json") if not f.name.endswith(".full_ms.json"))
-    df = SWEEP.validate(pd.DataFrame([r for f in files for r in json.loads(f.read_text())]))
+    df = SWEEP.validate(pd.DataFrame([r for f in _point_files(out) for r in json.loads(f.read_text())]))
     write_parquet(df, out / "sweep.parquet", SWEEP)
+    write_parquet(gather_samples(out), out / "samples.parquet", SWEEP_SAMPLES)
     write_json({"spec": asdict(spec), "backbone": bb.spec, "timings": timings, "device": device_name()},
                out / "manifest.json")  # fmt: skip
     return df
@@ -142,14 +194,7 @@ def load_split(method: ExitMethod, spec: SweepSpec) -> datasets.Dataset:
     if not str(method.backbone.spec).startswith("embedded:"):
         raise FreeBenchError(f"sweeps run on scenes with an embedded backbone, not {method.backbone.spec}")
     profile = get_profile(parse_spec(method.backbone.spec)[0])
-    split = load_scenes(profile.name, profile.seed, progress=False)[spec.split]
-    if spec.perturb is None:
-        return split
-    from free_bench.data.perturb import apply_to_row
-    from free_bench.data.perturb import parse_spec as parse_perturb
-
-    name, severity = parse_perturb(spec.perturb)
-    return split.map(lambda r: apply_to_row(r, name, severity), desc=f"perturb {spec.perturb}")
+    return load_scenes(profile.name, profile.seed, progress=False)[spec.split]
 
 
 def _rows_out(
@@ -184,16 +229,16 @@ def _simulated(spec, method, cost, rows, task, out, base, progress) -> dict:
             out.append(memo[s])
         return out
 
-    def quality(seqs: list[tuple[int, ...]]) -> dict[str, float]:
+    def quality(seqs: list[tuple[int, ...]]) -> tuple[dict[str, float], list[float]]:
         """VQA accuracy memoised per (row, answer): a row has few distinct answers across thresholds."""
         if answers is None:
             return S.quality(task, rows, texts(seqs))
-        total = 0.0
+        values = []
         for r, s in enumerate(seqs):
             if (r, s) not in scored:
                 scored[(r, s)] = vqa_accuracy(texts([s])[0], answers[r])
-            total += scored[(r, s)]
-        return {"vqa_accuracy": total / len(seqs)}
+            values.append(scored[(r, s)])
+        return {"vqa_accuracy": sum(values) / len(values)}, values
 
     points = [(None, "full")] + [(t, t) for t in spec.thresholds]
     for t, key in tqdm(points, desc=f"simulated {method.name} {task}", disable=not progress):
@@ -202,7 +247,8 @@ def _simulated(spec, method, cost, rows, task, out, base, progress) -> dict:
             continue
         seqs, res = S.simulated_outputs(method, rec, t, cost, spec.kv_policy, len(rows))
         name, threshold = (method.name, t) if t is not None else ("full", method.backbone.num_layers)
-        _write_point(_rows_out(base, name, threshold, task, quality(seqs), res.summary()), path)
+        metrics, values = quality(seqs)
+        _write_point(_rows_out(base, name, threshold, task, metrics, res.summary()), path, values, res.rows)
     total = time.perf_counter() - t0
     return {"teacher_forced_s": rec.tf_seconds, "record_s": recorded, "sweep_s": total,
             "thresholds": len(spec.thresholds), "sweep_over_teacher_forced": total / rec.tf_seconds,
@@ -222,9 +268,10 @@ def _live(spec, method, rows, task, out, base, progress) -> dict:
         lat = pd.Series(res.latencies_ms)
         name, threshold = (method.name, t) if t is not None else ("full", bb.num_layers)
         faster = min(full["engine_ms"], full["hf_ms"])
-        _write_point(_rows_out(base, name, threshold, task, S.quality(task, rows, res.texts), res.summary(),
-                               measured_speedup=faster / sum(res.latencies_ms), latency_ms_median=lat.median(),
-                               latency_ms_p90=lat.quantile(0.9), timer=res.timer), path)  # fmt: skip
+        metrics, values = S.quality(task, rows, res.texts)
         write_json(full, path.with_suffix(".full_ms.json"))  # the full model timed beside this point
+        _write_point(_rows_out(base, name, threshold, task, metrics, res.summary(),
+                               measured_speedup=faster / sum(res.latencies_ms), latency_ms_median=lat.median(),
+                               latency_ms_p90=lat.quantile(0.9), timer=res.timer), path, values, res.rows)  # fmt: skip
     return {f.name.split("__")[1].removesuffix(".full_ms.json"): json.loads(f.read_text())
             for f in sorted((out / "points").glob(f"{task}__*.full_ms.json"))}  # fmt: skip

@@ -33,7 +33,8 @@ TASK_ROWS = {"vqa": lambda s: s, "caption": lambda s: s.select(E.first_rows_per_
 
 @dataclass
 class Outputs:
-    """What one threshold produced on a task: texts per row, and the exit layers of its tokens."""
+    """What one threshold produced on a task: texts per row, the exit layers of its tokens, and per-row
+    costs and times (`rows`) for bootstrap CIs over samples."""
 
     texts: list[str] = field(default_factory=list)
     exit_layers: list[int] = field(default_factory=list)
@@ -41,6 +42,7 @@ class Outputs:
     full: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     timer: str = "none"
+    rows: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ROW_FIELDS})
 
     def summary(self) -> dict:
         hist = Counter(self.exit_layers)
@@ -53,6 +55,19 @@ class Outputs:
         }
 
 
+# Per-row numbers a sweep point keeps (records.SWEEP_SAMPLES). In a batch of B rows, the batch's costs
+# and times are attributed evenly (1/B each); exact at batch 1.
+ROW_FIELDS = (
+    "exit_layer_mean",
+    "cost_layers",
+    "full_cost_layers",
+    "latency_ms",
+    "engine_ms",
+    "hf_ms",
+    "batch",
+)
+
+
 def prompts_for(backbone: Backbone, rows: datasets.Dataset, task: str) -> list[E.TextPair]:
     tok = backbone.tokenizer
     if task == "vqa":
@@ -60,19 +75,27 @@ def prompts_for(backbone: Backbone, rows: datasets.Dataset, task: str) -> list[E
     return [E.caption_pair(tok, "") for _ in range(len(rows))]
 
 
-def quality(task: str, rows: datasets.Dataset, texts: list[str]) -> dict[str, float]:
-    """VQA: official accuracy. Captions: CIDEr, or NaN (reported missing) where pycocoevalcap is absent."""
+def quality(task: str, rows: datasets.Dataset, texts: list[str]) -> tuple[dict[str, float], list[float]]:
+    """The task's metric over the rows, and per row. VQA: official accuracy. Captions: CIDEr (its corpus
+    value is the mean of the per-image values), or NaN (reported missing) where pycocoevalcap is absent."""
     if task == "vqa":
         acc = [vqa_accuracy(t, a) for t, a in zip(texts, rows["answers"], strict=True)]
-        return {"vqa_accuracy": sum(acc) / len(acc)}
+        return {"vqa_accuracy": sum(acc) / len(acc)}, acc
     try:
-        from free_bench.metrics.captions import caption_scores
+        from free_bench.metrics.captions import cider_per_image
 
-        preds = {str(i): t for i, t in zip(rows["image_id"], texts, strict=True)}
-        refs = {str(i): list(c) for i, c in zip(rows["image_id"], rows["captions"], strict=True)}
-        return {"CIDEr": caption_scores(preds, refs, skip_meteor=True)["CIDEr"]}
+        keys = [str(i) for i in rows["image_id"]]
+        preds = dict(zip(keys, texts, strict=True))
+        refs = {k: list(c) for k, c in zip(keys, rows["captions"], strict=True)}
+        per = cider_per_image(preds, refs)
+        values = [per[k] for k in keys]
+        return {"CIDEr": sum(values) / len(values)}, values
     except ImportError:
-        return {"CIDEr": float("nan")}
+        return {"CIDEr": float("nan")}, [float("nan")] * len(texts)
+
+
+def sample_ids(task: str, rows: datasets.Dataset) -> list[str]:
+    return [str(i) for i in rows["question_id" if task == "vqa" else "image_id"]]
 
 
 # --- simulated ------------------------------------------------------------------------------------
@@ -165,10 +188,18 @@ def simulated_outputs(
         0, rec.row.cpu(), before, "amin", include_self=False
     )
     keep = before == row_start[rec.row.cpu()]  # no EOS yet in this row: the position is decoded
-    counts = torch.bincount(rec.row.cpu()[keep], minlength=n_rows).tolist()
-    seqs = [tuple(x.tolist()) for x in torch.split(tokens[keep], counts)] if n_rows else []
+    kept_rows = rec.row.cpu()[keep]
+    counts = torch.bincount(kept_rows, minlength=n_rows)  # (R,) decoded tokens per row
+    seqs = [tuple(x.tolist()) for x in torch.split(tokens[keep], counts.tolist())] if n_rows else []
     out = Outputs(exit_layers=layers[keep].tolist(), spent=float(spent[keep].sum()))
     out.full = cost.full * int(keep.sum())
+    per_row = torch.zeros(n_rows, dtype=torch.float64)
+    row_cost = per_row.index_add(0, kept_rows, spent[keep].double().cpu())
+    row_layers = per_row.index_add(0, kept_rows, layers[keep].double())
+    nan = [float("nan")] * n_rows
+    out.rows = {"exit_layer_mean": (row_layers / counts.clamp(min=1)).tolist(), "cost_layers": row_cost.tolist(),
+                "full_cost_layers": (counts.double() * cost.full).tolist(), "latency_ms": nan, "engine_ms": nan,
+                "hf_ms": nan, "batch": list(range(n_rows))}  # fmt: skip
     return seqs, out
 
 
@@ -210,7 +241,7 @@ def live_outputs(
         for fn in runners(pv, prompts, {}).values():
             fn()
     lat: dict[str, list[float]] = {"hf_ms": [], "engine_ms": [], "early": []}
-    for pv, prompts in batches:
+    for index, (pv, prompts) in enumerate(batches):
         last: dict = {}
         for name, fn in runners(pv, prompts, last).items():
             timing = time_region(fn, warmup=0, repeats=repeats, device=backbone.device, dtype=backbone.dtype,
@@ -219,9 +250,18 @@ def live_outputs(
             lat[name].append(timing.median_ms)
         res = last["res"] if method is not None else last["full"]
         out.texts.extend(res.text)
-        real = res.exit_layers > 0
+        real = res.exit_layers > 0  # (b, T)
         out.exit_layers.extend(res.exit_layers[real].tolist())
         out.spent += res.cost_layers
         out.full += res.full_cost_layers
+        b = len(pv)
+        depth = (res.exit_layers * real).sum(1).double() / real.sum(1).clamp(min=1)  # (b,) mean exit layer
+        own = lat["early"][-1] if method is not None else lat["engine_ms"][-1]
+        shares = {"cost_layers": res.cost_layers, "full_cost_layers": res.full_cost_layers, "latency_ms": own,
+                  "engine_ms": lat["engine_ms"][-1], "hf_ms": lat["hf_ms"][-1]}  # fmt: skip
+        for key, v in shares.items():
+            out.rows[key].extend([v / b] * b)
+        out.rows["batch"].extend([index] * b)
+        out.rows["exit_layer_mean"].extend(depth.tolist())
     out.latencies_ms = lat["early"] if method is not None else lat["engine_ms"]
     return out, {"engine_ms": sum(lat["engine_ms"]), "hf_ms": sum(lat["hf_ms"])}

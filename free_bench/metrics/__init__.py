@@ -1,6 +1,13 @@
 """Task metrics: official VQA accuracy and COCO caption scores (pycocoevalcap)."""
 
-from free_bench.metrics.captions import MetricUnavailable, caption_scores
+from free_bench.metrics.captions import MetricUnavailable, caption_scores, cider_per_image
 from free_bench.metrics.vqa import normalize_answer, vqa_accuracy, vqa_accuracy_batch
 
-__all__ = ["MetricUnavailable", "caption_scores", "normalize_answer", "vqa_accuracy", "vqa_accuracy_batch"]
+__all__ = [
+    "MetricUnavailable",
+    "caption_scores",
+    "cider_per_image",
+    "normalize_answer",
+    "vqa_accuracy",
+    "vqa_accuracy_batch",
+]

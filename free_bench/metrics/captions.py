@@ -185,3 +185,55 @@ def caption_scores(
     if spice is not None:
         scores["SPICE"] = spice
     return scores
+
+
+def cider_per_image(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
+    """CIDEr-D of each caption, with IDF weights from the whole evaluated set.
+
+    Their mean is the corpus CIDEr of `caption_scores` (pycocoevalcap averages the same scores), so
+    resampling images for a bootstrap CI keeps its estimate consistent with the reported value.
+    """
+    from pycocoevalcap.cider.cider import Cider
+
+    _check_inputs(predictions, references)
+    _require_java(skip_meteor=True)
+    gts = _tokenize({key: list(refs) for key, refs in references.items()})
+    res = _tokenize({key: [predictions[key]] for key in references})
+    _, per = Cider().compute_score(gts, res)
+    return {key: float(v) for key, v in zip(gts, per, strict=True)}
+
+
+def caption_scores_by_group(
+    predictions: dict[str, dict[str, str]], references: dict[str, list[str]], *, skip_meteor: bool = True
+) -> dict[str, dict[str, float]]:
+    """`caption_scores` of several prediction sets over the same images (e.g. one per exit layer), with
+    one PTB tokenizer run for all of them: each Java start costs more than scoring a small set.
+
+    `predictions`: {group: {id: caption}}, every group over ids of `references`. METEOR (a Java run of
+    ~6 s per group) is left out unless asked for; SPICE is never computed here.
+    """
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    for group, preds in predictions.items():
+        unknown = sorted(set(preds) - set(references))
+        if unknown:
+            raise FreeBenchError(f"group {group!r} predicts ids without references: {unknown[:5]}")
+        _check_inputs(preds, {k: references[k] for k in preds})
+    _require_java(skip_meteor)
+    gts_all = _tokenize({key: list(refs) for key, refs in references.items()})
+    sep = "\x1f"
+    res_all = _tokenize({f"{g}{sep}{k}": [c] for g, preds in predictions.items() for k, c in preds.items()})
+    out: dict[str, dict[str, float]] = {}
+    for group, preds in predictions.items():
+        gts = {k: gts_all[k] for k in preds}
+        res = {k: res_all[f"{group}{sep}{k}"] for k in preds}
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        scores = {f"BLEU-{n}": float(v) for n, v in enumerate(bleu, start=1)}
+        if not skip_meteor:
+            scores["METEOR"] = _meteor(gts, res)
+        scores["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
+        scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+        out[group] = scores
+    return out

@@ -119,29 +119,42 @@ def per_exit_captions(
     return pd.DataFrame(rows)
 
 
-def caption_score_table(df: pd.DataFrame) -> pd.DataFrame:
-    """pycocoevalcap scores per exit layer (tidy: layer, exit_kind, metric, value); where the scorer
-    cannot run (no pycocoevalcap or Java) the rows say so in `missing` and carry no value."""
-    from free_bench.backbone.quality import caption_metrics
+def caption_score_table(df: pd.DataFrame, meteor: bool = False) -> pd.DataFrame:
+    """pycocoevalcap scores per exit layer (tidy: layer, exit_kind, metric, value), every layer scored
+    after one tokenizer run (METEOR only when asked: a Java start per layer); where the scorer cannot
+    run (no pycocoevalcap or Java) the rows say so in `missing` and carry no value."""
+    from free_bench.errors import FreeBenchError
+    from free_bench.metrics.captions import caption_scores_by_group
 
-    out = []
-    for (layer, kind), g in df.groupby(["layer", "exit_kind"]):
-        preds = dict(zip(g["image_id"], g["prediction"], strict=True))
-        refs = {i: list(r) for i, r in zip(g["image_id"], g["references"], strict=True)}
-        scores = caption_metrics(preds, refs)
-        if "missing" in scores:
-            out.append(
+    groups = {f"{layer}|{kind}": g for (layer, kind), g in df.groupby(["layer", "exit_kind"])}
+    refs = {i: list(r) for i, r in zip(df["image_id"], df["references"], strict=True)}
+    try:
+        preds = {key: dict(zip(g["image_id"], g["prediction"], strict=True)) for key, g in groups.items()}
+        scores = caption_scores_by_group(preds, refs, skip_meteor=not meteor)
+    except (ImportError, FreeBenchError) as e:  # no pycocoevalcap (GPU image) or no Java
+        why = f"caption scores not computed here: {e}; score the saved predictions elsewhere"
+        return pd.DataFrame(
+            [
                 {
-                    "layer": layer,
-                    "exit_kind": kind,
+                    "layer": int(k.split("|")[0]),
+                    "exit_kind": k.split("|")[1],
                     "metric": "CIDEr",
                     "value": None,
-                    "missing": scores["missing"],
+                    "missing": why,
                 }
-            )
-            continue
-        out += [
-            {"layer": layer, "exit_kind": kind, "metric": m, "value": v, "missing": None}
-            for m, v in scores.items()
-        ]
-    return pd.DataFrame(out)
+                for k in groups
+            ]  # fmt: skip
+        )
+    return pd.DataFrame(
+        [
+            {
+                "layer": int(k.split("|")[0]),
+                "exit_kind": k.split("|")[1],
+                "metric": m,
+                "value": v,
+                "missing": None,
+            }
+            for k, s in scores.items()
+            for m, v in s.items()
+        ]  # fmt: skip
+    )

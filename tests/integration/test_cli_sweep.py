@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from clitools import cli
 
-from free_bench.records import SWEEP
+from free_bench.records import SWEEP, SWEEP_SAMPLES
 
 pytestmark = pytest.mark.integration
 
@@ -49,9 +49,10 @@ def test_simulated_sweep_and_resume(trained, tmp_path):
     assert vqa.loc[1.0, "value"] == full.value and vqa.loc[1.0, "expected_speedup"] < 1.0
     assert df["measured_speedup"].isna().all() and set(df["timer"]) == {"none"}
     assert all(json.loads(h) for h in df["exit_layer_hist"])
+    _samples_agree_with_points(df, out)
     # resume: finished points are not recomputed, a missing one is
     point = out / "points" / "vqa__0.5.json"
-    others = {p: p.stat().st_mtime_ns for p in (out / "points").glob("*.json") if p != point}
+    others = {p: p.stat().st_mtime_ns for p in (out / "points").glob("*__*.json") if p != point}
     assert len(others) == 2 * 4 - 1  # (full + 3 thresholds) x (vqa, caption), one removed
     point.unlink()
     res = _sweep(
@@ -78,6 +79,22 @@ def test_live_sweep_times_against_the_full_model(trained, tmp_path):
     timings = json.loads((out / "manifest.json").read_text())["timings"]["vqa"]
     assert set(timings) == {"full", "0.0", "1.0"}  # the full model is timed beside every point
     assert all(t["engine_ms"] > 0 and t["hf_ms"] > 0 for t in timings.values())
+    samples = _samples_agree_with_points(df.reset_index(), out)
+    assert set(samples["batch"]) == {0, 1, 2}  # 12 rows in batches of 4
+    by_point = samples.groupby("threshold")
+    measured = by_point["full_latency_ms"].sum() / by_point["latency_ms"].sum()
+    assert measured.to_dict() == pytest.approx(df["measured_speedup"].to_dict())
+
+
+def _samples_agree_with_points(df: pd.DataFrame, out) -> pd.DataFrame:
+    """samples.parquet: a row per (point, sample), whose means and sums give the point's own numbers."""
+    samples = SWEEP_SAMPLES.validate(pd.read_parquet(out / "samples.parquet"))
+    for (task, t), g in samples.groupby(["task", "threshold"]):
+        row = df[(df.task == task) & (df.threshold == t)].iloc[0]
+        assert len(g) == 12 if task == "vqa" else len(g) == g["sample_id"].nunique()
+        assert g["value"].mean() == pytest.approx(row.value)
+        assert g["full_cost_layers"].sum() / g["cost_layers"].sum() == pytest.approx(row.expected_speedup)
+    return samples
 
 
 @pytest.mark.parametrize(

@@ -133,7 +133,13 @@ def test_eval_exits_writes_the_per_exit_table(env, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     caps = pd.read_parquet(out / "per_exit_captions_val.parquet")
     assert set(caps["layer"]) == {1, 2, 3, 4} and len(caps) > 0
-    assert (out / "per_exit_caption_scores_val.parquet").exists()
+    scores = pd.read_parquet(out / "per_exit_caption_scores_val.parquet")
+    # a GPU run scores its captions later on a CPU box: score-captions gives the same table
+    rescored = tmp_path / "rescored.parquet"
+    res = _cli("score-captions", str(out / "per_exit_captions_val.parquet"), "--out", str(rescored), env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    again = pd.read_parquet(rescored)
+    pd.testing.assert_frame_equal(again[scores.columns], scores)
     df = pd.read_parquet(out / "per_exit_val.parquet")
     assert set(df["layer"]) == {1, 2, 3, 4} and len(df) == 12 * 5  # 4 exits (dense) + the final layer
     assert set(df["method"]) == {"pabee"} and df["accuracy"].between(0, 1).all()

@@ -28,7 +28,14 @@ def _reproduce(tmp_path, *extra):
     return subprocess.run([*cmd, *extra], capture_output=True, text=True, env=env)
 
 
+STAGES = ["data", "backbone", "exits", "sweeps", "robustness", "report"]
+FIGURES = ["speedup_measured_vqa", "speedup_expected_vqa", "speedup_expected_caption", "overthinking_by_layer",
+           "midcrisis_layers", "robustness_heatmap"]  # fmt: skip
+
+
 def test_reproduce_smoke_writes_every_artefact_and_reuses_stages(tmp_path):
+    from free_bench.records import SWEEP, SWEEP_SAMPLES
+
     first = _reproduce(tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     out = tmp_path / "r" / "smoke"
@@ -36,10 +43,34 @@ def test_reproduce_smoke_writes_every_artefact_and_reuses_stages(tmp_path):
     assert "total" in counts.index and counts.loc["total", "total"] > 300
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dataset_hash"] and manifest["data"]["rows"]["train"] > 0
+    assert set(manifest["stage_seconds"]) == set(STAGES)
     quality = json.loads((out / "backbone" / "quality.json").read_text())
     assert 0.0 <= quality["vqa_accuracy"] <= 1.0 and len(quality["logit_lens"]) == 4
+    # exits: every run of the profile, per-exit tables on val and test
+    runs = sorted(p.name for p in (out / "exits").iterdir())
+    assert runs == ["deebert-semi", "distill-semi", "free-semi", "free-unsupervised", "pabee-semi"]
+    for run in runs:
+        for split in ("val", "test"):
+            df = pd.read_parquet(out / "exits" / run / f"per_exit_{split}.parquet")
+            assert {"question_id", "layer", "exit_kind", "accuracy"} <= set(df.columns) and len(df)
+    # sweeps: every table matches its schema, simulated and live, and the robustness grid
+    sweeps = sorted(p.name for p in (out / "sweeps").iterdir())
+    assert {"sim-free-semi-val", "sim-static-test", "live-free-semi-b1", "live-free-semi-b4-no-compact",
+            "robustness"} <= set(sweeps)  # fmt: skip
+    for name in sweeps:
+        SWEEP.validate(pd.read_parquet(out / "sweeps" / name / "sweep.parquet"))
+        SWEEP_SAMPLES.validate(pd.read_parquet(out / "sweeps" / name / "samples.parquet"))
+    rob = pd.read_parquet(out / "sweeps" / "robustness" / "sweep.parquet")
+    assert {"none", "gaussian_noise:1", "gaussian_noise:5", "typo:1", "typo:5"} == set(rob["perturbation"])
+    assert set(rob["split"]) == {"test", "test_novel"} and (rob["timer"] == "cpu_wall").all()
+    # report: every figure (png + pdf), the tables, the four claims
+    for stem in FIGURES:
+        assert (out / "figures" / f"{stem}.png").exists() and (out / "figures" / f"{stem}.pdf").exists(), stem
+    report = (out / "REPORT.md").read_text()
+    assert report.count("verdict **") >= 4 and "figures/speedup_measured_vqa.png" in report
+    assert (out / "tables" / "speedup_best_measured.csv").exists()
     second = _reproduce(tmp_path)
-    assert second.returncode == 0 and second.stdout.count("reused") == 2
+    assert second.returncode == 0 and second.stdout.count("reused") == len(STAGES)
 
 
 def test_reproduce_unknown_profile(tmp_path):

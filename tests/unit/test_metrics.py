@@ -241,3 +241,18 @@ def test_skip_meteor_and_single_caption(scored: tuple[dict[str, float], list[str
     with pytest.warns(RuntimeWarning, match="CIDEr over a single caption"):
         single = caption_scores({"img1": PREDS["img1"]}, {"img1": REFS["img1"]}, skip_meteor=True)
     assert single["CIDEr"] == 0.0 and single["BLEU-1"] > 0
+
+
+def test_grouped_caption_scores_equal_one_call_per_group() -> None:
+    from free_bench.metrics.captions import caption_scores_by_group
+
+    refs = {"a": ["a red cube left of a ball", "a cube"], "b": ["two blue balls", "blue balls on the floor"],
+            "c": ["a green cone", "one green cone"]}  # fmt: skip
+    groups = {"1": {"a": "a cube", "b": "blue balls", "c": "a cone"},
+              "2": {"a": "a red cube", "b": "two balls", "c": "a green cone"}}  # fmt: skip
+    together = caption_scores_by_group(groups, refs)
+    for g, preds in groups.items():
+        alone = caption_scores(preds, refs, skip_meteor=True)
+        assert together[g] == pytest.approx({k: v for k, v in alone.items() if k != "SPICE"})
+    with pytest.raises(FreeBenchError, match="without references"):
+        caption_scores_by_group({"1": {"zz": "a cube"}}, refs)

@@ -1,0 +1,216 @@
+"""The stages of `free-bench reproduce` after the backbone: exits -> sweeps -> robustness -> report.
+
+Work folders (weights, sweep points) live in the cache (`Context.cache`), so a killed stage resumes:
+`train-exits` from its checkpoint, a sweep from its finished points. Only tables and manifests are
+copied into `results/<profile>/`. The profile's `ReproduceConfig` says what runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from free_bench.commands.reproduce import Context, stage
+from free_bench.config import ReproduceConfig, get_profile
+from free_bench.errors import FreeBenchError
+from free_bench.records import SWEEP, SWEEP_SAMPLES, atomic_path, write_json, write_parquet
+
+
+def _cli(*argv: str) -> None:
+    """Run a free-bench command in this process (torch and the data stay loaded between calls)."""
+    from free_bench.cli import main
+
+    rc = main([str(a) for a in argv])
+    if rc != 0:
+        raise FreeBenchError(f"`free-bench {' '.join(map(str, argv))}` failed (exit {rc})")
+
+
+def _copy(src: Path, dst: Path) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def _cfg(ctx: Context) -> ReproduceConfig:
+    return get_profile(ctx.profile).reproduce
+
+
+def run_names(ctx: Context) -> list[tuple[str, str, str, int]]:
+    """(name, method, regime, seed) of every exit training; the seed suffix only where seeds vary."""
+    cfg = _cfg(ctx)
+    many = len(cfg.seeds) > 1
+    out = []
+    for seed in cfg.seeds:
+        for run in cfg.runs:
+            method, regime = run.split(":")
+            out.append((f"{method}-{regime}" + (f"-s{seed}" if many else ""), method, regime, seed))
+    return out
+
+
+@stage("exits")
+def _exits(ctx: Context) -> dict:
+    """Train every method x regime x seed on the dense placement, evaluate each exit on val and test."""
+    profile = get_profile(ctx.profile)
+    trained = {}
+    for name, method, regime, seed in run_names(ctx):
+        work = ctx.cache / "exits" / name
+        if not (work / "config.json").exists():
+            _cli("train-exits", "--method", method, "--backbone", f"embedded:{ctx.profile}", "--regime", regime,
+                 "--exits", profile.exits.dense, "--seed", seed, "--out", work)  # fmt: skip
+        if not (work / "eval" / "per_exit_test.parquet").exists():  # test is written last
+            _cli("eval-exits", "--exits", work, "--split", "val", "test", "--out", work / "eval")
+        dst = ctx.results / "exits" / name
+        for f in [work / "manifest.json", work / "config.json", *sorted((work / "eval").glob("*.parquet"))]:
+            _copy(f, dst / f.name)
+        trained[name] = round(json.loads((work / "manifest.json").read_text())["train_seconds"], 1)
+    return {"train_seconds": trained}
+
+
+def thresholds_for(rule: str, layers: list[int], grid: int) -> list[float]:
+    """The threshold grid of a rule: probabilities in [0, 1], entropies in [0, 5] nats, every patience,
+    every exit layer (static)."""
+    if rule in ("max_prob", "cosine"):
+        return [round(i / (grid - 1), 4) for i in range(grid)]
+    if rule == "entropy":
+        return [round(5 * i / (grid - 1), 4) for i in range(grid)]
+    if rule == "patience":
+        return [float(p) for p in range(1, len(layers) + 1)]
+    if rule == "static":
+        return [float(k) for k in layers]
+    raise FreeBenchError(f"no threshold grid for rule {rule!r}")
+
+
+def _sweep(ctx: Context, name: str, method: str, exits: Path, split: str, mode: str, thresholds,
+           seed: int = 0, loaded=None, **opts) -> pd.DataFrame:  # fmt: skip
+    """One sweep in the cache, resumed if it exists; its tables copied to results/<profile>/sweeps/."""
+    from free_bench.engine.sweep import SweepSpec, run_sweep
+
+    profile = get_profile(ctx.profile)
+    spec = SweepSpec(method=method, exits=str(exits), split=split, mode=mode, thresholds=tuple(thresholds),
+                     exits_at=profile.exits.sparse, **opts)  # fmt: skip
+    work = ctx.cache / "sweeps" / name
+    df = run_sweep(spec, work, progress=False, loaded=loaded)
+    if name.startswith("rob/"):  # the robustness grid is gathered into one table instead
+        return df
+    dst = ctx.results / "sweeps" / name
+    for f in ("sweep.parquet", "samples.parquet"):
+        _copy(work / f, dst / f)
+    manifest = json.loads((work / "manifest.json").read_text())
+    write_json({**manifest, "seed": seed, "sweep": name}, dst / "manifest.json")
+    return df
+
+
+def _rule(method: str) -> str:
+    from free_bench.methods import get_method
+
+    return get_method(method).rule
+
+
+def _sparse(ctx: Context) -> list[int]:
+    from free_bench.methods.base import parse_placement
+
+    profile = get_profile(ctx.profile)
+    return parse_placement(profile.exits.sparse, profile.backbone.lm_layers)
+
+
+def operating_points(ctx: Context, cfg: ReproduceConfig) -> dict[str, tuple[float, list[float]]]:
+    """Per seed-0 run (and static): the val operating point (the cheapest threshold within max_drop of
+    the full model, `analyses.robustness.calibrate`) and its grid neighbours for live decoding."""
+    from analyses.robustness import calibrate
+
+    out = {}
+    for name in [n for n, *_, s in run_names(ctx) if s == cfg.seeds[0]] + ["static"]:
+        sim = pd.read_parquet(ctx.cache / "sweeps" / f"sim-{name}-val" / "sweep.parquet")
+        sim = sim[(sim["task"] == "vqa") & (sim["metric"] == "vqa_accuracy")]
+        op = calibrate(sim, cfg.max_drop, x="expected_speedup")
+        t = float(op["threshold"].iloc[0])
+        grid = sorted(sim.loc[sim["method"] != "full", "threshold"].unique())
+        i = min(range(len(grid)), key=lambda j: abs(grid[j] - t))
+        step = max(1, (cfg.live_points - 1) // 2) * (2 if len(grid) > 20 else 1)
+        picks = {grid[j] for j in range(i - step * cfg.live_points, i + step * cfg.live_points + 1, step)
+                 if 0 <= j < len(grid)}  # fmt: skip
+        near = sorted(picks, key=lambda g: (abs(g - t), g))[: cfg.live_points]
+        out[name] = (t, sorted(near))
+    return out
+
+
+@stage("sweeps")
+def _sweeps(ctx: Context) -> dict:
+    """Simulated sweeps (val and test) of every run and static exits; live sweeps on test at the val
+    operating point and its neighbours (batch 1); FREE also batched (compacted or not) and deferred."""
+    cfg = _cfg(ctx)
+    layers = _sparse(ctx)
+    runs = [(n, m, ctx.cache / "exits" / n, s) for n, m, _, s in run_names(ctx)]
+    first = next(r for r in runs if r[1] == "free" and r[3] == cfg.seeds[0])
+    for name, method, exits, seed in [*runs, ("static", "static", first[2], cfg.seeds[0])]:
+        grid = thresholds_for(_rule(method), layers, cfg.grid)
+        for split in ("val", "test"):
+            _sweep(ctx, f"sim-{name}-{split}", method, exits, split, "simulated", grid, seed=seed)
+        if method == "free" and seed == cfg.seeds[0]:  # captions: a coarser grid, each point a CIDEr run
+            cap = thresholds_for(_rule(method), layers, cfg.caption_grid)
+            _sweep(ctx, f"sim-{name}-test-caption", method, exits, "test", "simulated", cap, seed=seed,
+                   tasks=("caption",), max_rows=cfg.caption_rows)  # fmt: skip
+    ops = operating_points(ctx, cfg)
+    exits_of = {n: e for n, _, e, s in runs if s == cfg.seeds[0]} | {"static": first[2]}
+    for name, (_, live) in ops.items():
+        method = name.split("-")[0]
+        _sweep(ctx, f"live-{name}-b1", method, exits_of[name], "test", "live", live, max_rows=cfg.live_rows)
+    free_op = ops[first[0]][0]
+    _sweep(ctx, f"live-{first[0]}-b1-deferred", "free", first[2], "test", "live", [free_op],
+           kv_policy="deferred", max_rows=cfg.live_rows)  # fmt: skip
+    for b in cfg.batch_sizes:
+        rows = max(cfg.live_rows, 4 * b)
+        for compact in (True, False):
+            tag = "compact" if compact else "no-compact"
+            _sweep(ctx, f"live-{first[0]}-b{b}-{tag}", "free", first[2], "test", "live", [free_op],
+                   batch_size=b, compact=compact, max_rows=rows)  # fmt: skip
+    return {"operating_points": {n: {"threshold": t, "live": live} for n, (t, live) in ops.items()}}
+
+
+@stage("robustness")
+def _robustness(ctx: Context) -> dict:
+    """Every perturbation x severity (and test_novel, and clean test), decoded live at each method's val
+    operating point, gathered into results/<profile>/sweeps/robustness/."""
+    from free_bench.data.perturb import PERTURBATIONS
+    from free_bench.engine.sweep import SweepSpec, load_method
+
+    cfg = _cfg(ctx)
+    profile = get_profile(ctx.profile)
+    ops = json.loads((ctx.cache / "sweeps.done.json").read_text())["operating_points"]
+    names = sorted(cfg.perturbations or PERTURBATIONS)
+    inputs = [("test", None), ("test_novel", None)] + [
+        ("test", f"{p}:{s}") for p in names for s in cfg.severities
+    ]
+    opts = {"max_rows": cfg.robustness_rows, "batch_size": cfg.robustness_batch_size}
+    frames, samples = [], []
+    runs = [
+        (n, m) for n, m, r, s in run_names(ctx) if s == cfg.seeds[0] and f"{m}:{r}" in cfg.robustness_runs
+    ]
+    for name, method in runs:
+        exits = ctx.cache / "exits" / name
+        t = ops[name]["threshold"]
+        spec = SweepSpec(method=method, exits=str(exits), split="test", mode="live", thresholds=(t,),
+                         exits_at=profile.exits.sparse)  # fmt: skip
+        loaded = load_method(spec, None)
+        for split, perturb in inputs:
+            tag = f"rob/{name}/{split}-{(perturb or 'none').replace(':', '-')}"
+            frames.append(
+                _sweep(ctx, tag, method, exits, split, "live", [t], loaded=loaded, perturb=perturb, **opts)
+            )
+            samples.append(pd.read_parquet(ctx.cache / "sweeps" / tag / "samples.parquet"))
+    dst = ctx.results / "sweeps" / "robustness"
+    write_parquet(pd.concat(frames, ignore_index=True), dst / "sweep.parquet", SWEEP)
+    write_parquet(pd.concat(samples, ignore_index=True), dst / "samples.parquet", SWEEP_SAMPLES)
+    write_json({"sweep": "robustness", "seed": cfg.seeds[0], "operating_points": ops, "inputs": len(inputs),
+                "rows": cfg.robustness_rows, "batch_size": cfg.robustness_batch_size}, dst / "manifest.json")  # fmt: skip
+    return {"methods": [n for n, _ in runs], "inputs": len(inputs)}
+
+
+@stage("report")
+def _report(ctx: Context) -> dict:
+    """Tables, figures and REPORT.md from results/<profile>/ alone (analyses never import torch)."""
+    from analyses.report import build_report
+
+    return {"report": str(build_report(ctx.results))}
