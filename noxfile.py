@@ -6,9 +6,12 @@ nox -s lint                       # ruff
 nox -s reproduce                  # the main job: profile gpu with CUDA, else cpu
 nox -s reproduce -- --profile smoke
 nox -s bench                      # pytest-benchmark suite in tests/benchmarks/
+nox -s bench -- --compare         # ... then `free-bench regress` against results/<profile>/bench_baseline.json
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import nox
 
@@ -67,20 +70,80 @@ def reproduce(session: nox.Session) -> None:
     session.run("free-bench", "reproduce", *session.posargs)
 
 
+def _take_option(args: list[str], name: str) -> str | None:
+    """Remove `name VALUE` or `name=VALUE` from `args`; return VALUE (None when absent)."""
+    for i, arg in enumerate(args):
+        if arg == name:
+            if i + 1 >= len(args):
+                raise ValueError(f"{name} needs a value")
+            value = args[i + 1]
+            del args[i : i + 2]
+            return value
+        if arg.startswith(name + "="):
+            del args[i]
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _bench_baseline(session: nox.Session, profile: str) -> Path:
+    """results/<profile>/bench_baseline.json, or a session error saying how to record it."""
+    baseline = Path("results") / profile / "bench_baseline.json"
+    if not baseline.is_file():
+        session.error(
+            f"no benchmark baseline at {baseline}; record one on a quiet machine with "
+            f"`nox -s bench -- --benchmark-json {baseline}` and commit it"
+        )
+    return baseline
+
+
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """pytest-benchmark suite (tests/benchmarks/); timings, not pass/fail tests.
 
     nox -s bench
     nox -s bench -- --benchmark-json out/bench.json
+    nox -s bench -- --compare                      # then `free-bench regress` against the baseline
+    nox -s bench -- --compare --profile gpu --tolerance 0.25
+
+    --compare writes the run to .benchmarks/current.json (or the --benchmark-json path given) and
+    compares it with results/<profile>/bench_baseline.json (profile: gpu with CUDA, else smoke), failing
+    on a measured_speedup drop beyond --tolerance (default 0.05) or a quality drop beyond
+    --quality-tolerance (default 0.005 = 0.5 points). A new baseline is a plain run:
+    nox -s bench -- --benchmark-json results/<profile>/bench_baseline.json
     """
+    args = list(session.posargs)
+    compare = "--compare" in args
+    if compare:
+        args.remove("--compare")
+        try:
+            profile = _take_option(args, "--profile")
+            regress_opts = [
+                (opt, value)
+                for opt in ("--tolerance", "--quality-tolerance", "--time-tolerance")
+                if (value := _take_option(args, opt)) is not None
+            ]
+            current = _take_option(args, "--benchmark-json") or ".benchmarks/current.json"
+        except ValueError as e:
+            session.error(str(e))
+        if profile is not None:  # fail before installing anything
+            baseline = _bench_baseline(session, profile)
     _install(session, "[dev]")
+    if compare:
+        if profile is None:
+            cuda = session.run("python", "-c", "import torch; print(torch.cuda.is_available())", silent=True)
+            baseline = _bench_baseline(session, "gpu" if "True" in str(cuda) else "smoke")
+        Path(current).parent.mkdir(parents=True, exist_ok=True)
+        args += ["--benchmark-json", current]
     session.run(
         "pytest",
         "tests/benchmarks",
         "-o",
         "python_files=bench_*.py",
         "--benchmark-only",
-        *session.posargs,
+        *args,
         success_codes=[0, 5],  # 5: no benchmark collected (none exists for this machine yet)
     )
+    if compare:
+        session.run(
+            "free-bench", "regress", str(baseline), current, *[x for pair in regress_opts for x in pair]
+        )

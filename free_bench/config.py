@@ -107,6 +107,7 @@ class ReproduceConfig:
     caption_rows: int | None = 100  # images in caption sweeps
     live_rows: int = 200  # VQA rows decoded live per threshold (test split)
     live_points: int = 3  # thresholds decoded live per method: the val operating point and neighbours
+    live_runs: tuple[str, ...] | None = None  # runs decoded live (None: every run); static always is
     batch_sizes: tuple[int, ...] = (8, 32)  # FREE also decoded live at these, with and without compaction
     robustness_runs: tuple[str, ...] = ("free:semi", "deebert:semi", "pabee:semi", "distill:semi")
     robustness_rows: int = 64  # rows per perturbation x severity, decoded live at the operating point
@@ -250,8 +251,13 @@ PROFILES: dict[str, Profile] = {
         ),
         exits=ExitTrainConfig(steps=600, batch_size=64, dense="every:2", sparse="4,8,12,16,20"),
         reproduce=ReproduceConfig(
-            seeds=(0, 1, 2), live_rows=300, live_points=2, robustness_rows=128, robustness_batch_size=32
-        ),
+            seeds=(0, 1, 2),
+            live_rows=200,
+            live_points=2,
+            live_runs=("free:semi", "deebert:semi", "pabee:semi", "distill:semi"),
+            robustness_rows=64,
+            robustness_batch_size=32,
+        ),  # fmt: skip
     ),
 }
 

@@ -122,6 +122,11 @@ SWEEP_SAMPLES = Schema(
             "the faster full model's time for the same batch / rows; NaN if untimed",
         ),
         Column("batch", "int", "index of the batch the sample was decoded in"),
+        Column(
+            "prefix_ms",
+            "float",
+            "vision tower + Q-Former + projection time (batch / rows): what no exit skips",
+        ),
     ),
 )
 

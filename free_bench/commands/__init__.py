@@ -4,6 +4,7 @@ from free_bench.commands import (
     data,  # noqa: F401
     eval_exits,  # noqa: F401
     pretrain,  # noqa: F401
+    regress,  # noqa: F401
     reproduce,  # noqa: F401
     score,  # noqa: F401
     sweep,  # noqa: F401

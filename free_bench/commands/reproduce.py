@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +75,10 @@ def _backbone(ctx: Context) -> dict:
 from free_bench.commands import reproduce_stages  # noqa: E402, F401  (registers exits .. report after these)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def default_profile() -> str:
     import torch
 
@@ -100,7 +105,11 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(folder, ignore_errors=True)
     ctx.results.mkdir(parents=True, exist_ok=True)
     manifest = Manifest("reproduce", {"profile": profile, "seed": args.seed}, seeds=[args.seed])
-    timings: dict[str, float] = {}
+    # seconds per stage, summed over every run that worked on it (a stage killed by a time limit and
+    # resumed by the next run counts both parts); SIGTERM (`timeout`) unwinds so the part is counted
+    spent_file = ctx.cache / "stage_seconds.json"
+    spent: dict[str, float] = json.loads(spent_file.read_text()) if spent_file.exists() else {}
+    signal.signal(signal.SIGTERM, _terminate)
     for name, fn in STAGES:
         done = ctx.cache / f"{name}.done.json"
         if done.exists():
@@ -108,12 +117,16 @@ def run(args: argparse.Namespace) -> int:
             manifest.update(**{name: json.loads(done.read_text())})
             continue
         t0 = time.perf_counter()
-        out = fn(ctx)
-        timings[name] = round(time.perf_counter() - t0, 2)
-        print(f"[{name}] done in {timings[name]:.1f} s")
+        try:
+            out = fn(ctx)
+        finally:
+            spent[name] = round(spent.get(name, 0.0) + time.perf_counter() - t0, 2)
+            write_json(spent, spent_file)
+        print(f"[{name}] done in {spent[name]:.1f} s")
         write_json(out, done)
         manifest.update(**{name: out})
-    manifest.update(stage_seconds=timings, dataset_hash=manifest.data.get("data", {}).get("dataset_hash"))
+    manifest.update(stage_seconds=spent, total_seconds=round(sum(spent.values()), 1),
+                    dataset_hash=manifest.data.get("data", {}).get("dataset_hash"))  # fmt: skip
     manifest.write(ctx.results / "manifest.json")
     print(f"results in {ctx.results}")
     return 0

@@ -121,7 +121,12 @@ def operating_points(ctx: Context, cfg: ReproduceConfig) -> dict[str, tuple[floa
     from analyses.robustness import calibrate
 
     out = {}
-    for name in [n for n, *_, s in run_names(ctx) if s == cfg.seeds[0]] + ["static"]:
+    live = [
+        n
+        for n, m, r, s in run_names(ctx)
+        if s == cfg.seeds[0] and (cfg.live_runs is None or f"{m}:{r}" in cfg.live_runs)
+    ]
+    for name in live + ["static"]:
         sim = pd.read_parquet(ctx.cache / "sweeps" / f"sim-{name}-val" / "sweep.parquet")
         sim = sim[(sim["task"] == "vqa") & (sim["metric"] == "vqa_accuracy")]
         op = calibrate(sim, cfg.max_drop, x="expected_speedup")
@@ -188,6 +193,9 @@ def _robustness(ctx: Context) -> dict:
     runs = [
         (n, m) for n, m, r, s in run_names(ctx) if s == cfg.seeds[0] and f"{m}:{r}" in cfg.robustness_runs
     ]
+    unplaced = [n for n, _ in runs if n not in ops]
+    if unplaced:
+        raise FreeBenchError(f"robustness runs {unplaced} have no operating point: add them to live_runs")
     for name, method in runs:
         exits = ctx.cache / "exits" / name
         t = ops[name]["threshold"]

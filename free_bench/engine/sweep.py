@@ -132,8 +132,10 @@ def gather_samples(out: Path) -> pd.DataFrame:
         if not npy.exists():
             continue
         task = f.name.split("__")[0]
-        arr = np.load(npy)  # (F, R): value, then S.ROW_FIELDS
-        df = pd.DataFrame(dict(zip(("value", *S.ROW_FIELDS), arr, strict=True)))
+        arr = np.load(npy)  # (F, R): value, then S.ROW_FIELDS (points written before a field existed lack it)
+        df = pd.DataFrame(dict(zip(("value", *S.ROW_FIELDS), arr, strict=False)))
+        for name in S.ROW_FIELDS[len(arr) - 1 :]:
+            df[name] = np.nan
         full_ms = f.with_suffix(".full_ms.json")
         if full_ms.exists():  # the baseline the point's measured speedup used: the faster full model
             totals = json.loads(full_ms.read_text())

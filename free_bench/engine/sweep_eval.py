@@ -18,6 +18,7 @@ import datasets
 import torch
 
 from free_bench.backbone import examples as E
+from free_bench.backbone import runner
 from free_bench.backbone.base import Backbone
 from free_bench.backbone.quality import pixel_values, prompt_batch
 from free_bench.engine.cost import CostModel
@@ -65,6 +66,7 @@ ROW_FIELDS = (
     "engine_ms",
     "hf_ms",
     "batch",
+    "prefix_ms",
 )
 
 
@@ -199,7 +201,7 @@ def simulated_outputs(
     nan = [float("nan")] * n_rows
     out.rows = {"exit_layer_mean": (row_layers / counts.clamp(min=1)).tolist(), "cost_layers": row_cost.tolist(),
                 "full_cost_layers": (counts.double() * cost.full).tolist(), "latency_ms": nan, "engine_ms": nan,
-                "hf_ms": nan, "batch": list(range(n_rows))}  # fmt: skip
+                "hf_ms": nan, "batch": list(range(n_rows)), "prefix_ms": nan}  # fmt: skip
     return seqs, out
 
 
@@ -210,8 +212,9 @@ def live_outputs(
 ) -> tuple[Outputs, dict[str, float]]:  # fmt: skip
     """Decode every batch through the engine (timed), with the full model timed beside it on the same
     batch, interleaved (HF `generate()`, the engine with exits off, then the early-exit decode), so
-    that clock or load drift hits all three alike. Returns the decode's outputs and the summed
-    full-model times {"engine_ms", "hf_ms"}."""
+    that clock or load drift hits all three alike; the prefix alone (vision tower, Q-Former: what no
+    exit can skip) is timed beside them. Returns the decode's outputs and the summed times
+    {"engine_ms", "hf_ms", "prefix_ms"}."""
     out = Outputs()
     batches = []
     for start in range(0, len(rows), batch_size):
@@ -231,16 +234,21 @@ def live_outputs(
         def engine() -> None:
             last["full"] = generate(backbone, pixel_values=pv, **prompts, max_new_tokens=new)
 
+        def prefix() -> None:  # vision tower, Q-Former, projection: the part of every decode no exit skips
+            with torch.inference_mode():
+                runner.prefix(backbone, pv, prompts["input_ids"], prompts.get("attention_mask"))
+
         def early() -> None:
             last["res"] = generate(backbone, method, pixel_values=pv, **prompts, max_new_tokens=new,
                                    threshold=threshold, kv_policy=policy, compact=compact)  # fmt: skip
 
-        return {"hf_ms": hf, "engine_ms": engine, **({"early": early} if method is not None else {})}
+        return {"hf_ms": hf, "engine_ms": engine, "prefix_ms": prefix,
+                **({"early": early} if method is not None else {})}  # fmt: skip
 
     for pv, prompts in batches[: max(warmup, 0)]:  # warm-up: allocator, kernels, lazy init
         for fn in runners(pv, prompts, {}).values():
             fn()
-    lat: dict[str, list[float]] = {"hf_ms": [], "engine_ms": [], "early": []}
+    lat: dict[str, list[float]] = {"hf_ms": [], "engine_ms": [], "prefix_ms": [], "early": []}
     for index, (pv, prompts) in enumerate(batches):
         last: dict = {}
         for name, fn in runners(pv, prompts, last).items():
@@ -258,10 +266,11 @@ def live_outputs(
         depth = (res.exit_layers * real).sum(1).double() / real.sum(1).clamp(min=1)  # (b,) mean exit layer
         own = lat["early"][-1] if method is not None else lat["engine_ms"][-1]
         shares = {"cost_layers": res.cost_layers, "full_cost_layers": res.full_cost_layers, "latency_ms": own,
-                  "engine_ms": lat["engine_ms"][-1], "hf_ms": lat["hf_ms"][-1]}  # fmt: skip
+                  "engine_ms": lat["engine_ms"][-1], "hf_ms": lat["hf_ms"][-1],
+                  "prefix_ms": lat["prefix_ms"][-1]}  # fmt: skip
         for key, v in shares.items():
             out.rows[key].extend([v / b] * b)
         out.rows["batch"].extend([index] * b)
         out.rows["exit_layer_mean"].extend(depth.tolist())
     out.latencies_ms = lat["early"] if method is not None else lat["engine_ms"]
-    return out, {"engine_ms": sum(lat["engine_ms"]), "hf_ms": sum(lat["hf_ms"])}
+    return out, {key: sum(lat[key]) for key in ("engine_ms", "hf_ms", "prefix_ms")}

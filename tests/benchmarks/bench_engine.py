@@ -7,6 +7,10 @@ does one exit check cost? Random weights (nothing downloaded), EOS off, `NEW_TOK
 
 On CUDA: BLIP-2 OPT-2.7b's LM shape in bf16. On CPU (timer=cpu_wall): 32 layers of width 64, where
 the arithmetic is negligible and the time is Python and dispatch.
+
+`extra_info` carries what `free-bench regress` compares: `measured_speedup`, `expected_speedup`,
+`mean_exit_layer` and the machine state (`machine`: device, timer, dtype, batch size, torch version,
+threads, host). No `quality` / `quality_metric`: the weights are random, so there is none to report.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from bench_runner import NEW_TOKENS, OPT_2_7B  # same folder (tests/benchmarks i
 from free_bench.backbone import from_hf
 from free_bench.backbone.tiny import build_tiny_blip2, tiny_inputs
 from free_bench.engine import generate, time_region
+from free_bench.engine.timing import Timing
 from free_bench.methods import get_method
+from free_bench.records import device_name
 
 _SHAPES = {
     "cuda": ("random-init OPT-2.7b LM shape", torch.bfloat16, OPT_2_7B),
@@ -26,6 +32,13 @@ _SHAPES = {
             dict(num_hidden_layers=32, hidden_size=64, word_embed_proj_dim=64, ffn_dim=256, num_attention_heads=4)),
 }  # fmt: skip
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def machine_state(timing: Timing) -> dict:
+    """The conditions a timing was taken under (from its record), plus torch threads and the host."""
+    record = timing.as_record()
+    state = {k: record[k] for k in ("device_name", "timer", "dtype", "batch_size", "torch_version")}
+    return {**state, "torch_threads": torch.get_num_threads(), "host": device_name()}
 
 
 @pytest.mark.parametrize("policy", ["propagate", "deferred"])
@@ -65,6 +78,7 @@ def test_static_exit_saves_what_it_skips(benchmark, device: str, policy: str) ->
             "policy": policy,
             "new_tokens": NEW_TOKENS,
             "exit_layer": half,
+            "mean_exit_layer": result.exit_layers.float().mean().item(),
             "num_layers": bb.num_layers,
             "measured_speedup": med[0] / med[1],
             "expected_speedup": result.expected_speedup,
@@ -73,5 +87,6 @@ def test_static_exit_saves_what_it_skips(benchmark, device: str, policy: str) ->
             "ms_per_token_static_exit": med[1] / NEW_TOKENS,
             "ms_per_exit_check": (med[2] - med[0]) / NEW_TOKENS / 3,
             "timing_full": rounds[0][0].as_record(),
+            "machine": machine_state(rounds[0][1]),
         }
     )

@@ -78,9 +78,10 @@ def test_live_sweep_times_against_the_full_model(trained, tmp_path):
     assert df.loc[0.0, "expected_speedup"] > 1.2
     timings = json.loads((out / "manifest.json").read_text())["timings"]["vqa"]
     assert set(timings) == {"full", "0.0", "1.0"}  # the full model is timed beside every point
-    assert all(t["engine_ms"] > 0 and t["hf_ms"] > 0 for t in timings.values())
+    assert all(t["engine_ms"] > t["prefix_ms"] > 0 and t["hf_ms"] > 0 for t in timings.values())
     samples = _samples_agree_with_points(df.reset_index(), out)
     assert set(samples["batch"]) == {0, 1, 2}  # 12 rows in batches of 4
+    assert (samples["prefix_ms"] > 0).all() and (samples["prefix_ms"] < samples["full_latency_ms"]).all()
     by_point = samples.groupby("threshold")
     measured = by_point["full_latency_ms"].sum() / by_point["latency_ms"].sum()
     assert measured.to_dict() == pytest.approx(df["measured_speedup"].to_dict())

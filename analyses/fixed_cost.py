@@ -1,0 +1,39 @@
+"""Where measured speedup loses to the expected one: the decode's fixed part.
+
+Every decode first runs the vision tower, Q-Former and projection (the prefix); no exit skips them,
+and the layer-count estimate does not count them. Live sweeps time the prefix alone beside the full
+model (`records.SWEEP_SAMPLES.prefix_ms`), so the loss splits into the prefix's share of the full
+model's time, and what remains within the language model (Python and launch overhead, exit checks).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+KEYS = ["method", "regime", "kv_policy", "batch_size", "task", "split", "perturbation", "threshold"]
+NEEDED = KEYS + ["latency_ms", "full_latency_ms", "prefix_ms", "cost_layers", "full_cost_layers"]
+
+
+def compute_fixed_share(samples: pd.DataFrame) -> pd.DataFrame:
+    """Per timed sweep point: the prefix's share of the full model's time; measured and expected
+    speedup; the measured speedup of the LM part alone, (full - prefix) / (early - prefix); and the
+    speedup the expected one would give if the prefix were priced as measured,
+    full / (prefix + (full - prefix) / expected). Untimed (simulated) points are left out."""
+    missing = [c for c in NEEDED if c not in samples.columns]
+    if missing:
+        raise ValueError(f"samples table lacks columns {missing}")
+    timed = samples.dropna(subset=["latency_ms", "full_latency_ms", "prefix_ms"])
+    if timed.empty:
+        return pd.DataFrame(columns=KEYS + ["prefix_share", "measured_speedup", "expected_speedup",
+                                            "lm_measured_speedup", "expected_with_prefix"])  # fmt: skip
+    sums = timed.groupby(KEYS, as_index=False, dropna=False)[NEEDED[len(KEYS) :]].sum()
+    full, early, fixed = sums["full_latency_ms"], sums["latency_ms"], sums["prefix_ms"]
+    out = sums[KEYS].copy()
+    out["prefix_share"] = fixed / full
+    out["measured_speedup"] = full / early
+    out["expected_speedup"] = sums["full_cost_layers"] / sums["cost_layers"]
+    out["lm_measured_speedup"] = (full - fixed) / (early - fixed)
+    out["expected_with_prefix"] = full / (fixed + (full - fixed) / out["expected_speedup"])
+    out["measured_over_expected"] = out["measured_speedup"] / out["expected_speedup"]
+    out["measured_over_expected_with_prefix"] = out["measured_speedup"] / out["expected_with_prefix"]
+    return out.reset_index(drop=True)

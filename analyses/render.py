@@ -1,0 +1,208 @@
+"""REPORT.md's markdown: `md_table`, one `_*_md` function per section, and `render_report`, which puts
+them together from what build_report computed (a `Built`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analyses.built import MAX_DROP, Built, clean_test
+from analyses.claims import _ci
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, bool | np.bool_):
+        return "yes" if v else "no"
+    if isinstance(v, float | np.floating):
+        return "n/a" if not np.isfinite(v) else f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"
+    return "n/a" if v is None or v is pd.NA else str(v)
+
+
+def md_table(df: pd.DataFrame) -> str:
+    """A GitHub markdown table; NaN is written "n/a", never 0."""
+    rows = ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    return "\n".join(["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * df.shape[1], *rows])
+
+
+def _with_ci(df: pd.DataFrame, cols: dict[str, tuple[str, str]]) -> pd.DataFrame:
+    """Add a "value [lo, hi]" string column per {col: (name, unit)} (units as in `_ci`)."""
+    out = df.copy()
+    for col, (name, unit) in cols.items():
+        out[name] = [_ci(r, col, unit) for _, r in df.iterrows()]
+    return out
+
+
+def _missing(b: Built, part: str) -> list[str]:
+    return [f"**missing**: {b.missing[part]}", ""] if part in b.missing else []
+
+
+def _figure(b: Built, name: str, caption: str) -> list[str]:
+    return [f"![{caption}](figures/{name}.png) ([pdf](figures/{name}.pdf))", ""] if name in b.figures else []
+
+
+def _backbone(b: Built) -> list[str]:
+    q = b.res.quality
+    if q is None:
+        return ["**missing**: backbone/quality.json is not in this results folder", ""]
+    acc = q.get("vqa_accuracy")
+    out = [f"VQA accuracy ({q.get('split', '?')} split, {q.get('vqa_rows', '?')} questions): {_fmt(acc)}", ""]
+    if "backbone_vqa_by_type" in b.tables:
+        out += [md_table(b.tables["backbone_vqa_by_type"]), ""]
+    if "backbone_logit_lens" in b.tables:
+        lens = b.tables["backbone_logit_lens"].set_index("layer")["accuracy"]
+        wide = pd.DataFrame([lens.to_numpy()], columns=[f"L{c}" for c in lens.index])
+        out += ["Logit lens (final norm + LM head on each layer's hidden state), VQA accuracy:", ""]
+        out += [md_table(wide), ""]
+    else:
+        out += ["Logit lens: **missing** (quality.json has no logit_lens)", ""]
+    caps = q.get("captions", q.get("caption_scores"))
+    if not isinstance(caps, dict) or "missing" in caps:
+        reason = caps.get("missing") if isinstance(caps, dict) else "not in quality.json"
+        out += [f"Caption scores: **missing** ({reason})", ""]
+    else:
+        out += ["Caption scores:", "", md_table(pd.DataFrame([caps])), ""]
+    return out
+
+
+def _exits_md(b: Built) -> list[str]:
+    out = _missing(b, "exits")
+    if "exits_accuracy_test" in b.tables:
+        out += ["Per-exit VQA accuracy on test (teacher-forced, every exit evaluated):", ""]
+        out += [md_table(b.tables["exits_accuracy_test"]), ""]
+    if "exits_cider_test" in b.tables:
+        out += ["Per-exit CIDEr on test:", "", md_table(b.tables["exits_cider_test"]), ""]
+    if "exits_cider_test" in b.missing:
+        out += [f"Per-exit CIDEr: **missing** ({b.missing['exits_cider_test']})", ""]
+    if "exits_training" in b.tables:
+        out += ["Training time per exits run (seconds):", "", md_table(b.tables["exits_training"]), ""]
+    return out
+
+
+def _speedup_md(b: Built) -> list[str]:
+    if "speedup" in b.missing:
+        return _missing(b, "speedup")
+    out = [
+        f"Best point per curve at most {100 * MAX_DROP:.0f} point below the full model on the same setting "
+        "(meets_drop = no: no point qualifies, the best-quality point is shown). Measured speedup is "
+        "wall-clock against the faster full model in the same run; expected speedup counts layers, exits "
+        "included. Clean test split; all splits are in tables/.",
+        "",
+    ]
+    for name in sorted(n for n in b.figures if n.startswith("speedup_")):
+        out += _figure(b, name, name.replace("_", " "))
+    cols = ["method", "regime", "kv_policy", "batch_size", "task", "metric", "timer", "threshold", "value"]
+    cols += ["full_value", "drop", "meets_drop"]
+    for name, title, ci in (
+        (
+            "speedup_best_measured",
+            "Timed sweeps: best measured speedup",
+            ("measured_speedup", "expected_speedup"),
+        ),
+        ("speedup_best_expected", "Simulated sweeps: best expected speedup", ("expected_speedup",)),
+    ):
+        if name not in b.tables:
+            out += [f"{title}: **missing** ({b.missing.get(name, 'not computed')})", ""]
+            continue
+        d = clean_test(b.tables[name])
+        extra = [c for c in ("compact", "sweep") if c in d.columns and d[c].nunique() > 1]
+        d = _with_ci(d, {c: (c.replace("_", " "), "x") for c in ci})
+        show = cols + extra + [c.replace("_", " ") for c in ci]
+        if "measured_over_expected" in d.columns:
+            d, show = (
+                d.rename(columns={"measured_over_expected": "measured/expected"}),
+                show + ["measured/expected"],
+            )
+        out += [f"{title} at <= {100 * MAX_DROP:.0f} point drop:", "", md_table(d[show]), ""]
+    if "speedup_fixed_share" in b.tables:
+        d = b.tables["speedup_fixed_share"]
+        d = d[(d["split"] == "test") & (d["perturbation"] == "none")]
+        cols = ["method", "regime", "kv_policy", "batch_size", "task", "threshold", "prefix_share",
+                "measured_speedup", "expected_speedup", "lm_measured_speedup", "expected_with_prefix"]  # fmt: skip
+        out += [
+            "Where measured speedup loses to expected: the prefix (vision tower, Q-Former, projection) runs "
+            "for every sample whatever the exit and is timed alone beside the full model. `prefix_share`: "
+            "its share of the full model's time; `lm_measured_speedup`: (full - prefix) / (early - prefix); "
+            "`expected_with_prefix`: the expected speedup with the prefix priced at its measured time.",
+            "",
+            md_table(d[cols]),
+            "",
+        ]
+    for name, x in (("speedup_auc_measured", "measured"), ("speedup_auc_expected", "expected")):
+        if name in b.tables:
+            d = b.tables[name]
+            keep = [
+                c
+                for c in ("method", "regime", "kv_policy", "batch_size", "task", "metric", "timer")
+                if c in d
+            ]
+            out += [f"Mean quality over the {x}-speedup range shared by the methods (AUC / width):", ""]
+            out += [md_table(d[keep + ["x_lo", "x_hi", "auc", "n_frontier"]]), ""]
+    return out
+
+
+def _overthinking_md(b: Built) -> list[str]:
+    out = _missing(b, "overthinking")
+    if "overthinking" in b.tables:
+        d = _with_ci(b.tables["overthinking"], {"overthinking_rate": ("overthinking rate", "%")})
+        cols = ["method", "regime", "n", "depth", "final_accuracy", "overthinking rate", "oracle_accuracy"]
+        out += [md_table(d[cols + ["oracle_expected_speedup"]]), ""]
+        out += _figure(b, "overthinking_by_layer", "overthinking by layer")
+    return out
+
+
+def _midcrisis_md(b: Built) -> list[str]:
+    out = _missing(b, "midcrisis") + _figure(b, "midcrisis_layers", "per-layer exit accuracy")
+    if "midcrisis_dip" in b.tables:
+        d = _with_ci(b.tables["midcrisis_dip"], {"dip": ("dip", "pts")})
+        cols = ["method", "regime", "depth", "middle_first", "middle_last", "dip", "dip_layer"]
+        out += [md_table(d[cols + ["peak_layer"]]), ""]
+    return out
+
+
+def _robustness_md(b: Built) -> list[str]:
+    if "robustness" not in b.tables:
+        return _missing(b, "robustness") or ["**missing**", ""]
+    r = b.tables["robustness"]
+    shift = r["split"] + ":" + r["perturbation"] + ":" + r["severity"].astype(str)
+    wide = r.assign(shift=shift).pivot_table(
+        index=["method", "regime", "metric"], columns="shift", values="drop_vs_clean"
+    )
+    out = ["Operating points, calibrated on clean val:", "", md_table(b.tables["robustness_operating"]), ""]
+    out += ["Drop vs clean test at the operating point (split:perturbation:severity):", ""]
+    return out + [md_table(wide.reset_index()), ""] + _figure(b, "robustness_heatmap", "robustness")
+
+
+def render_report(b: Built, made: str) -> str:
+    """REPORT.md's text from what build_report computed."""
+    m = b.res.manifest
+    git = m.get("git_commit") or m.get("git") or "unknown"
+    dirty = m.get("git_dirty")
+    if isinstance(git, dict):
+        git, dirty = git.get("commit") or git.get("sha") or str(git), git.get("dirty", dirty)
+    dirty = " (dirty work tree)" if dirty else ""
+    stages = m.get("stage_seconds") or {}
+    out = [
+        f"# FREE benchmark report: profile `{b.res.profile}`, device {m.get('device') or 'unknown'}",
+        "",
+        f"- made: {made}, from `{b.res.root}`",
+        f"- git commit: `{git}`{dirty}",
+        f"- bootstrap: {b.n_boot} resamples, seed {b.seed}; CIs are 95% percentile intervals",
+    ]
+    if stages:
+        out += ["- stage seconds: " + ", ".join(f"{k} {_fmt(float(v))}" for k, v in stages.items())]
+    out += [f"- note: {n}" for n in b.res.notes]
+    out += [f"- missing: {part} ({why})" for part, why in b.missing.items()] + [""]
+    sections = (
+        ("Backbone", _backbone),
+        ("Exits", _exits_md),
+        ("Accuracy vs speedup", _speedup_md),
+        ("Overthinking", _overthinking_md),
+        ("Mid-crisis", _midcrisis_md),
+        ("Robustness", _robustness_md),
+    )
+    for title, fn in sections:
+        out += [f"## {title}", ""] + fn(b)
+    out += ["## The paper's claims", ""]
+    for i, (claim, verdict, sentence) in enumerate(b.claims, 1):
+        out += [f'{i}. **"{claim}"**: verdict **{verdict}**. {sentence}']
+    return "\n".join(out) + "\n"
