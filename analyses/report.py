@@ -31,7 +31,7 @@ from analyses.load import load_results, write_csv, write_text
 from analyses.midcrisis import compute_dip, compute_dip_ci, compute_layer_curves
 from analyses.overthinking import compute_overthinking, compute_overthinking_by_layer
 from analyses.render import md_table, render_report
-from analyses.robustness import CAL, calibrate, compute_robustness
+from analyses.robustness import CAL, calibrate, compute_robustness, compute_robustness_ci
 from analyses.speedup import KEYS, best_at_drop, collapse_points, compute_auc, compute_curves
 
 __all__ = [
@@ -208,10 +208,28 @@ def _robustness(b: Built) -> None:
         operating = calibrate(rows, MAX_DROP)
     robust = compute_robustness(rows, operating)
     b.tables["robustness_operating"], b.tables["robustness"] = operating, robust
+    _robustness_ci(b, rows, operating)
     metric = "vqa_accuracy" if (robust["metric"] == "vqa_accuracy").any() else robust["metric"].iloc[0]
     fig = figures.robustness_figure(robust, b.res.root / "figures", b.res.profile, metric)
     if fig is not None:
         b.figures["robustness_heatmap"] = fig
+
+
+def _robustness_ci(b: Built, rows: pd.DataFrame, operating: pd.DataFrame) -> None:
+    """Bootstrap CIs of the drop under shift from the per-sample tables of the sweeps (and batch sizes)
+    that `rows` holds; without them the robustness claim gets no verdict, only mean drops."""
+    samples = b.res.samples
+    if samples is not None:
+        samples = samples.merge(rows[["sweep", "batch_size"]].drop_duplicates(), on=["sweep", "batch_size"])
+    if samples is None or samples.empty:
+        b.missing["robustness_drop_ci"] = "no per-sample table (samples.parquet) for the robustness sweeps"
+        return
+    try:
+        b.tables["robustness_drop_ci"] = compute_robustness_ci(
+            samples, operating, n_boot=b.n_boot, seed=b.seed
+        )
+    except ValueError as err:
+        b.missing["robustness_drop_ci"] = f"not computed: {err}"
 
 
 def _backbone_tables(b: Built) -> None:

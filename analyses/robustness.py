@@ -4,6 +4,9 @@ perturbation x severity of test and on test_novel. A method whose exits are conf
 shift shows it here as a quality drop at an unchanged (or even higher) speedup.
 
 Perturbations are written "NAME:SEVERITY" (e.g. "gaussian_noise:3") or "none" for clean input.
+
+`compute_robustness` works on the sweep tables (means only); `compute_robustness_ci` works on the
+per-sample tables and gives the drop under shift, and each baseline's drop minus FREE's, bootstrap CIs.
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from analyses.bootstrap import percentile_interval, resample_counts
 from analyses.speedup import MEASURES, check_x, lookup, pick_at_drop, require
 
 CAL = ["method", "regime", "task", "metric"]  # one operating point per these
 SWEEP = CAL + ["kv_policy", "batch_size", "split", "perturbation", "threshold"] + MEASURES
+UNIT = ["method", "regime", "task"]  # one row of compute_robustness_ci (before the FREE comparisons)
+SAMPLES = UNIT + ["threshold", "split", "perturbation", "sample_id", "value"]
+NOT_BASELINES = ("free", "full", "oracle")  # FREE itself and the references
 
 
 def parse_perturbation(perturbation: str) -> tuple[str, int]:
@@ -88,6 +95,129 @@ def compute_robustness(
     cols = CAL + ["split", "perturbation", "severity", "kv_policy", "batch_size", "threshold", "value"]
     cols += ["clean_value", "drop_vs_clean", "full_value", "drop_vs_full"] + MEASURES[1:]
     return out[cols].sort_values(CAL + ["split", "perturbation", "severity"]).reset_index(drop=True)
+
+
+def _counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap counts (n_boot, n) over n sample_ids; an empty (n_boot, 0) matrix when there are none."""
+    return resample_counts(np.zeros(n), n_boot, rng) if n else np.zeros((n_boot, 0))
+
+
+def _wide(rows: pd.DataFrame, units: list[tuple[str, str]], ids: pd.Index, col: str) -> np.ndarray:
+    """(len(ids), len(units)) matrix of `col` per (sample_id, (method, regime)); 0 where absent."""
+    if rows.empty:
+        return np.zeros((len(ids), len(units)))
+    wide = rows.set_index(["sample_id", "method", "regime"])[col].unstack(["method", "regime"])
+    return wide.reindex(index=ids, columns=pd.MultiIndex.from_tuples(units)).fillna(0.0).to_numpy(float)
+
+
+def _mean_stats(values: np.ndarray, present: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column: the mean over present rows (the point) and over each resample's rows (n_boot, cols)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        point = values.sum(0) / present.sum(0)
+        num, den = counts @ values, counts @ present
+        return point, np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def compute_robustness_ci(
+    samples: pd.DataFrame,
+    operating: pd.DataFrame,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    tol: float = 1e-6,
+) -> pd.DataFrame:
+    """Per (method, regime, task) at the operating threshold: `drop`, the mean over every perturbed test
+    input (every perturbation x severity x question) of clean-test value minus shifted value, paired by
+    sample_id within each perturbation; `diff`, for a baseline, its drop minus FREE's drop (one row per
+    FREE regime, named in `vs_free`; above 0: FREE drops less); and test_novel apart (other questions,
+    so not paired with clean test): `novel_value` and `novel_drop` = clean_value - novel_value.
+
+    CIs (`<col>_lo`, `<col>_hi`) are bootstrap percentile intervals resampling sample_ids, with one set
+    of resampled ids per task shared by every method, so `diff` is a paired bootstrap; test_novel ids
+    are resampled on their own, independently of the clean ones. Rows repeated at one (method, regime,
+    task, split, perturbation, sample_id) (seeds, sweeps, the full model run beside each method) are
+    averaged first; seeds are not resampled. The full model (every threshold; regime "none") is a
+    reference row, with no `diff`. ValueError when no sample sits at an operating threshold, or none of
+    those is shifted."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    require(samples, SAMPLES, "samples")
+    require(operating, CAL + ["threshold"], "operating")
+    op = operating[UNIT + ["threshold"]].drop_duplicates()
+    several = op.loc[op.duplicated(UNIT, keep=False), UNIT].drop_duplicates()
+    if len(several):
+        raise ValueError(f"several operating thresholds for (method, regime, task) {several.values.tolist()}")
+    metrics = operating.groupby("task")["metric"].agg(lambda m: m.iloc[0] if m.nunique() == 1 else "value")
+    rows = samples[samples["split"] != "val"]
+    at = rows.merge(op.rename(columns={"threshold": "_op"}), on=UNIT)
+    at = at[np.isclose(at["threshold"].astype(float), at["_op"].astype(float), rtol=0.0, atol=tol)]
+    if at.empty:
+        raise ValueError("samples has no rows at the operating thresholds (outside val)")
+    full = rows[(rows["method"] == "full") & rows["task"].isin(set(at["task"]))].assign(regime="none")
+    rows = pd.concat([at.drop(columns="_op"), full], ignore_index=True)
+    for p in rows["perturbation"].unique():
+        parse_perturbation(p)  # refuse malformed names here too
+    keys = UNIT + ["split", "perturbation", "sample_id"]
+    per = rows.groupby(keys, as_index=False, sort=True)["value"].mean()
+    if not ((per["split"] == "test_novel") | (per["perturbation"] != "none")).any():
+        raise ValueError("samples has no perturbed or test_novel rows at the operating thresholds")
+    rng = np.random.default_rng(seed)
+    out = []
+    for task, g in per.groupby("task", sort=True):
+        units = sorted(g[["method", "regime"]].drop_duplicates().itertuples(index=False, name=None))
+        test = g[g["split"] == "test"]
+        clean = test[test["perturbation"] == "none"]
+        pairs = test[test["perturbation"] != "none"].merge(
+            clean[["method", "regime", "sample_id", "value"]],
+            on=["method", "regime", "sample_id"],
+            suffixes=("", "_clean"),
+        )
+        pairs = pairs.assign(drop=pairs["value_clean"] - pairs["value"]).dropna(subset=["drop"])
+        per_id = pairs.groupby(["method", "regime", "sample_id"], as_index=False).agg(
+            drop=("drop", "sum"), n=("drop", "size")
+        )
+        shifts = pairs.groupby(["method", "regime"])["perturbation"].nunique()
+        ids = pd.Index(sorted(set(clean["sample_id"])), name="sample_id")
+        counts = _counts(len(ids), n_boot, rng)  # shared by every method of the task
+        drop, drop_b = _mean_stats(_wide(per_id, units, ids, "drop"), _wide(per_id, units, ids, "n"), counts)
+        clean = clean.dropna(subset=["value"]).assign(one=1.0)
+        cv, cv_b = _mean_stats(_wide(clean, units, ids, "value"), _wide(clean, units, ids, "one"), counts)
+        novel = g[(g["split"] == "test_novel") & (g["perturbation"] == "none")].dropna(subset=["value"])
+        n_novel = novel.groupby(["method", "regime"]).size()
+        novel_ids = pd.Index(sorted(set(novel["sample_id"])), name="sample_id")
+        novel_counts = _counts(len(novel_ids), n_boot, rng)  # unpaired: drawn apart from the clean ids
+        novel = novel.assign(one=1.0)
+        nv, nv_b = _mean_stats(
+            _wide(novel, units, novel_ids, "value"), _wide(novel, units, novel_ids, "one"), novel_counts
+        )
+        stats = {"drop": (drop, drop_b), "novel_value": (nv, nv_b), "novel_drop": (cv - nv, cv_b - nv_b)}
+        bounds = {k: percentile_interval(b, level) for k, (_, b) in stats.items()}
+        frees = [j for j, (m, _) in enumerate(units) if m == "free"]
+        for j, (method, regime) in enumerate(units):
+            row = {"method": method, "regime": regime, "task": task, "metric": metrics.get(task, "value")}
+            mine = per_id[(per_id["method"] == method) & (per_id["regime"] == regime)]
+            row |= {
+                "n_samples": len(mine),
+                "n_shifts": int(shifts.get((method, regime), 0)),
+                "n_inputs": int(mine["n"].sum()),
+                "clean_value": cv[j],
+                "novel_n": int(n_novel.get((method, regime), 0)),
+            }
+            for k, (point, _) in stats.items():
+                row |= {k: point[j], f"{k}_lo": bounds[k][0][j], f"{k}_hi": bounds[k][1][j]}
+            vs = [(units[f][1], f) for f in frees] if method not in NOT_BASELINES and frees else [("", None)]
+            for free_regime, f in vs:
+                diff = {"vs_free": free_regime, "diff": np.nan, "diff_lo": np.nan, "diff_hi": np.nan}
+                if f is not None:
+                    lo, hi = percentile_interval(drop_b[:, [j]] - drop_b[:, [f]], level)
+                    diff |= {"diff": drop[j] - drop[f], "diff_lo": lo[0], "diff_hi": hi[0]}
+                out.append(row | diff)
+    cols = UNIT + ["metric", "vs_free", "n_samples", "n_shifts", "n_inputs", "clean_value"]
+    cols += [f"{k}{b}" for k in ("drop", "diff", "novel_value", "novel_drop") for b in ("", "_lo", "_hi")]
+    cols.insert(cols.index("novel_value"), "novel_n")
+    return pd.DataFrame(out)[cols]
 
 
 def plot_robustness_heatmap(

@@ -83,12 +83,15 @@ def _sweep_rows(method: str, timer: str, split: str = "test", perturbation: str 
     return out
 
 
-def _samples(sweep: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+def _samples(sweep: pd.DataFrame, rng: np.random.Generator, exact: bool = False) -> pd.DataFrame:
+    """12 questions per row, each scoring 0 or 1 at random around the row's value; with `exact`, the first
+    round(12 * value) questions score 1 and the rest 0 (so rows of one sweep are paired question by question)."""
     keys = ["method", "regime", "kv_policy", "threshold", "batch_size", "task", "split", "perturbation"]
     timed = sweep["timer"].iloc[0] != "none"
     parts = []
     for _, r in sweep.iterrows():
         n = 12
+        hits = (np.arange(n) < round(n * r["value"])).astype(float)
         cost = np.full(n, DEPTH / r["expected_speedup"])
         lat = rng.uniform(5, 15, n) / (r["measured_speedup"] if timed else 1.0)
         parts.append(
@@ -96,7 +99,7 @@ def _samples(sweep: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
                 {
                     **{k: r[k] for k in keys},
                     "sample_id": [f"q{i}" for i in range(n)],
-                    "value": rng.choice([0.0, 1.0], n, p=[1 - r["value"], r["value"]]),
+                    "value": hits if exact else rng.choice([0.0, 1.0], n, p=[1 - r["value"], r["value"]]),
                     "exit_layer_mean": cost,
                     "cost_layers": cost,
                     "full_cost_layers": np.full(n, float(DEPTH)),
@@ -110,13 +113,13 @@ def _samples(sweep: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
 
 
 def _write_sweep(
-    root: Path, name: str, rows: list, rng: np.random.Generator, seed: int | None = None
+    root: Path, name: str, rows: list, rng: np.random.Generator, seed: int | None = None, exact: bool = False
 ) -> None:
     folder = root / "sweeps" / name
     folder.mkdir(parents=True)
     sweep = pd.DataFrame(rows)
     sweep.to_parquet(folder / "sweep.parquet")
-    _samples(sweep, rng).to_parquet(folder / "samples.parquet")
+    _samples(sweep, rng, exact).to_parquet(folder / "samples.parquet")
     _write_json(
         folder / "manifest.json",
         {"spec": {"compact": True}, "timings": {}} | ({"seed": seed} if seed is not None else {}),
@@ -149,12 +152,12 @@ def make_results(root: Path, perturbed: bool = False, gpu_timed: bool = False, e
     _write_sweep(root, "cap-live-b4", _sweep_rows("free", "cpu_wall", task="caption", batch_size=4), rng)
     if gpu_timed:
         _write_sweep(root, "live-free-gpu", _sweep_rows("free", "cuda_event", batch_size=2), rng)
-    if perturbed:
-        for method, worse in (("free", 0.0), ("deebert", 0.05)):
+    if perturbed:  # deebert loses 50 more points than FREE under noise: enough for a CI on 12 questions
+        for method, worse in (("free", 0.0), ("deebert", 0.5)):
             _write_sweep(root, f"val-{method}", _sweep_rows(method, "none", split="val"), rng)
             rows = _sweep_rows(method, "none", perturbation="noise:1", worse=worse)
             rows += _sweep_rows(method, "none", split="test_novel", worse=worse)
-            _write_sweep(root, f"rob-{method}", rows, rng)
+            _write_sweep(root, f"rob-{method}", rows, rng, exact=True)
     return root
 
 
@@ -232,7 +235,21 @@ def test_robustness_with_perturbed_sweeps(tmp_path: Path) -> None:
     robust = pd.read_csv(root / "tables" / "robustness.csv")
     assert {"noise", "none"} <= set(robust["perturbation"]) and "test_novel" in set(robust["split"])
     assert (root / "figures" / "robustness_heatmap.png").exists()
-    assert _claims(report)["FREE is more robust"] == "holds"  # deebert loses 5 more points under shift
+    ci = pd.read_csv(root / "tables" / "robustness_drop_ci.csv").set_index("method")
+    assert ci.loc["deebert", "vs_free"] == "semi" and ci.loc["deebert", "diff_lo"] > 0  # paired CI above 0
+    assert "drop - FREE's [CI]" in _section(report, "Robustness")
+    assert _claims(report)["FREE is more robust"] == "holds"  # deebert loses 50 more points under shift
+
+
+def test_robustness_without_samples_gets_no_verdict(tmp_path: Path) -> None:
+    root = make_results(tmp_path / "tiny", perturbed=True)
+    for f in (root / "sweeps").glob("rob-*/samples.parquet"):
+        f.unlink()  # the shifted sweeps keep their means only
+    report = build_report(root, n_boot=10)
+    assert _claims(report)["FREE is more robust"] == "inconclusive (no per-sample data)"
+    assert "Drop with CIs: **missing** (not computed: samples has no perturbed" in _section(
+        report, "Robustness"
+    )
 
 
 def test_cpu_and_gpu_timers_get_separate_measured_figures(tmp_path: Path) -> None:
@@ -364,10 +381,38 @@ def test_verdict_robustness() -> None:
             "drop_vs_clean": [0.02, 0.03, 0.05, 0.06],
         }
     )
-    assert verdict_robustness(robust)[0] == "holds"
+    # means only (no per-sample CIs): FREE's lower mean drop is no verdict, either way
+    assert verdict_robustness(robust)[0] == "inconclusive (no per-sample data)"
     assert verdict_robustness(robust.assign(drop_vs_clean=robust["drop_vs_clean"][::-1].to_numpy()))[0] == (
-        "does not hold"
+        "inconclusive (no per-sample data)"
     )
+    ci = pd.DataFrame(
+        {
+            "method": ["deebert", "distill", "free"],
+            "regime": "semi",
+            "task": "vqa",
+            "metric": "vqa_accuracy",
+            "vs_free": ["semi", "semi", ""],
+            "n_samples": 64,
+            "n_shifts": 40,
+            "novel_n": 0,
+            "drop": [0.16, 0.14, 0.12],
+            "drop_lo": [0.10, 0.08, 0.06],
+            "drop_hi": [0.22, 0.20, 0.18],
+            "diff": [0.04, 0.02, np.nan],
+            "diff_lo": [0.01, -0.02, np.nan],
+            "diff_hi": [0.07, 0.06, np.nan],
+        }
+    )
+    verdict, sentence = verdict_robustness(robust, ci=ci)
+    assert verdict == "within noise" and "distill-semi - free-semi 2.0 pts [-2.0, 6.0]" in sentence
+    assert verdict_robustness(None, ci=ci.assign(diff_lo=[0.01, 0.001, np.nan]))[0] == "holds"
+    assert verdict_robustness(None, ci=ci.assign(diff_hi=[0.07, -0.01, np.nan]))[0] == "does not hold"
+    holds = ci.assign(diff_lo=[0.01, 0.001, np.nan])
+    unsup = pd.concat([holds.iloc[[2]], holds.iloc[:2].assign(vs_free="unsupervised", diff_lo=-0.01)])
+    unsup["regime"] = ["unsupervised", "semi", "semi"]  # FREE's other regime, against the same baselines
+    verdict, sentence = verdict_robustness(None, ci=pd.concat([holds, unsup]))
+    assert verdict == "mixed" and "free-semi: holds; free-unsupervised: within noise" in sentence
     verdict, sentence = verdict_robustness(None, "no perturbed sweeps here")
     assert verdict == "not measured" and "no perturbed sweeps here" in sentence
 

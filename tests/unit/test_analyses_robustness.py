@@ -9,12 +9,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
+from analyses.claims import verdict_robustness  # noqa: E402
 from analyses.robustness import (  # noqa: E402
     calibrate,
     compute_robustness,
+    compute_robustness_ci,
     parse_perturbation,
     plot_robustness_heatmap,
 )
@@ -166,3 +169,116 @@ def test_importing_robustness_leaves_torch_out() -> None:
     code = "import sys, analyses.robustness; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+N_IDS = 40
+SHIFTS = ("blur:1", "blur:3")
+OPERATING = pd.DataFrame(
+    {
+        "method": ["free", "deebert"],
+        "regime": "semi",
+        "task": "vqa",
+        "metric": "vqa_accuracy",
+        "threshold": [0.7, 0.5],
+    }
+)
+
+
+def _sample_rows(
+    method: str, threshold: float, split: str, perturbation: str, values: np.ndarray
+) -> pd.DataFrame:
+    prefix = "n" if split == "test_novel" else "q"
+    return pd.DataFrame(
+        {
+            "method": method,
+            "regime": "semi",
+            "task": "vqa",
+            "threshold": threshold,
+            "split": split,
+            "perturbation": perturbation,
+            "sample_id": [f"{prefix}{i}" for i in range(len(values))],
+            "value": np.asarray(values, dtype=float),
+        }
+    )
+
+
+def _ci_samples(free_drop: np.ndarray, deebert_drop: np.ndarray, novel: float = 0.2) -> pd.DataFrame:
+    """Clean test all 1.0, each shift scores 1 - drop per question (the same drops under every shift);
+    test_novel (other questions) scores `novel`; the full model drops nothing; one val row to ignore."""
+    parts = []
+    for method, t, drop in (
+        ("free", 0.7, free_drop),
+        ("deebert", 0.5, deebert_drop),
+        ("full", 4.0, 0 * free_drop),
+    ):
+        parts.append(_sample_rows(method, t, "test", "none", np.ones(N_IDS)))
+        parts += [_sample_rows(method, t, "test", p, 1.0 - drop) for p in SHIFTS]
+        parts.append(_sample_rows(method, t, "test_novel", "none", np.full(N_IDS // 2, novel)))
+        parts.append(_sample_rows(method, t, "val", "blur:1", np.zeros(N_IDS)))  # val is never read
+    parts.append(_sample_rows("free", 0.9, "test", "blur:1", np.zeros(N_IDS)))  # not the operating point
+    rows = pd.concat(parts, ignore_index=True)
+    return rows.sample(frac=1.0, random_state=0).reset_index(drop=True)  # pairing is by sample_id, not order
+
+
+def test_robustness_ci_free_drops_nothing_deebert_half() -> None:
+    half = np.tile([0.0, 1.0], N_IDS // 2)  # deebert's drop is 0 or 1 per question: 0.5 on average
+    ci = compute_robustness_ci(_ci_samples(np.zeros(N_IDS), half), OPERATING, n_boot=400, seed=0)
+    rows = ci.set_index("method")
+    assert list(ci["method"]) == ["deebert", "free", "full"] and rows.loc["full", "regime"] == "none"
+    assert (
+        rows.loc["free", "drop"] == 0.0 and rows.loc["free", "drop_lo"] == rows.loc["free", "drop_hi"] == 0.0
+    )
+    assert rows.loc["deebert", "drop"] == pytest.approx(0.5)
+    assert rows.loc["deebert", "drop_lo"] < 0.5 < rows.loc["deebert", "drop_hi"]
+    assert rows.loc["deebert", "vs_free"] == "semi" and rows.loc["deebert", "diff"] == pytest.approx(0.5)
+    assert 0.0 < rows.loc["deebert", "diff_lo"] < 0.5 < rows.loc["deebert", "diff_hi"]
+    assert rows[["diff", "diff_lo", "diff_hi"]].loc[["free", "full"]].isna().all().all()
+    assert (
+        (ci["n_samples"] == N_IDS).all()
+        and (ci["n_shifts"] == 2).all()
+        and (ci["n_inputs"] == 2 * N_IDS).all()
+    )
+    # test_novel is other questions: apart from the paired drop, with its own mean and CI
+    assert (ci["novel_n"] == N_IDS // 2).all() and np.allclose(ci["novel_value"], 0.2)
+    assert np.allclose(ci["novel_drop"], 0.8) and np.allclose(ci["clean_value"], 1.0)
+    verdict, sentence = verdict_robustness(None, ci=ci)
+    assert verdict == "holds"
+    assert "deebert-semi - free-semi 50.0 pts [" in sentence and "free-semi 0.0 pts [0.0, 0.0]" in sentence
+    assert "test_novel" in sentence
+
+
+def test_robustness_ci_pairs_methods_and_judges_noise() -> None:
+    rng = np.random.default_rng(1)
+    same = rng.choice([0.0, 1.0], N_IDS)  # noisy drops, identical per question for both methods
+    ci = compute_robustness_ci(_ci_samples(same, same), OPERATING, n_boot=200, seed=0)
+    deebert = ci.set_index("method").loc["deebert"]
+    assert deebert["drop_hi"] - deebert["drop_lo"] > 0.1  # each drop is noisy ...
+    assert deebert["diff_lo"] == deebert["diff_hi"] == 0.0  # ... but the paired difference is not
+    assert verdict_robustness(None, ci=ci)[0] == "within noise"
+    swapped = compute_robustness_ci(_ci_samples(np.full(N_IDS, 0.5), np.zeros(N_IDS)), OPERATING, n_boot=50)
+    assert verdict_robustness(None, ci=swapped)[0] == "does not hold"
+
+
+def test_robustness_without_samples_is_never_holds() -> None:
+    sweep = pd.concat([_val(), _test_rows()], ignore_index=True)
+    robust = compute_robustness(sweep, calibrate(sweep))
+    verdict, sentence = verdict_robustness(robust)  # FREE's mean drop is the lower one here
+    assert verdict == "inconclusive (no per-sample data)" and "no CI" in sentence
+    assert verdict_robustness(robust, ci=pd.DataFrame())[0] == verdict
+    only_free = compute_robustness_ci(
+        _ci_samples(np.zeros(N_IDS), np.zeros(N_IDS)).query("method != 'deebert'"), OPERATING, n_boot=20
+    )
+    verdict, sentence = verdict_robustness(robust, ci=only_free)  # deebert has means but no samples
+    assert verdict != "holds" and "no per-sample data" in sentence
+
+
+def test_robustness_ci_refuses_bad_input() -> None:
+    samples = _ci_samples(np.zeros(N_IDS), np.zeros(N_IDS))
+    with pytest.raises(ValueError, match="operating thresholds"):
+        compute_robustness_ci(samples, OPERATING.assign(threshold=0.123))
+    with pytest.raises(ValueError, match="several operating thresholds"):
+        compute_robustness_ci(samples, pd.concat([OPERATING, OPERATING.assign(threshold=0.9, metric="x")]))
+    with pytest.raises(ValueError, match="sample_id"):
+        compute_robustness_ci(samples.drop(columns="sample_id"), OPERATING)
+    with pytest.raises(ValueError, match="NAME:SEVERITY"):
+        compute_robustness_ci(samples.replace({"perturbation": {"blur:3": "blur"}}), OPERATING)
