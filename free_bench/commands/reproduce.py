@@ -75,6 +75,12 @@ def _backbone(ctx: Context) -> dict:
 from free_bench.commands import reproduce_stages  # noqa: E402, F401  (registers exits .. report after these)
 
 
+def _write_manifest(manifest: Manifest, spent: dict[str, float], ctx: Context) -> None:
+    manifest.update(stage_seconds=spent, total_seconds=round(sum(spent.values()), 1),
+                    dataset_hash=manifest.data.get("data", {}).get("dataset_hash"))  # fmt: skip
+    manifest.write(ctx.results / "manifest.json")
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -125,9 +131,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{name}] done in {spent[name]:.1f} s")
         write_json(out, done)
         manifest.update(**{name: out})
-    manifest.update(stage_seconds=spent, total_seconds=round(sum(spent.values()), 1),
-                    dataset_hash=manifest.data.get("data", {}).get("dataset_hash"))  # fmt: skip
-    manifest.write(ctx.results / "manifest.json")
+        _write_manifest(manifest, spent, ctx)  # after every stage: the report stage reads it
+    _write_manifest(manifest, spent, ctx)
     print(f"results in {ctx.results}")
     return 0
 

@@ -26,7 +26,7 @@ from free_bench.errors import FreeBenchError, check_choice
 from free_bench.methods import get_method, load_exits, rules
 from free_bench.methods.base import ExitMethod
 from free_bench.metrics import vqa_accuracy
-from free_bench.records import SWEEP, SWEEP_SAMPLES, atomic_path, device_name, write_json, write_parquet
+from free_bench.records import SWEEP, SWEEP_SAMPLES, device_name, write_json, write_parquet
 
 MODES = ("simulated", "live")
 SPLITS = ("val", "test", "test_novel")
@@ -114,7 +114,9 @@ def _point_file(out: Path, task: str, threshold: float | str) -> Path:
 def _write_point(records: list[dict], path: Path, values: list[float], rows: dict[str, list[float]]) -> None:
     """Plain records (validated against SWEEP when gathered): pandas per point would cost more than
     evaluating the point. The per-sample numbers go first, so a point file always has its samples."""
-    with atomic_path(path.with_suffix(".samples.npy")) as tmp, open(tmp, "wb") as f:
+    # no temp file for the samples: the point's JSON, written atomically after them, is what marks the
+    # point finished, so a half-written .npy of a killed point is recomputed and overwritten on resume
+    with open(path.with_suffix(".samples.npy"), "wb") as f:
         np.save(f, np.array([values] + [rows[k] for k in S.ROW_FIELDS], dtype=np.float64))  # (F, R)
     write_json(records, path)
 
