@@ -22,13 +22,14 @@ def compute_fixed_share(samples: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in NEEDED if c not in samples.columns]
     if missing:
         raise ValueError(f"samples table lacks columns {missing}")
+    keys = KEYS + [k for k in ("sweep", "seed") if k in samples.columns]  # sweeps differing in no key column
     timed = samples.dropna(subset=["latency_ms", "full_latency_ms", "prefix_ms"])
     if timed.empty:
-        return pd.DataFrame(columns=KEYS + ["prefix_share", "measured_speedup", "expected_speedup",
+        return pd.DataFrame(columns=keys + ["prefix_share", "measured_speedup", "expected_speedup",
                                             "lm_measured_speedup", "expected_with_prefix"])  # fmt: skip
-    sums = timed.groupby(KEYS, as_index=False, dropna=False)[NEEDED[len(KEYS) :]].sum()
+    sums = timed.groupby(keys, as_index=False, dropna=False)[NEEDED[len(KEYS) :]].sum()
     full, early, fixed = sums["full_latency_ms"], sums["latency_ms"], sums["prefix_ms"]
-    out = sums[KEYS].copy()
+    out = sums[keys].copy()
     out["prefix_share"] = fixed / full
     out["measured_speedup"] = full / early
     out["expected_speedup"] = sums["full_cost_layers"] / sums["cost_layers"]

@@ -116,7 +116,7 @@ def _speedup_md(b: Built) -> list[str]:
     if "speedup_fixed_share" in b.tables:
         d = b.tables["speedup_fixed_share"]
         d = d[(d["split"] == "test") & (d["perturbation"] == "none")]
-        cols = ["method", "regime", "kv_policy", "batch_size", "task", "threshold", "prefix_share",
+        cols = ["method", "regime", "kv_policy", "batch_size", "task", "threshold", "sweep", "prefix_share",
                 "measured_speedup", "expected_speedup", "lm_measured_speedup", "expected_with_prefix"]  # fmt: skip
         out += [
             "Where measured speedup loses to expected: the prefix (vision tower, Q-Former, projection) runs "
@@ -124,7 +124,7 @@ def _speedup_md(b: Built) -> list[str]:
             "its share of the full model's time; `lm_measured_speedup`: (full - prefix) / (early - prefix); "
             "`expected_with_prefix`: the expected speedup with the prefix priced at its measured time.",
             "",
-            md_table(d[cols]),
+            md_table(d[[c for c in cols if c in d.columns]]),
             "",
         ]
     for name, x in (("speedup_auc_measured", "measured"), ("speedup_auc_expected", "expected")):

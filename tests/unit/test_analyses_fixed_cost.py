@@ -34,3 +34,10 @@ def test_untimed_points_are_left_out_and_bad_input_named() -> None:
     assert compute_fixed_share(_samples(prefix=2.0, timed=False)).empty
     with pytest.raises(ValueError, match="prefix_ms"):
         compute_fixed_share(_samples(prefix=2.0).drop(columns="prefix_ms"))
+
+
+def test_sweeps_that_share_every_key_stay_apart() -> None:
+    a, b = _samples(prefix=2.0).assign(sweep="b8-compact"), _samples(prefix=4.0).assign(sweep="b8-no-compact")
+    out = compute_fixed_share(pd.concat([a, b])).set_index("sweep")
+    assert out.loc["b8-compact", "prefix_share"] == pytest.approx(0.2)
+    assert out.loc["b8-no-compact", "prefix_share"] == pytest.approx(0.4)
