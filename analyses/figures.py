@@ -65,8 +65,9 @@ def speedup_figures(
         metric = task_metric(d, task)
         timed = d[(d["timer"] != "none") & np.isfinite(d["measured_speedup"].astype(float))]
         timers = sorted(timed["timer"].unique())
+        oracle = d[d["method"] == "oracle"]  # a ceiling in every figure of the task (no measured speedup)
         for timer in timers:
-            t = _smallest_batch(timed[timed["timer"] == timer])
+            t = pd.concat([_smallest_batch(timed[timed["timer"] == timer]), oracle], ignore_index=True)
             stem = f"speedup_measured_{task}" + (f"_{timer}" if len(timers) > 1 else "")
             where = f"{timer}, {devices.get(timer, 'unknown device')}, batch {t['batch_size'].iloc[0]}"
             title = f"{profile}: {task} test, measured speedup ({where})"

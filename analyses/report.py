@@ -96,6 +96,7 @@ def _speedup(b: Built) -> None:
             raise
         b.res.notes.append(f"samples.parquet not used, so no speedup CIs: {err}")
         curves = compute_curves(sweep, None, extra_keys=extra)
+    curves = pd.concat([curves, _oracle_rows(b)], ignore_index=True)
     b.tables["speedup_curves"] = curves
     timed = curves[curves["timer"] != "none"]
     simulated = curves[curves["timer"] == "none"]
@@ -119,6 +120,20 @@ def _speedup(b: Built) -> None:
             b.tables["speedup_fixed_share"] = fixed
     devices = sweep.groupby("timer")["device"].agg(lambda s: ", ".join(sorted(s.astype(str).unique())))
     b.figures |= figures.speedup_figures(curves, b.res.root / "figures", b.res.profile, devices.to_dict())
+
+
+def _oracle_rows(b: Built) -> pd.DataFrame:
+    """The oracle per exits run (the earliest exit that answers right; a layer-count speedup, exit cost
+    not included) as reference rows of the VQA test curves: the figures draw its best as a ceiling."""
+    pe = b.res.per_exit.get("test")
+    if pe is None or pe.empty:
+        return pd.DataFrame()
+    over = compute_overthinking(label_seeds(pe), n_boot=max(1, min(b.n_boot, 200)), seed=b.seed)
+    return pd.DataFrame({"method": "oracle", "regime": over["method"] + "-" + over["regime"],
+                         "kv_policy": "propagate", "batch_size": 1, "task": "vqa", "split": "test",
+                         "perturbation": "none", "metric": "vqa_accuracy", "timer": "none", "threshold": float("nan"),
+                         "value": over["oracle_accuracy"], "expected_speedup": over["oracle_expected_speedup"],
+                         "measured_speedup": float("nan"), "mean_exit_layer": over["oracle_mean_exit_layer"]})  # fmt: skip
 
 
 def _auc(b: Built, curves: pd.DataFrame, x: str, extra: list[str]) -> None:
