@@ -57,10 +57,23 @@ def _exits(ctx: Context) -> dict:
     for name, method, regime, seed in run_names(ctx):
         work = ctx.cache / "exits" / name
         if not (work / "config.json").exists():
+            steps = _cfg(ctx).exit_steps or profile.exits.steps
             _cli("train-exits", "--method", method, "--backbone", f"embedded:{ctx.profile}", "--regime", regime,
-                 "--exits", profile.exits.dense, "--seed", seed, "--out", work)  # fmt: skip
+                 "--exits", profile.exits.dense, "--seed", seed, "--steps", steps, "--out", work)  # fmt: skip
         if not (work / "eval" / "per_exit_test.parquet").exists():  # test is written last
-            _cli("eval-exits", "--exits", work, "--split", "val", "test", "--out", work / "eval")
+            tasks = ["vqa", "caption"] if seed == _cfg(ctx).seeds[0] else ["vqa"]  # CIDEr tables: first seed
+            _cli(
+                "eval-exits",
+                "--exits",
+                work,
+                "--split",
+                "val",
+                "test",
+                "--tasks",
+                *tasks,
+                "--out",
+                work / "eval",
+            )
         dst = ctx.results / "exits" / name
         for f in [work / "manifest.json", work / "config.json", *sorted((work / "eval").glob("*.parquet"))]:
             _copy(f, dst / f.name)
