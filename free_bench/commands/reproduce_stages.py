@@ -59,7 +59,7 @@ def _exits(ctx: Context) -> dict:
         if not (work / "config.json").exists():
             steps = _cfg(ctx).exit_steps or profile.exits.steps
             _cli("train-exits", "--method", method, "--backbone", f"embedded:{ctx.profile}", "--regime", regime,
-                 "--exits", profile.exits.dense, "--seed", seed, "--steps", steps, "--out", work)  # fmt: skip
+                 "--exits", profile.exits.dense, "--seed", seed, "--backbone-seed", ctx.seed, "--steps", steps, "--out", work)  # fmt: skip
         if not (work / "eval" / "per_exit_test.parquet").exists():  # test is written last
             tasks = ["vqa", "caption"] if seed == _cfg(ctx).seeds[0] else ["vqa"]  # CIDEr tables: first seed
             _cli(

@@ -30,7 +30,10 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=None, help="PABEE patience (>= 1)")
     p.add_argument("--temperature", type=float, default=None, help="distillation temperature (> 0)")
     p.add_argument("--w-adv", type=float, default=None, help="FREE: weight of the adversarial term")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the exits' initialisation and data order")
+    p.add_argument(
+        "--backbone-seed", type=int, default=0, help="which pretraining of an embedded backbone (default 0)"
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
 
 
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     dist, device = init_from_env(args.device)  # under torchrun: one rank per process, data sharded
     torch.manual_seed(args.seed)  # the same exit initialisation on every rank
-    backbone = load_backbone(args.backbone, device=device, seed=args.seed)
+    backbone = load_backbone(args.backbone, device=device, seed=args.backbone_seed)
     layers = parse_placement(args.exits or cfg.dense, backbone.num_layers)
     method = get_method(args.method)(backbone, layers, **_options(args))  # validates the options
     split_name = args.split or REGIME_SPLIT[args.regime]

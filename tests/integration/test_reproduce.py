@@ -84,3 +84,32 @@ def test_reproduce_unknown_profile(tmp_path):
     )
     assert res.returncode == 2 and "valid profiles" in res.stderr
     assert not (tmp_path / "results").exists()
+
+
+SEEDS_SCRIPT = """
+import dataclasses, sys
+from free_bench import config
+p = config.PROFILES["smoke"]
+config.PROFILES["smoke"] = dataclasses.replace(p, reproduce=dataclasses.replace(
+    p.reproduce, runs=("free:semi", "deebert:semi"), seeds=(0, 1), exit_steps=6, live_runs=("free:semi",),
+    robustness_runs=("free:semi",), perturbations=("typo",), severities=(3,)))
+from free_bench.cli import main
+sys.exit(main(["reproduce", "--profile", "smoke", "--results", sys.argv[1]]))
+"""
+
+
+def test_reproduce_with_several_exit_seeds_keeps_one_backbone(tmp_path):
+    """The gpu profile trains exits with 3 seeds on one backbone: every seed's exits load on it, and
+    the sweeps carry their seed so curves get CIs over seeds."""
+    env = {**os.environ, "FREE_BENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", SEEDS_SCRIPT, str(tmp_path / "r")], capture_output=True,
+                         text=True, env=env)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = tmp_path / "r" / "smoke"
+    assert sorted(p.name for p in (out / "exits").iterdir()) == [
+        "deebert-semi-s0", "deebert-semi-s1", "free-semi-s0", "free-semi-s1"]  # fmt: skip
+    assert not list((tmp_path / "cache" / "backbones").glob("*seed1"))  # no second backbone
+    seeds = {json.loads((d / "manifest.json").read_text())["seed"] for d in (out / "sweeps").glob("sim-*")}
+    assert seeds == {0, 1}
+    curves = pd.read_csv(out / "tables" / "speedup_curves.csv")
+    assert (curves.loc[curves["method"] == "free", "n_seeds"] == 2).any()
