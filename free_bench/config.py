@@ -257,11 +257,11 @@ PROFILES: dict[str, Profile] = {
         reproduce=ReproduceConfig(
             seeds=(0, 1, 2),
             exit_steps=400,
-            live_rows=150,
+            live_rows=100,
             live_points=2,
             live_runs=("free:semi", "deebert:semi", "pabee:semi", "distill:semi"),
             robustness_rows=64,
-            robustness_batch_size=32,
+            robustness_batch_size=64,
         ),  # fmt: skip
     ),
 }
