@@ -38,6 +38,13 @@ def resample_counts(strata: np.ndarray, n_boot: int, rng: np.random.Generator) -
     return counts
 
 
+def sample_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Counts (n_boot, n) of the ordinary bootstrap over n samples (one stratum); (n_boot, 0) when n = 0."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    return resample_counts(np.zeros(n), n_boot, rng) if n else np.zeros((n_boot, 0))
+
+
 def percentile_interval(stats: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval over axis 0 of (n_boot, n_points) statistics; NaN where a point has no
     finite resample (e.g. a measured speedup of a simulated point), never an invented number."""

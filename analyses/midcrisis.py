@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
-from analyses.overthinking import GROUP, require_columns, resample_counts, series_label, wide_accuracy
+from analyses.bootstrap import sample_counts
+from analyses.checks import require
+from analyses.overthinking import GROUP, series_label, wide_accuracy
 
 LENS_METHOD, LENS_REGIME = "logit_lens", "none"
 
@@ -26,11 +28,11 @@ def compute_layer_curves(
     mean VQA soft accuracy; the CI is a percentile bootstrap 95% interval over questions (the same
     resamples for every layer of a group, `default_rng(seed)` per group). `lens` (columns layer, accuracy,
     e.g. quality.json's "logit_lens") is appended as method "logit_lens", regime "none", with NaN CIs."""
-    require_columns(per_exit, ["exit_kind"], "per_exit")
+    require(per_exit, ["exit_kind"], "per_exit")
     rows = []
     for key, wide in wide_accuracy(per_exit, kinds=("exit",)):
         acc = wide.to_numpy(dtype=np.float64)
-        boot = resample_counts(len(acc), n_boot, np.random.default_rng(seed)) @ acc / len(acc)
+        boot = sample_counts(len(acc), n_boot, np.random.default_rng(seed)) @ acc / len(acc)
         lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
         for j, layer in enumerate(wide.columns):
             rows.append(
@@ -46,7 +48,7 @@ def compute_layer_curves(
         raise ValueError("per_exit has no exit_kind == 'exit' rows")
     curves = pd.DataFrame(rows)
     if lens is not None:
-        require_columns(lens, ["layer", "accuracy"], "lens")
+        require(lens, ["layer", "accuracy"], "lens")
         lens_rows = lens[["layer", "accuracy"]].astype({"layer": int, "accuracy": float})
         curves = pd.concat(
             [
@@ -89,7 +91,7 @@ def _dips(layers: np.ndarray, acc: np.ndarray, middle: tuple[float, float]) -> t
 
 
 def _curve_arrays(curves: pd.DataFrame) -> list[tuple[tuple, np.ndarray, np.ndarray]]:
-    require_columns(curves, [*GROUP, "layer", "accuracy"], "curves")
+    require(curves, [*GROUP, "layer", "accuracy"], "curves")
     out = []
     for key, sub in curves.groupby(GROUP, sort=True):
         if sub["layer"].duplicated().any():
@@ -141,7 +143,7 @@ def compute_dip_ci(
         acc = wide.to_numpy(dtype=np.float64)
         point, _ = _dips(layers, acc.mean(axis=0)[None, :], middle)
         boot, _ = _dips(
-            layers, resample_counts(len(acc), n_boot, np.random.default_rng(seed)) @ acc / len(acc), middle
+            layers, sample_counts(len(acc), n_boot, np.random.default_rng(seed)) @ acc / len(acc), middle
         )
         lo, hi = (np.nan, np.nan) if np.isnan(point[0]) else np.percentile(boot, [2.5, 97.5])
         rows.append(
@@ -155,7 +157,7 @@ def compute_dip_ci(
 
 def plot_midcrisis(curves: pd.DataFrame, ax: Axes) -> Axes:
     """Accuracy vs layer, one line per method-regime; the logit lens dashed; bootstrap CIs as bands."""
-    require_columns(curves, [*GROUP, "layer", "accuracy"], "curves")
+    require(curves, [*GROUP, "layer", "accuracy"], "curves")
     for key, sub in curves.sort_values("layer").groupby(GROUP, sort=True):
         is_lens = key[0] == LENS_METHOD
         label = LENS_METHOD if is_lens else series_label(dict(zip(GROUP, key, strict=True)), GROUP)

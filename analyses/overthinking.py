@@ -16,30 +16,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
+from analyses.bootstrap import sample_counts
+from analyses.checks import require
+
 GROUP = ["method", "regime"]
 PER_EXIT_COLUMNS = ["question_id", "layer", "exit_kind", "accuracy", *GROUP]
 FINAL = "final"
 _EPS = 1e-9  # soft accuracies such as min(1, n/3) are floats; do not let rounding flip "correct"
-
-
-def require_columns(df: pd.DataFrame, columns: list[str], what: str) -> None:
-    """Refuse an empty frame or one missing `columns`, naming what is missing (shared with `midcrisis`)."""
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what} is missing column(s) {missing}; it has {list(df.columns)}")
-    if df.empty:
-        raise ValueError(f"{what} is empty")
-
-
-def resample_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, n) counts of how often each of n items is drawn in each bootstrap resample.
-
-    Means over a resample are then one matrix product (`counts @ values / n`), which keeps 1000 resamples
-    of thousands of questions well under a second and never materialises (n_boot, n, layers) arrays."""
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    draws = rng.integers(0, n, size=(n_boot, n)) + (np.arange(n_boot)[:, None] * n)
-    return np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
 
 
 def wide_accuracy(
@@ -51,7 +34,7 @@ def wide_accuracy(
     checked on its own: every question must have exactly one row per exit layer of that group (and one
     final row), else ValueError, since silently averaging over different question sets would bias rates."""
     keys = GROUP + ([by] if by else [])
-    require_columns(per_exit, PER_EXIT_COLUMNS + ([by] if by else []), "per_exit")
+    require(per_exit, PER_EXIT_COLUMNS + ([by] if by else []), "per_exit")
     bad_kinds = sorted(set(per_exit["exit_kind"]) - {"exit", FINAL})
     if bad_kinds:
         raise ValueError(f"per_exit has unknown exit_kind value(s) {bad_kinds}; expected 'exit' or 'final'")
@@ -138,7 +121,7 @@ def compute_overthinking(
         if exits:  # earliest correct exit; the full depth when no exit is correct
             first = np.where(any_exit, np.asarray(exits)[exit_ok.argmax(axis=1)], depth)
         oracle_layer = float(first.mean())
-        boot = resample_counts(len(over), n_boot, np.random.default_rng(seed)) @ over / len(over)
+        boot = sample_counts(len(over), n_boot, np.random.default_rng(seed)) @ over / len(over)
         rows.append(
             dict(zip(GROUP + ([by] if by else []), key, strict=True))
             | {
@@ -194,7 +177,7 @@ def plot_overthinking(by_layer: pd.DataFrame, ax: Axes, metric: str = "right_her
     """Per-layer `metric` (default: right here, wrong at the end), one line per method-regime[-by group].
 
     Takes `compute_overthinking_by_layer` output; any extra grouping column (e.g. question_type) splits lines."""
-    require_columns(by_layer, [*GROUP, "layer", metric], "by_layer")
+    require(by_layer, [*GROUP, "layer", metric], "by_layer")
     known = {
         *GROUP,
         "layer",

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from analyses.bootstrap import percentile_interval, resample_counts
-from analyses.speedup import MEASURES, check_x, lookup, pick_at_drop, require
+from analyses.bootstrap import percentile_interval, sample_counts
+from analyses.checks import require
+from analyses.speedup import MEASURES, check_x, lookup, pick_at_drop
 
 CAL = ["method", "regime", "task", "metric"]  # one operating point per these
 SWEEP = CAL + ["kv_policy", "batch_size", "split", "perturbation", "threshold"] + MEASURES
@@ -95,11 +96,6 @@ def compute_robustness(
     cols = CAL + ["split", "perturbation", "severity", "kv_policy", "batch_size", "threshold", "value"]
     cols += ["clean_value", "drop_vs_clean", "full_value", "drop_vs_full"] + MEASURES[1:]
     return out[cols].sort_values(CAL + ["split", "perturbation", "severity"]).reset_index(drop=True)
-
-
-def _counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap counts (n_boot, n) over n sample_ids; an empty (n_boot, 0) matrix when there are none."""
-    return resample_counts(np.zeros(n), n_boot, rng) if n else np.zeros((n_boot, 0))
 
 
 def _wide(rows: pd.DataFrame, units: list[tuple[str, str]], ids: pd.Index, col: str) -> np.ndarray:
@@ -180,14 +176,14 @@ def compute_robustness_ci(
         )
         shifts = pairs.groupby(["method", "regime"])["perturbation"].nunique()
         ids = pd.Index(sorted(set(clean["sample_id"])), name="sample_id")
-        counts = _counts(len(ids), n_boot, rng)  # shared by every method of the task
+        counts = sample_counts(len(ids), n_boot, rng)  # shared by every method of the task
         drop, drop_b = _mean_stats(_wide(per_id, units, ids, "drop"), _wide(per_id, units, ids, "n"), counts)
         clean = clean.dropna(subset=["value"]).assign(one=1.0)
         cv, cv_b = _mean_stats(_wide(clean, units, ids, "value"), _wide(clean, units, ids, "one"), counts)
         novel = g[(g["split"] == "test_novel") & (g["perturbation"] == "none")].dropna(subset=["value"])
         n_novel = novel.groupby(["method", "regime"]).size()
         novel_ids = pd.Index(sorted(set(novel["sample_id"])), name="sample_id")
-        novel_counts = _counts(len(novel_ids), n_boot, rng)  # unpaired: drawn apart from the clean ids
+        novel_counts = sample_counts(len(novel_ids), n_boot, rng)  # unpaired: drawn apart from the clean ids
         novel = novel.assign(one=1.0)
         nv, nv_b = _mean_stats(
             _wide(novel, units, novel_ids, "value"), _wide(novel, units, novel_ids, "one"), novel_counts

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analyses.bootstrap import CI_COLUMNS, bootstrap_points
+from analyses.checks import require
 
 KEYS = ["method", "regime", "kv_policy", "batch_size", "task", "split", "perturbation"]  # one curve
 CURVE = KEYS + ["metric"]
@@ -31,15 +32,6 @@ X_LABELS = {
     "expected_speedup": "expected speedup (layer count)",
 }
 EXTRA_KEYS = ("timer",)
-
-
-def require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-    """Raise a ValueError naming `what` when it is empty or lacks any of `columns`."""
-    if not isinstance(df, pd.DataFrame) or df.empty:
-        raise ValueError(f"{what} is empty")
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what} is missing column(s) {missing}")
 
 
 def check_x(x: str) -> None:

@@ -150,6 +150,21 @@ def _spice(gts: dict[str, list[str]], res: dict[str, list[str]]) -> float | None
     return float(score)
 
 
+def _coco_scores(gts: dict[str, list[str]], res: dict[str, list[str]], skip_meteor: bool) -> dict[str, float]:
+    """BLEU-1..4, METEOR (unless skipped), ROUGE_L and CIDEr of tokenized captions, as pycocoevalcap computes them."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    scores = {f"BLEU-{n}": float(v) for n, v in enumerate(bleu, start=1)}
+    if not skip_meteor:
+        scores["METEOR"] = _meteor(gts, res)
+    scores["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
+    scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    return scores
+
+
 def caption_scores(
     predictions: dict[str, str], references: dict[str, list[str]], *, skip_meteor: bool = False
 ) -> dict[str, float]:
@@ -158,9 +173,6 @@ def caption_scores(
     Returns BLEU-1..BLEU-4, METEOR (unless `skip_meteor`), ROUGE_L, CIDEr, and SPICE only where its Stanford
     CoreNLP models are installed. Raises `FreeBenchError` for bad input and `MetricUnavailable` without Java.
     """
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
 
     _check_inputs(predictions, references)
     _require_java(skip_meteor)
@@ -173,14 +185,7 @@ def caption_scores(
     gts = _tokenize({key: list(refs) for key, refs in references.items()})
     res = _tokenize({key: [predictions[key]] for key in references})
 
-    scores: dict[str, float] = {}
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    for n, value in enumerate(bleu, start=1):
-        scores[f"BLEU-{n}"] = float(value)
-    if not skip_meteor:
-        scores["METEOR"] = _meteor(gts, res)
-    scores["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
-    scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    scores = _coco_scores(gts, res, skip_meteor)
     spice = _spice(gts, res)
     if spice is not None:
         scores["SPICE"] = spice
@@ -212,9 +217,6 @@ def caption_scores_by_group(
     `predictions`: {group: {id: caption}}, every group over ids of `references`. METEOR (a Java run of
     ~6 s per group) is left out unless asked for; SPICE is never computed here.
     """
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
 
     for group, preds in predictions.items():
         unknown = sorted(set(preds) - set(references))
@@ -229,11 +231,5 @@ def caption_scores_by_group(
     for group, preds in predictions.items():
         gts = {k: gts_all[k] for k in preds}
         res = {k: res_all[f"{group}{sep}{k}"] for k in preds}
-        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-        scores = {f"BLEU-{n}": float(v) for n, v in enumerate(bleu, start=1)}
-        if not skip_meteor:
-            scores["METEOR"] = _meteor(gts, res)
-        scores["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
-        scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
-        out[group] = scores
+        out[group] = _coco_scores(gts, res, skip_meteor)
     return out

@@ -20,7 +20,6 @@ from analyses.overthinking import (  # noqa: E402
     compute_overthinking_by_layer,
     correctness_matrix,
     plot_overthinking,
-    resample_counts,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,10 +135,14 @@ def test_bootstrap_ci_brackets_estimate_is_seeded_and_fast() -> None:
     )
 
 
-def test_resample_counts_rows_sum_to_n() -> None:
-    counts = resample_counts(50, 30, np.random.default_rng(0))
+def test_sample_counts_rows_sum_to_n() -> None:
+    from analyses.bootstrap import sample_counts
+
+    counts = sample_counts(50, 30, np.random.default_rng(0))
     assert counts.shape == (30, 50)
     assert (counts.sum(axis=1) == 50).all()
+    with pytest.raises(ValueError, match="n_boot"):
+        sample_counts(50, 0, np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("column", ["accuracy", "exit_kind", "question_id", "method"])
