@@ -165,9 +165,12 @@ def _exits(b: Built, pe: pd.DataFrame) -> None:
         cap = label_seeds(cap[(cap["split"] == "test") & (cap["metric"] == "CIDEr")])
         scored = cap[cap["value"].notna()]
         if len(scored):
-            wide = scored.pivot_table(index=["method", "regime"], columns="layer", values="value")
+            # an exit at the last layer and the model's own final layer share a layer: never average them
+            exit_rows = scored[scored["exit_kind"] == "exit"]
+            wide = exit_rows.pivot_table(index=["method", "regime"], columns="layer", values="value")
             wide.columns = [f"L{c}" for c in wide.columns]
-            b.tables["exits_cider_test"] = wide.reset_index()
+            final_cider = scored[scored["exit_kind"] == "final"].groupby(["method", "regime"])["value"].mean()
+            b.tables["exits_cider_test"] = wide.assign(final=final_cider).reset_index()
         unscored = cap.groupby(["method", "regime"])["value"].count().loc[lambda n: n == 0]
         if len(unscored):
             reasons = cap["missing"].dropna().unique() if "missing" in cap else []

@@ -420,3 +420,17 @@ def test_verdict_robustness() -> None:
 def test_import_keeps_torch_out() -> None:
     code = "import sys, analyses.report; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_cider_table_keeps_the_last_exit_apart_from_the_final_layer(tmp_path: Path) -> None:
+    """An exit placed at the last layer and the model's own head share a layer number."""
+    root = make_results(tmp_path / "tiny")
+    rows = [(layer, "exit", 1.0 + layer / 10) for layer in range(1, DEPTH + 1)] + [(DEPTH, "final", 2.5)]
+    scores = pd.DataFrame(rows, columns=["layer", "exit_kind", "value"]).assign(
+        metric="CIDEr", missing=None, split="test", method="free", regime="semi"
+    )
+    scores.to_parquet(root / "exits" / "free-semi" / "per_exit_caption_scores_test.parquet")
+    build_report(root, n_boot=10)
+    table = pd.read_csv(root / "tables" / "exits_cider_test.csv").set_index("method")
+    assert table.loc["free", f"L{DEPTH}"] == pytest.approx(1.0 + DEPTH / 10)
+    assert table.loc["free", "final"] == pytest.approx(2.5)
