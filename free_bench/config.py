@@ -103,6 +103,7 @@ class ReproduceConfig:
     )  # fmt: skip
     seeds: tuple[int, ...] = (0,)  # exit-training seeds (the backbone is trained once)
     exit_steps: int | None = None  # exit training steps (None: the profile's ExitTrainConfig.steps)
+    exit_workers: int = 1  # exit-training chains run side by side (processes sharing the one device)
     grid: int = 101  # thresholds of a simulated VQA sweep
     caption_grid: int = 11  # thresholds of a simulated caption sweep (each point is a CIDEr run)
     caption_rows: int | None = 100  # images in caption sweeps
@@ -257,6 +258,7 @@ PROFILES: dict[str, Profile] = {
         reproduce=ReproduceConfig(
             seeds=(0, 1, 2),
             exit_steps=400,
+            exit_workers=6,
             live_rows=100,
             live_points=2,
             live_runs=("free:semi", "deebert:semi", "pabee:semi", "distill:semi"),

@@ -49,36 +49,61 @@ def run_names(ctx: Context) -> list[tuple[str, str, str, int]]:
     return out
 
 
+def chain_plan(ctx: Context, name: str, method: str, regime: str, seed: int) -> dict:
+    """One run's chain as plain data (a worker process runs it without the profile in memory):
+    train-exits -> eval-exits (val, test) -> its simulated sweeps (val for the first seed only: val
+    sets the operating points; FREE's caption sweep too)."""
+    cfg, profile = _cfg(ctx), get_profile(ctx.profile)
+    work = ctx.cache / "exits" / name
+    first = seed == cfg.seeds[0]
+    steps = cfg.exit_steps or profile.exits.steps
+    train = ["train-exits", "--method", method, "--backbone", f"embedded:{ctx.profile}", "--regime", regime,
+             "--exits", profile.exits.dense, "--seed", seed, "--backbone-seed", ctx.seed, "--steps", steps,
+             "--out", work]  # fmt: skip
+    tasks = ["vqa", "caption"] if first else ["vqa"]  # CIDEr tables: first seed
+    evaluate = [
+        "eval-exits",
+        "--exits",
+        work,
+        "--split",
+        "val",
+        "test",
+        "--tasks",
+        *tasks,
+        "--out",
+        work / "eval",
+    ]
+    grid = thresholds_for(_rule(method), _sparse(ctx), cfg.grid)
+    sweeps = [sweep_plan(ctx, f"sim-{name}-{split}", method, work, split, "simulated", grid, seed=seed)
+              for split in (("val", "test") if first else ("test",))]  # fmt: skip
+    if method == "free" and first:  # captions: a coarser grid, each point a CIDEr run
+        cap = thresholds_for(_rule(method), _sparse(ctx), cfg.caption_grid)
+        sweeps.append(sweep_plan(ctx, f"sim-{name}-test-caption", method, work, "test", "simulated", cap,
+                                 seed=seed, tasks=["caption"], max_rows=cfg.caption_rows))  # fmt: skip
+    return {"name": name, "work": str(work), "weight": TRAIN_WEIGHT.get(method, 1),
+            "train": [str(a) for a in train], "eval": [str(a) for a in evaluate], "sweeps": sweeps}  # fmt: skip
+
+
+TRAIN_WEIGHT = {"free": 10, "distill": 4}  # rough relative training cost: workers take heavy chains first
+
+
 @stage("exits")
 def _exits(ctx: Context) -> dict:
-    """Train every method x regime x seed on the dense placement, evaluate each exit on val and test."""
-    profile = get_profile(ctx.profile)
+    """Train every method x regime x seed on the dense placement, evaluate each exit on val and test,
+    and run its simulated sweeps; `exit_workers` chains at a time (see `reproduce_runs`)."""
+    from free_bench.commands.reproduce_runs import run_chains
+
+    workers = _cfg(ctx).exit_workers
+    run_chains([chain_plan(ctx, *r) for r in run_names(ctx)], workers, ctx.cache / "exits" / "_workers")
     trained = {}
-    for name, method, regime, seed in run_names(ctx):
+    for name, *_ in run_names(ctx):
         work = ctx.cache / "exits" / name
-        if not (work / "config.json").exists():
-            steps = _cfg(ctx).exit_steps or profile.exits.steps
-            _cli("train-exits", "--method", method, "--backbone", f"embedded:{ctx.profile}", "--regime", regime,
-                 "--exits", profile.exits.dense, "--seed", seed, "--backbone-seed", ctx.seed, "--steps", steps, "--out", work)  # fmt: skip
-        if not (work / "eval" / "per_exit_test.parquet").exists():  # test is written last
-            tasks = ["vqa", "caption"] if seed == _cfg(ctx).seeds[0] else ["vqa"]  # CIDEr tables: first seed
-            _cli(
-                "eval-exits",
-                "--exits",
-                work,
-                "--split",
-                "val",
-                "test",
-                "--tasks",
-                *tasks,
-                "--out",
-                work / "eval",
-            )
         dst = ctx.results / "exits" / name
         for f in [work / "manifest.json", work / "config.json", *sorted((work / "eval").glob("*.parquet"))]:
             _copy(f, dst / f.name)
         trained[name] = round(json.loads((work / "manifest.json").read_text())["train_seconds"], 1)
-    return {"train_seconds": trained}
+    # with several workers these seconds are wall time shared with the other trainings on the device
+    return {"train_seconds": trained, "exit_workers": workers}
 
 
 def thresholds_for(rule: str, layers: list[int], grid: int) -> list[float]:
@@ -95,24 +120,37 @@ def thresholds_for(rule: str, layers: list[int], grid: int) -> list[float]:
     raise FreeBenchError(f"no threshold grid for rule {rule!r}")
 
 
+def sweep_plan(ctx: Context, name: str, method: str, exits: Path, split: str, mode: str, thresholds,
+               seed: int = 0, **opts) -> dict:  # fmt: skip
+    """One sweep as plain data: its spec, its work folder in the cache, where its tables are copied."""
+    profile = get_profile(ctx.profile)
+    spec = {"method": method, "exits": str(exits), "split": split, "mode": mode,
+            "thresholds": [float(t) for t in thresholds], "exits_at": profile.exits.sparse, **opts}  # fmt: skip
+    dst = None if name.startswith("rob/") else str(ctx.results / "sweeps" / name)  # rob/: gathered instead
+    return {"name": name, "seed": seed, "spec": spec, "work": str(ctx.cache / "sweeps" / name), "dst": dst}
+
+
+def run_planned(plan: dict, loaded=None) -> pd.DataFrame:
+    """Run (or resume) a planned sweep; copy its tables and manifest (with its seed) to `dst`."""
+    from free_bench.engine.sweep import SweepSpec, run_sweep
+
+    spec = {**plan["spec"], "thresholds": tuple(plan["spec"]["thresholds"])}
+    spec["tasks"] = tuple(spec.get("tasks", ("vqa",)))
+    work = Path(plan["work"])
+    df = run_sweep(SweepSpec(**spec), work, progress=False, loaded=loaded)
+    if plan["dst"] is not None:
+        dst = Path(plan["dst"])
+        for f in ("sweep.parquet", "samples.parquet"):
+            _copy(work / f, dst / f)
+        manifest = json.loads((work / "manifest.json").read_text())
+        write_json({**manifest, "seed": plan["seed"], "sweep": plan["name"]}, dst / "manifest.json")
+    return df
+
+
 def _sweep(ctx: Context, name: str, method: str, exits: Path, split: str, mode: str, thresholds,
            seed: int = 0, loaded=None, **opts) -> pd.DataFrame:  # fmt: skip
     """One sweep in the cache, resumed if it exists; its tables copied to results/<profile>/sweeps/."""
-    from free_bench.engine.sweep import SweepSpec, run_sweep
-
-    profile = get_profile(ctx.profile)
-    spec = SweepSpec(method=method, exits=str(exits), split=split, mode=mode, thresholds=tuple(thresholds),
-                     exits_at=profile.exits.sparse, **opts)  # fmt: skip
-    work = ctx.cache / "sweeps" / name
-    df = run_sweep(spec, work, progress=False, loaded=loaded)
-    if name.startswith("rob/"):  # the robustness grid is gathered into one table instead
-        return df
-    dst = ctx.results / "sweeps" / name
-    for f in ("sweep.parquet", "samples.parquet"):
-        _copy(work / f, dst / f)
-    manifest = json.loads((work / "manifest.json").read_text())
-    write_json({**manifest, "seed": seed, "sweep": name}, dst / "manifest.json")
-    return df
+    return run_planned(sweep_plan(ctx, name, method, exits, split, mode, thresholds, seed, **opts), loaded)
 
 
 def _rule(method: str) -> str:
@@ -162,14 +200,12 @@ def _sweeps(ctx: Context) -> dict:
     layers = _sparse(ctx)
     runs = [(n, m, ctx.cache / "exits" / n, s) for n, m, _, s in run_names(ctx)]
     first = next(r for r in runs if r[1] == "free" and r[3] == cfg.seeds[0])
-    for name, method, exits, seed in [*runs, ("static", "static", first[2], cfg.seeds[0])]:
-        grid = thresholds_for(_rule(method), layers, cfg.grid)
-        for split in ("val", "test") if seed == cfg.seeds[0] else ("test",):  # val: operating points only
-            _sweep(ctx, f"sim-{name}-{split}", method, exits, split, "simulated", grid, seed=seed)
-        if method == "free" and seed == cfg.seeds[0]:  # captions: a coarser grid, each point a CIDEr run
-            cap = thresholds_for(_rule(method), layers, cfg.caption_grid)
-            _sweep(ctx, f"sim-{name}-test-caption", method, exits, "test", "simulated", cap, seed=seed,
-                   tasks=("caption",), max_rows=cfg.caption_rows)  # fmt: skip
+    for plan in [chain_plan(ctx, *r) for r in run_names(ctx)]:  # finished in the exits stage: reused
+        for sweep in plan["sweeps"]:
+            run_planned(sweep)
+    grid = thresholds_for("static", layers, cfg.grid)
+    for split in ("val", "test"):
+        _sweep(ctx, f"sim-static-{split}", "static", first[2], split, "simulated", grid, seed=cfg.seeds[0])
     ops = operating_points(ctx, cfg)
     exits_of = {n: e for n, _, e, s in runs if s == cfg.seeds[0]} | {"static": first[2]}
     for name, (_, live) in ops.items():

@@ -163,12 +163,14 @@ def run_sweep(
     """Run (or resume) a sweep into `out`. `loaded`: `load_method(spec, device)`'s result, when a
     caller runs many sweeps of one method (reproduce's robustness grid) and loads it once."""
     spec.check()
-    method, regime = loaded if loaded is not None else load_method(spec, device)
-    for t in spec.thresholds:  # all validated before any work
-        rules.check_threshold(method.rule, t, method.layers)
     saved = out / "sweep_spec.json"
     if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(asdict(spec))):
         raise FreeBenchError(f"{out} holds another sweep ({saved}); choose a new --out or delete it")
+    if _finished(spec, out):  # a resumed caller (reproduce) neither reloads the exits nor re-records
+        return SWEEP.validate(pd.read_parquet(out / "sweep.parquet"))
+    method, regime = loaded if loaded is not None else load_method(spec, device)
+    for t in spec.thresholds:  # all validated before any work
+        rules.check_threshold(method.rule, t, method.layers)
     ds = load_split(method, spec)
     write_json(asdict(spec), saved)
     bb, cost = method.backbone, cost_model(method.backbone, method)
@@ -188,6 +190,17 @@ def run_sweep(
     write_json({"spec": asdict(spec), "backbone": bb.spec, "timings": timings, "device": device_name()},
                out / "manifest.json")  # fmt: skip
     return df
+
+
+def _finished(spec: SweepSpec, out: Path) -> bool:
+    """Every point of `spec` is on disk and the tables after them (the manifest is written last)."""
+    keys = ["full", *spec.thresholds]
+    points = [_point_file(out, task, k) for task in spec.tasks for k in keys]
+    return (
+        (out / "manifest.json").exists()
+        and (out / "sweep_spec.json").exists()
+        and all(p.exists() for p in points)
+    )
 
 
 def load_split(method: ExitMethod, spec: SweepSpec) -> datasets.Dataset:

@@ -91,7 +91,8 @@ import dataclasses, sys
 from free_bench import config
 p = config.PROFILES["smoke"]
 config.PROFILES["smoke"] = dataclasses.replace(p, reproduce=dataclasses.replace(
-    p.reproduce, runs=("free:semi", "deebert:semi"), seeds=(0, 1), exit_steps=6, live_runs=("free:semi",),
+    p.reproduce, runs=("free:semi", "deebert:semi"), seeds=(0, 1), exit_steps=6, exit_workers=2,
+    live_runs=("free:semi",),
     robustness_runs=("free:semi",), perturbations=("typo",), severities=(3,)))
 from free_bench.cli import main
 sys.exit(main(["reproduce", "--profile", "smoke", "--results", sys.argv[1]]))
@@ -99,8 +100,8 @@ sys.exit(main(["reproduce", "--profile", "smoke", "--results", sys.argv[1]]))
 
 
 def test_reproduce_with_several_exit_seeds_keeps_one_backbone(tmp_path):
-    """The gpu profile trains exits with 3 seeds on one backbone: every seed's exits load on it, and
-    the sweeps carry their seed so curves get CIs over seeds."""
+    """The gpu profile trains exits with 3 seeds on one backbone, in worker processes: every seed's
+    exits load on it, and the sweeps carry their seed so curves get CIs over seeds."""
     env = {**os.environ, "FREE_BENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, "-c", SEEDS_SCRIPT, str(tmp_path / "r")], capture_output=True,
                          text=True, env=env)  # fmt: skip
@@ -109,7 +110,24 @@ def test_reproduce_with_several_exit_seeds_keeps_one_backbone(tmp_path):
     assert sorted(p.name for p in (out / "exits").iterdir()) == [
         "deebert-semi-s0", "deebert-semi-s1", "free-semi-s0", "free-semi-s1"]  # fmt: skip
     assert not list((tmp_path / "cache" / "backbones").glob("*seed1"))  # no second backbone
+    workers = tmp_path / "cache" / "reproduce" / "smoke" / "exits" / "_workers"
+    assert len(list(workers.glob("*.done"))) == 4 and len(list(workers.glob("worker-*.log"))) == 2
+    assert json.loads((out / "manifest.json").read_text())["exits"]["exit_workers"] == 2
     seeds = {json.loads((d / "manifest.json").read_text())["seed"] for d in (out / "sweeps").glob("sim-*")}
     assert seeds == {0, 1}
     curves = pd.read_csv(out / "tables" / "speedup_curves.csv")
     assert (curves.loc[curves["method"] == "free", "n_seeds"] == 2).any()
+
+
+def test_exit_workers_fail_loudly_and_name_the_log(tmp_path, monkeypatch):
+    """A chain that fails in a worker stops the stage with the worker's log tail, and no done marker."""
+    from free_bench.commands.reproduce_runs import run_chains
+    from free_bench.errors import FreeBenchError
+
+    monkeypatch.setenv("FREE_BENCH_CACHE", str(tmp_path / "cache"))
+    plans = [{"name": f"bad-{k}", "work": str(tmp_path / f"w{k}"), "weight": 1, "sweeps": [], "eval": [],
+              "train": ["train-exits", "--method", "nope", "--backbone", "embedded:smoke", "--regime", "semi", "--out", str(tmp_path)]}
+             for k in range(2)]  # fmt: skip
+    with pytest.raises(FreeBenchError, match=r"(?s)exit worker \d failed .*worker-\d\.log.*nope"):
+        run_chains(plans, 2, tmp_path / "workers")
+    assert not list((tmp_path / "workers").glob("*.done"))
