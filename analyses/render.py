@@ -221,7 +221,12 @@ def render_report(b: Built, made: str) -> str:
         f"# FREE benchmark report: profile `{b.res.profile}`, device {m.get('device') or 'unknown'}",
         "",
         f"- made: {made}, from `{b.res.root}`",
-        f"- git commit: `{git}`{dirty}",
+        f"- git commit: `{git}`{dirty}"
+        + (
+            f"; source hash `{m['source_hash']}` (`free_bench.records.source_hash()`)"
+            if m.get("source_hash")
+            else ""
+        ),
         f"- bootstrap: {b.n_boot} resamples, seed {b.seed}; CIs are 95% percentile intervals",
     ]
     if stages:

@@ -252,9 +252,9 @@ PROFILES: dict[str, Profile] = {
             checkpoint_every=500,
         ),
         exits=ExitTrainConfig(steps=600, batch_size=64, dense="every:2", sparse="4,8,12,16,20"),
-        # the 20-minute budget on one H200: 7 minutes pretrain the backbone, 3 seeds of 6 exit trainings
-        # share about 7 (hence 400 steps here; `train-exits` alone takes the profile's 600), the rest
-        # is sweeps and robustness
+        # the 20-minute budget on one H200 (measured: 21.0 min): pretraining 6 min, 3 seeds of 6 exit
+        # trainings with their evaluations and simulated sweeps 4.6 min six at a time (400 steps here;
+        # `train-exits` alone takes the profile's 600), live sweeps 2.6, robustness 6.8
         reproduce=ReproduceConfig(
             seeds=(0, 1, 2),
             exit_steps=400,

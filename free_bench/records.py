@@ -6,6 +6,7 @@ never leaves a half-written file for a resume or an analysis to trust.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -183,6 +184,17 @@ def git_state(cwd: str | Path | None = None) -> dict[str, Any]:
         return {"git_commit": None, "git_dirty": None}
 
 
+def source_hash(root: str | Path | None = None) -> str:
+    """sha256 (16 hex) of the suite's Python sources (free_bench/, analyses/): names the code a run used
+    where git cannot (a copied work tree, as on the GPU host, reports its base commit as dirty)."""
+    root = Path(root or Path(__file__).resolve().parent.parent)
+    h = hashlib.sha256()
+    for folder in ("free_bench", "analyses"):
+        for f in sorted((root / folder).rglob("*.py")):
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 _LIBRARIES = (
     "torch",
     "transformers",
@@ -233,6 +245,7 @@ class Manifest:
             "start_time": _now(),
             "end_time": None,
             **git_state(),
+            "source_hash": source_hash(),
         }
 
     def update(self, **fields: Any) -> None:

@@ -30,7 +30,7 @@ def run_chain(plan: dict) -> None:
     work = Path(plan["work"])
     if not (work / "config.json").exists():
         _cli(*plan["train"])
-    if not (work / "eval" / "per_exit_test.parquet").exists():  # test is written last
+    if not all(Path(f).exists() for f in plan["eval_outputs"]):  # a killed eval runs again
         _cli(*plan["eval"])
     for sweep in plan["sweeps"]:
         run_planned(sweep)

@@ -80,8 +80,11 @@ def chain_plan(ctx: Context, name: str, method: str, regime: str, seed: int) -> 
         cap = thresholds_for(_rule(method), _sparse(ctx), cfg.caption_grid)
         sweeps.append(sweep_plan(ctx, f"sim-{name}-test-caption", method, work, "test", "simulated", cap,
                                  seed=seed, tasks=["caption"], max_rows=cfg.caption_rows))  # fmt: skip
+    kinds = ["per_exit"] + (["per_exit_captions", "per_exit_caption_scores"] if "caption" in tasks else [])
+    outputs = [f"{kind}_{split}.parquet" for split in ("val", "test") for kind in kinds]
     return {"name": name, "work": str(work), "weight": TRAIN_WEIGHT.get(method, 1),
-            "train": [str(a) for a in train], "eval": [str(a) for a in evaluate], "sweeps": sweeps}  # fmt: skip
+            "train": [str(a) for a in train], "eval": [str(a) for a in evaluate],
+            "eval_outputs": [str(work / "eval" / f) for f in outputs], "sweeps": sweeps}  # fmt: skip
 
 
 TRAIN_WEIGHT = {"free": 10, "distill": 4}  # rough relative training cost: workers take heavy chains first
@@ -238,7 +241,7 @@ def _robustness(ctx: Context) -> dict:
         ("test", f"{p}:{s}") for p in names for s in cfg.severities
     ]
     opts = {"max_rows": cfg.robustness_rows, "batch_size": cfg.robustness_batch_size}
-    frames, samples = [], []
+    frames, samples, wall = [], [], {}  # wall: seconds summed over the grid's sweeps, by part
     runs = [
         (n, m) for n, m, r, s in run_names(ctx) if s == cfg.seeds[0] and f"{m}:{r}" in cfg.robustness_runs
     ]
@@ -257,11 +260,15 @@ def _robustness(ctx: Context) -> dict:
                 _sweep(ctx, tag, method, exits, split, "live", [t], loaded=loaded, perturb=perturb, **opts)
             )
             samples.append(pd.read_parquet(ctx.cache / "sweeps" / tag / "samples.parquet"))
+            parts = json.loads((ctx.cache / "sweeps" / tag / "manifest.json").read_text()).get("wall_s", {})
+            for k, v in parts.items():
+                wall[k] = wall.get(k, 0.0) + v
     dst = ctx.results / "sweeps" / "robustness"
     write_parquet(pd.concat(frames, ignore_index=True), dst / "sweep.parquet", SWEEP)
     write_parquet(pd.concat(samples, ignore_index=True), dst / "samples.parquet", SWEEP_SAMPLES)
     write_json({"sweep": "robustness", "seed": cfg.seeds[0], "operating_points": ops, "inputs": len(inputs),
-                "rows": cfg.robustness_rows, "batch_size": cfg.robustness_batch_size}, dst / "manifest.json")  # fmt: skip
+                "rows": cfg.robustness_rows, "batch_size": cfg.robustness_batch_size,
+                "wall_s": {k: round(v, 1) for k, v in wall.items()}}, dst / "manifest.json")  # fmt: skip
     return {"methods": [n for n, _ in runs], "inputs": len(inputs)}
 
 

@@ -168,27 +168,35 @@ def run_sweep(
         raise FreeBenchError(f"{out} holds another sweep ({saved}); choose a new --out or delete it")
     if _finished(spec, out):  # a resumed caller (reproduce) neither reloads the exits nor re-records
         return SWEEP.validate(pd.read_parquet(out / "sweep.parquet"))
+    wall = {"load": time.perf_counter()}  # where a sweep's wall time goes, beside the timed decoding
     method, regime = loaded if loaded is not None else load_method(spec, device)
     for t in spec.thresholds:  # all validated before any work
         rules.check_threshold(method.rule, t, method.layers)
     ds = load_split(method, spec)
+    wall.update(load=time.perf_counter() - wall["load"], rows=0.0, points=0.0)
     write_json(asdict(spec), saved)
     bb, cost = method.backbone, cost_model(method.backbone, method)
     base = {"regime": regime, "kv_policy": spec.kv_policy, "batch_size": spec.batch_size, "split": spec.split,
             "perturbation": spec.perturb or "none", "device": device_name()}  # fmt: skip
     timings = {}
     for task in spec.tasks:
+        t0 = time.perf_counter()
         rows = _rows(spec, ds, task)
         write_json(S.sample_ids(task, rows), out / "points" / f"{task}.ids.json")
+        t1 = time.perf_counter()
         if spec.mode == "simulated":
             timings[task] = _simulated(spec, method, cost, rows, task, out, base, progress)
         else:
             timings[task] = _live(spec, method, rows, task, out, base, progress)
+        wall["rows"] += t1 - t0
+        wall["points"] += time.perf_counter() - t1
+    t0 = time.perf_counter()
     df = SWEEP.validate(pd.DataFrame([r for f in _point_files(out) for r in json.loads(f.read_text())]))
     write_parquet(df, out / "sweep.parquet", SWEEP)
     write_parquet(gather_samples(out), out / "samples.parquet", SWEEP_SAMPLES)
-    write_json({"spec": asdict(spec), "backbone": bb.spec, "timings": timings, "device": device_name()},
-               out / "manifest.json")  # fmt: skip
+    wall["tables"] = time.perf_counter() - t0
+    write_json({"spec": asdict(spec), "backbone": bb.spec, "timings": timings, "device": device_name(),
+                "wall_s": {k: round(v, 3) for k, v in wall.items()}}, out / "manifest.json")  # fmt: skip
     return df
 
 

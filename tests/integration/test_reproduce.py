@@ -125,7 +125,7 @@ def test_exit_workers_fail_loudly_and_name_the_log(tmp_path, monkeypatch):
     from free_bench.errors import FreeBenchError
 
     monkeypatch.setenv("FREE_BENCH_CACHE", str(tmp_path / "cache"))
-    plans = [{"name": f"bad-{k}", "work": str(tmp_path / f"w{k}"), "weight": 1, "sweeps": [], "eval": [],
+    plans = [{"name": f"bad-{k}", "work": str(tmp_path / f"w{k}"), "weight": 1, "sweeps": [], "eval": [], "eval_outputs": [],
               "train": ["train-exits", "--method", "nope", "--backbone", "embedded:smoke", "--regime", "semi", "--out", str(tmp_path)]}
              for k in range(2)]  # fmt: skip
     with pytest.raises(FreeBenchError, match=r"(?s)exit worker \d failed .*worker-\d\.log.*nope"):

@@ -434,3 +434,14 @@ def test_cider_table_keeps_the_last_exit_apart_from_the_final_layer(tmp_path: Pa
     table = pd.read_csv(root / "tables" / "exits_cider_test.csv").set_index("method")
     assert table.loc["free", f"L{DEPTH}"] == pytest.approx(1.0 + DEPTH / 10)
     assert table.loc["free", "final"] == pytest.approx(2.5)
+
+
+def test_backbone_captions_scored_elsewhere_fill_a_missing_entry(tmp_path: Path) -> None:
+    """On the GPU host pycocoevalcap is absent: quality.json says so, and `score-captions --out` writes
+    backbone/caption_scores.json on CPU; the report shows those scores, never the missing note."""
+    root = make_results(tmp_path / "r", exits=False)
+    quality = json.loads((root / "backbone" / "quality.json").read_text())
+    _write_json(root / "backbone" / "quality.json", {**quality, "captions": {"missing": "no pycocoevalcap"}})
+    assert load_results(root).quality["captions"] == {"missing": "no pycocoevalcap"}
+    _write_json(root / "backbone" / "caption_scores.json", {"scores": {"CIDEr": 2.5, "BLEU-4": 0.8}})
+    assert load_results(root).quality["captions"] == {"CIDEr": 2.5, "BLEU-4": 0.8}

@@ -70,6 +70,7 @@ def test_manifest_fields(tmp_path):
         "config",
         "git_commit",
         "git_dirty",
+        "source_hash",
         "libraries",
         "device",
         "seeds",
@@ -79,3 +80,19 @@ def test_manifest_fields(tmp_path):
     ):
         assert key in data
     assert data["libraries"]["torch"].startswith("2.13")
+
+
+def test_source_hash_names_the_code(tmp_path):
+    from free_bench.records import source_hash
+
+    (tmp_path / "free_bench" / "sub").mkdir(parents=True)
+    (tmp_path / "analyses").mkdir()
+    (tmp_path / "free_bench" / "sub" / "a.py").write_text("x = 1\n")
+    (tmp_path / "analyses" / "b.py").write_text("y = 2\n")
+    (tmp_path / "free_bench" / "notes.txt").write_text("not code")
+    first = source_hash(tmp_path)
+    assert len(first) == 16 and source_hash(tmp_path) == first
+    (tmp_path / "free_bench" / "notes.txt").write_text("changed, still not code")
+    assert source_hash(tmp_path) == first
+    (tmp_path / "analyses" / "b.py").write_text("y = 3\n")
+    assert source_hash(tmp_path) != first
