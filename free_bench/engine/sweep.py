@@ -9,6 +9,7 @@ per-sample values that bootstrap CIs resample.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -103,7 +104,12 @@ def _rows(spec: SweepSpec, split: datasets.Dataset, task: str) -> datasets.Datas
     from free_bench.data.perturb import apply_to_row, parse_spec
 
     name, severity = parse_spec(spec.perturb)
-    return rows.map(lambda r: apply_to_row(r, name, severity), desc=f"perturb {spec.perturb}")
+    # our own fingerprint, in memory: datasets would otherwise hash the lambda with dill, which
+    # disassembles every global it reaches (2-3 s a call on the H200 host's Python 3.12: most of a
+    # robustness sweep), and would write a cache file into the shared dataset folder
+    label = hashlib.sha256(f"{spec.split}|{task}|{len(rows)}|{spec.perturb}".encode()).hexdigest()[:32]
+    return rows.map(lambda r: apply_to_row(r, name, severity), new_fingerprint=label, keep_in_memory=True,
+                    desc=f"perturb {spec.perturb}")  # fmt: skip
 
 
 def _point_file(out: Path, task: str, threshold: float | str) -> Path:
