@@ -6,6 +6,7 @@ file in it), so the default `pytest` run never picks benchmarks up.
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,8 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Mod
         and file_path.name.startswith("bench_")
         and BENCH_DIR in file_path.parents
         and not parent.session.isinitpath(file_path)  # explicit file args are collected by pytest itself
+        and not any(fnmatch(file_path.name, pat) for pat in parent.config.getini("python_files"))  # so is
+        # a bench_*.py that `-o python_files=bench_*.py` matches: collecting it here too ran it twice
         and _benchmarks_requested(parent.config)
     ):
         return pytest.Module.from_parent(parent, path=file_path)

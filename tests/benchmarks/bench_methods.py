@@ -1,0 +1,89 @@
+"""Every exit method decoded live at a fixed operating point, on the smoke profile: the numbers CI
+tracks for regressions (`nox -s tests` compares them with `results/smoke/bench_baseline.json`).
+
+Each benchmark is one live sweep point, exactly as `free-bench sweep --mode live` measures it: the
+first `ROWS` test questions at batch 1, the full model timed beside the early-exit decode on every
+row (interleaved), `propagate` KV policy, exits trained once into the cache (`train-exits`, the
+profile's steps) and consulted at the profile's sparse placement. The operating points are fixed
+thresholds, not recalibrated, so a change in what the exits decide shows up as a change in the exit
+layer and quality, and a slower engine as a lower measured speedup.
+
+`extra_info` carries what `free-bench regress` judges, `measured_speedup` and `quality` (VQA
+accuracy), and for reading `expected_speedup`, `mean_exit_layer`, the full model's quality and the
+machine state. The smoke backbone is tiny and barely trained: the point is tracking, not quality.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import pytest
+import torch
+
+from free_bench.cli import main
+from free_bench.config import cache_dir, get_profile
+from free_bench.engine.sweep import SweepSpec, run_sweep
+from free_bench.records import device_name
+
+PROFILE = "smoke"
+ROWS = 64
+# threshold per method (static: the exit layer), each where its smoke exits leave at mixed depths
+OPERATING_POINTS = {"free": 0.05, "deebert": 4.0, "pabee": 1.0, "distill": 0.05, "static": 2.0}
+TRAINED = ("free", "deebert", "pabee", "distill")
+
+
+@pytest.fixture(scope="module")
+def exits_root() -> Path:
+    """Semi-supervised exits of every trained method on the smoke backbone (pretrained on first use)."""
+    root = cache_dir() / "bench" / f"{PROFILE}-exits"
+    for method in TRAINED:
+        out = root / f"{method}-semi"
+        if not (out / "config.json").exists():
+            argv = ["train-exits", "--method", method, "--backbone", f"embedded:{PROFILE}", "--regime", "semi",
+                    "--out", str(out), "--device", "cpu"]  # fmt: skip
+            assert main(argv) == 0, f"train-exits failed: {' '.join(argv)}"
+    return root
+
+
+@pytest.mark.parametrize("method", list(OPERATING_POINTS))
+def test_method_at_its_operating_point(benchmark, exits_root: Path, tmp_path: Path, method: str) -> None:
+    torch.set_num_threads(1)  # one thread: less noise on a shared 2-core machine
+    threshold = OPERATING_POINTS[method]
+    spec = SweepSpec(method=method, exits=str(exits_root / f"{'free' if method == 'static' else method}-semi"),
+                     split="test", mode="live", thresholds=(threshold,), max_rows=ROWS,
+                     exits_at=get_profile(PROFILE).exits.sparse)  # fmt: skip
+    runs = iter(range(100))
+
+    def sweep():
+        return run_sweep(spec, tmp_path / f"run{next(runs)}", device="cpu", progress=False)
+
+    df = benchmark.pedantic(sweep, rounds=1, iterations=1)
+    vqa = df[df["metric"] == "vqa_accuracy"].set_index("method")
+    early, full = vqa.loc[method], vqa.loc["full"]
+    assert early["timer"] == "cpu_wall" and early["measured_speedup"] > 0
+    benchmark.extra_info.update(
+        {
+            "profile": PROFILE,
+            "method": method,
+            "threshold": threshold,
+            "rows": ROWS,
+            "kv_policy": spec.kv_policy,
+            "measured_speedup": float(early["measured_speedup"]),
+            "expected_speedup": float(early["expected_speedup"]),
+            "mean_exit_layer": float(early["mean_exit_layer"]),
+            "quality": float(early["value"]),
+            "quality_metric": "vqa_accuracy",
+            "full_quality": float(full["value"]),
+            "latency_ms_median": float(early["latency_ms_median"]),
+            "machine": {  # the keys of bench_engine.machine_state, which `free-bench regress` reads
+                "device_name": platform.processor() or platform.machine(),
+                "timer": early["timer"],
+                "dtype": "float32",
+                "batch_size": 1,
+                "torch_version": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+                "host": device_name(),
+            },
+        }
+    )
