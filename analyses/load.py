@@ -95,6 +95,7 @@ def _sweep(folder: Path, res: Results) -> None:
         "seed": int(meta.get("seed", 0) or 0),
         "sweep": folder.name,
         "compact": str(spec["compact"]).lower() if "compact" in spec else "n/a",
+        "exits_at": str(spec.get("exits_at") or ""),  # the exits consulted (analyses.projection)
     }
     sweep = pd.read_parquet(folder / "sweep.parquet").assign(**tags)
     res.sweep = pd.concat([res.sweep, sweep], ignore_index=True)

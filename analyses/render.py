@@ -137,7 +137,24 @@ def _speedup_md(b: Built) -> list[str]:
             ]
             out += [f"Mean quality over the {x}-speedup range shared by the methods (AUC / width):", ""]
             out += [md_table(d[keep + ["x_lo", "x_hi", "auc", "n_frontier"]]), ""]
-    return out
+    return out + _projection_md(b)
+
+
+def _projection_md(b: Built) -> list[str]:
+    if "projection" in b.missing:
+        return [f"Projection to a larger decoder: **missing** ({b.missing['projection']})", ""]
+    if "projection" not in b.tables:
+        return []
+    return [
+        "**A projection, not a measurement** (`analyses.projection`): the wall-clock speedup the exit "
+        "depths of each timed batch-1 point would give on the benchmarked decoder shape (BLIP-2 "
+        "OPT-2.7b's LM), priced with that shape's per-layer, fixed per-token and per-check costs measured "
+        "on the same GPU (`engine/bench_engine_*.json`; FREE and distillation checks include their "
+        "generator layer); depths scaled to its layer count, the prefix left out.",
+        "",
+        md_table(b.tables["projection"]),
+        "",
+    ]
 
 
 def _overthinking_md(b: Built) -> list[str]:

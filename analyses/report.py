@@ -8,6 +8,7 @@ it. Usage: `python -m analyses.report results/<profile>`.
 from __future__ import annotations
 
 import argparse
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from analyses.fixed_cost import compute_fixed_share
 from analyses.load import load_results, write_csv, write_text
 from analyses.midcrisis import compute_dip, compute_dip_ci, compute_layer_curves
 from analyses.overthinking import compute_overthinking, compute_overthinking_by_layer
+from analyses.projection import compute_projection, costs_from_bench, projection_points
 from analyses.render import md_table, render_report
 from analyses.robustness import CAL, calibrate, compute_robustness, compute_robustness_ci
 from analyses.speedup import KEYS, best_at_drop, collapse_points, compute_auc, compute_curves
@@ -120,6 +122,21 @@ def _speedup(b: Built) -> None:
             b.tables["speedup_fixed_share"] = fixed
     devices = sweep.groupby("timer")["device"].agg(lambda s: ", ".join(sorted(s.astype(str).unique())))
     b.figures |= figures.speedup_figures(curves, b.res.root / "figures", b.res.profile, devices.to_dict())
+
+
+def _projection(b: Built) -> None:
+    """Exit depths of the timed points priced with a larger decoder's costs (`analyses.projection`)."""
+    benches = sorted((b.res.root / "engine").glob("bench_engine_*.json"))
+    costs = [costs_from_bench(json.loads(f.read_text())) for f in benches]
+    costs = pd.concat(costs, ignore_index=True) if costs else pd.DataFrame()
+    if costs.empty or b.res.sweep is None:
+        b.missing["projection"] = "no CUDA engine benchmark (engine/bench_engine_*.json) or no sweeps here"
+        return
+    points = projection_points(b.res.sweep)
+    if points.empty:
+        b.missing["projection"] = "no timed batch-1 VQA point with its consulted exits recorded"
+        return
+    b.tables["projection"] = compute_projection(points, costs)
 
 
 def _oracle_rows(b: Built) -> pd.DataFrame:
@@ -275,6 +292,7 @@ def build_report(results: Path, *, n_boot: int = 1000, seed: int = 0) -> Path:
     b = Built(res, n_boot, seed)
     _backbone_tables(b)
     b.attempt("speedup", _speedup)
+    b.attempt("projection", _projection)
     _per_exit_parts(b)
     if res.exit_runs is not None:
         b.tables["exits_training"] = res.exit_runs

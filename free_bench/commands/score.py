@@ -20,7 +20,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "predictions",
         type=Path,
-        help="a quality.json with 'caption_predictions' (pretrain), or per_exit_captions_<split>.parquet",
+        help="a quality.json with 'caption_predictions' (pretrain), a per_exit_captions_<split>.parquet, "
+        "or a caption sweep's folder (its captions.parquet; fills the CIDEr of its tables in place)",
     )
     p.add_argument("--profile", default=None, help="the scenes profile (needed for a quality.json)")
     p.add_argument("--split", default="test")
@@ -40,9 +41,20 @@ def _add_args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.predictions.exists():
         raise FreeBenchError(f"{args.predictions} does not exist")
+    if args.predictions.is_dir():
+        return _sweep(args)
     if args.predictions.suffix == ".parquet":
         return _per_exit(args)
     return _quality(args)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from free_bench.engine.sweep_captions import rescore
+
+    scores = rescore(args.predictions)
+    print(scores.round(4).to_string(index=False))
+    print(f"filled the CIDEr of {args.predictions / 'sweep.parquet'} and samples.parquet")
+    return 0
 
 
 def _per_exit(args: argparse.Namespace) -> int:
@@ -103,7 +115,8 @@ command(
     "score-captions",
     "Score caption predictions saved by a GPU run (pycocoevalcap + Java, on a CPU machine).",
     "free-bench score-captions results/gpu/backbone/quality.json --profile gpu --out scores.json\n"
-    "  free-bench score-captions runs/free-semi/eval/per_exit_captions_test.parquet",
+    "  free-bench score-captions runs/free-semi/eval/per_exit_captions_test.parquet\n"
+    "  free-bench score-captions results/gpu/sweeps/sim-free-semi-s0-test-caption",
     _add_args,
     run,
 )

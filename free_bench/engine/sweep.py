@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from free_bench.engine import sweep_eval as S
 from free_bench.engine.cost import cost_model
 from free_bench.engine.kv_policies import POLICIES
+from free_bench.engine.sweep_captions import CAPTIONS, gather_captions, save_texts
 from free_bench.errors import FreeBenchError, check_choice
 from free_bench.methods import get_method, load_exits, rules
 from free_bench.methods.base import ExitMethod
@@ -128,7 +129,8 @@ def _write_point(records: list[dict], path: Path, values: list[float], rows: dic
 
 
 def _point_files(out: Path) -> list[Path]:
-    return sorted(f for f in (out / "points").glob("*__*.json") if not f.name.endswith(".full_ms.json"))
+    extras = (".full_ms.json", ".texts.json")  # beside a point: its full-model times, its captions
+    return sorted(f for f in (out / "points").glob("*__*.json") if not f.name.endswith(extras))
 
 
 def gather_samples(out: Path) -> pd.DataFrame:
@@ -189,6 +191,8 @@ def run_sweep(
         t0 = time.perf_counter()
         rows = _rows(spec, ds, task)
         write_json(S.sample_ids(task, rows), out / "points" / f"{task}.ids.json")
+        if task == "caption":  # kept beside the texts: CIDEr can then be scored where Java runs
+            refs = dict(zip(S.sample_ids(task, rows), map(list, rows["captions"]), strict=True))
         t1 = time.perf_counter()
         if spec.mode == "simulated":
             timings[task] = _simulated(spec, method, cost, rows, task, out, base, progress)
@@ -200,6 +204,8 @@ def run_sweep(
     df = SWEEP.validate(pd.DataFrame([r for f in _point_files(out) for r in json.loads(f.read_text())]))
     write_parquet(df, out / "sweep.parquet", SWEEP)
     write_parquet(gather_samples(out), out / "samples.parquet", SWEEP_SAMPLES)
+    if "caption" in spec.tasks:
+        write_parquet(gather_captions(out, refs), out / CAPTIONS)
     wall["tables"] = time.perf_counter() - t0
     write_json({"spec": asdict(spec), "backbone": bb.spec, "timings": timings, "device": device_name(),
                 "wall_s": {k: round(v, 3) for k, v in wall.items()}}, out / "manifest.json")  # fmt: skip
@@ -279,6 +285,8 @@ def _simulated(spec, method, cost, rows, task, out, base, progress) -> dict:
         seqs, res = S.simulated_outputs(method, rec, t, cost, spec.kv_policy, len(rows))
         name, threshold = (method.name, t) if t is not None else ("full", method.backbone.num_layers)
         metrics, values = quality(seqs)
+        if task == "caption":
+            save_texts(path, texts(seqs))
         _write_point(_rows_out(base, name, threshold, task, metrics, res.summary()), path, values, res.rows)
     total = time.perf_counter() - t0
     return {"teacher_forced_s": rec.tf_seconds, "record_s": recorded, "sweep_s": total,
@@ -300,6 +308,8 @@ def _live(spec, method, rows, task, out, base, progress) -> dict:
         name, threshold = (method.name, t) if t is not None else ("full", bb.num_layers)
         faster = min(full["engine_ms"], full["hf_ms"])
         metrics, values = S.quality(task, rows, res.texts)
+        if task == "caption":
+            save_texts(path, res.texts)
         write_json(full, path.with_suffix(".full_ms.json"))  # the full model timed beside this point
         _write_point(_rows_out(base, name, threshold, task, metrics, res.summary(),
                                measured_speedup=faster / sum(res.latencies_ms), latency_ms_median=lat.median(),

@@ -115,3 +115,37 @@ def test_bad_input_writes_nothing(trained, tmp_path, extra, message):
         -500:
     ]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("mode", ["simulated", "live"])
+def test_caption_texts_let_cider_be_scored_elsewhere(trained, tmp_path, mode):
+    """Where pycocoevalcap cannot run (the GPU host) a caption point's CIDEr is NaN; its saved texts
+    and references (captions.parquet) let `score-captions <sweep folder>` fill in what the sweep itself
+    computes where it can."""
+    env, exits = trained
+    out = tmp_path / mode
+    res = _sweep(env, exits, out, "--mode", mode, "--thresholds", "0", "1", "--tasks", "caption",
+                 "--max-rows", "6", "--warmup", "0")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    caps = pd.read_parquet(out / "captions.parquet")
+    assert set(caps["point"]) == {"full", "0.0", "1.0"} and len(caps) == 3 * 6
+    assert caps["text"].map(len).gt(0).all() and caps["references"].map(len).gt(0).all()
+    sweep, samples = pd.read_parquet(out / "sweep.parquet"), pd.read_parquet(out / "samples.parquet")
+    assert sweep["value"].notna().all()
+    sweep.assign(value=float("nan")).to_parquet(out / "sweep.parquet")  # as the GPU host leaves them
+    samples.assign(value=float("nan")).to_parquet(out / "samples.parquet")
+    res = _cli("score-captions", str(out), env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    key = ["method", "threshold", "task", "metric"]
+    again = pd.read_parquet(out / "sweep.parquet").sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(again, sweep.sort_values(key).reset_index(drop=True), check_exact=False)
+    skey = ["method", "threshold", "sample_id"]
+    rescored = pd.read_parquet(out / "samples.parquet").sort_values(skey).reset_index(drop=True)
+    assert rescored["value"].to_numpy() == pytest.approx(samples.sort_values(skey)["value"].to_numpy())
+
+
+def test_score_captions_rejects_a_sweep_without_texts(trained, tmp_path):
+    env, _ = trained
+    (tmp_path / "empty").mkdir()
+    res = _cli("score-captions", str(tmp_path / "empty"), env=env)
+    assert res.returncode == 2 and "captions.parquet" in res.stderr
