@@ -1,5 +1,8 @@
 """Every exit method decoded live at a fixed operating point, on the smoke profile: the numbers CI
 tracks for regressions (`nox -s tests` compares them with `results/smoke/bench_baseline.json`).
+`FREE_BENCH_BENCH_PROFILE=gpu` runs the same on the gpu profile on CUDA, on the exits a gpu
+`reproduce` left in the cache (seed 0), else on exits trained here: the H200 baseline
+(`results/gpu/bench_baseline.json`).
 
 Each benchmark is one live sweep point, exactly as `free-bench sweep --mode live` measures it: the
 first `ROWS` test questions at batch 1, the full model timed beside the early-exit decode on every
@@ -15,6 +18,7 @@ machine state. The smoke backbone is tiny and barely trained: the point is track
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -26,42 +30,56 @@ from free_bench.config import cache_dir, get_profile
 from free_bench.engine.sweep import SweepSpec, run_sweep
 from free_bench.records import device_name
 
-PROFILE = "smoke"
-ROWS = 64
-# threshold per method (static: the exit layer), each where its smoke exits leave at mixed depths
-OPERATING_POINTS = {"free": 0.05, "deebert": 4.0, "pabee": 1.0, "distill": 0.05, "static": 2.0}
+PROFILE = os.environ.get("FREE_BENCH_BENCH_PROFILE", "smoke")
+DEVICE = "cuda" if PROFILE == "gpu" else "cpu"
+ROWS = 100 if PROFILE == "gpu" else 64
+# threshold per method (static: the exit layer), fixed once: smoke, where its exits leave at mixed
+# depths; gpu, the val operating points (<= 1 point drop) of the first gpu reproduce run
+OPERATING_POINTS = {
+    "smoke": {"free": 0.05, "deebert": 4.0, "pabee": 1.0, "distill": 0.05, "static": 2.0},
+    "gpu": {"free": 0.69, "deebert": 0.75, "pabee": 3.0, "distill": 0.54, "static": 20.0},
+}[PROFILE]
 TRAINED = ("free", "deebert", "pabee", "distill")
 
 
 @pytest.fixture(scope="module")
-def exits_root() -> Path:
-    """Semi-supervised exits of every trained method on the smoke backbone (pretrained on first use)."""
+def exits_of() -> dict[str, Path]:
+    """Semi-supervised exits of every trained method on the profile's backbone (pretrained on first
+    use): a reproduce run's seed-0 exits where they exist, else trained here."""
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        pytest.skip(f"profile {PROFILE} is benchmarked on CUDA")
+    reproduced = cache_dir() / "reproduce" / PROFILE / "exits"
+    if all((reproduced / f"{m}-semi-s0" / "config.json").exists() for m in TRAINED):
+        return {m: reproduced / f"{m}-semi-s0" for m in TRAINED}
     root = cache_dir() / "bench" / f"{PROFILE}-exits"
     for method in TRAINED:
         out = root / f"{method}-semi"
         if not (out / "config.json").exists():
             argv = ["train-exits", "--method", method, "--backbone", f"embedded:{PROFILE}", "--regime", "semi",
-                    "--out", str(out), "--device", "cpu"]  # fmt: skip
+                    "--out", str(out), "--device", DEVICE]  # fmt: skip
             assert main(argv) == 0, f"train-exits failed: {' '.join(argv)}"
-    return root
+    return {m: root / f"{m}-semi" for m in TRAINED}
 
 
 @pytest.mark.parametrize("method", list(OPERATING_POINTS))
-def test_method_at_its_operating_point(benchmark, exits_root: Path, tmp_path: Path, method: str) -> None:
-    torch.set_num_threads(1)  # one thread: less noise on a shared 2-core machine
+def test_method_at_its_operating_point(benchmark, exits_of: dict, tmp_path: Path, method: str) -> None:
+    if DEVICE == "cpu":
+        torch.set_num_threads(1)  # one thread: less noise on a shared 2-core machine
     threshold = OPERATING_POINTS[method]
-    spec = SweepSpec(method=method, exits=str(exits_root / f"{'free' if method == 'static' else method}-semi"),
+    spec = SweepSpec(method=method, exits=str(exits_of["free" if method == "static" else method]),
                      split="test", mode="live", thresholds=(threshold,), max_rows=ROWS,
                      exits_at=get_profile(PROFILE).exits.sparse)  # fmt: skip
     runs = iter(range(100))
 
     def sweep():
-        return run_sweep(spec, tmp_path / f"run{next(runs)}", device="cpu", progress=False)
+        return run_sweep(spec, tmp_path / f"run{next(runs)}", device=DEVICE, progress=False)
 
     df = benchmark.pedantic(sweep, rounds=1, iterations=1)
     vqa = df[df["metric"] == "vqa_accuracy"].set_index("method")
     early, full = vqa.loc[method], vqa.loc["full"]
-    assert early["timer"] == "cpu_wall" and early["measured_speedup"] > 0
+    assert (
+        early["timer"] == ("cuda_event" if DEVICE == "cuda" else "cpu_wall") and early["measured_speedup"] > 0
+    )
     benchmark.extra_info.update(
         {
             "profile": PROFILE,
@@ -77,9 +95,11 @@ def test_method_at_its_operating_point(benchmark, exits_root: Path, tmp_path: Pa
             "full_quality": float(full["value"]),
             "latency_ms_median": float(early["latency_ms_median"]),
             "machine": {  # the keys of bench_engine.machine_state, which `free-bench regress` reads
-                "device_name": platform.processor() or platform.machine(),
+                "device_name": str(early["device"])
+                if DEVICE == "cuda"
+                else platform.processor() or platform.machine(),
                 "timer": early["timer"],
-                "dtype": "float32",
+                "dtype": "bfloat16" if DEVICE == "cuda" else "float32",
                 "batch_size": 1,
                 "torch_version": torch.__version__,
                 "torch_threads": torch.get_num_threads(),
