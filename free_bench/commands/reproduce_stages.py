@@ -87,6 +87,19 @@ def chain_plan(ctx: Context, name: str, method: str, regime: str, seed: int) -> 
             "eval_outputs": [str(work / "eval" / f) for f in outputs], "sweeps": sweeps}  # fmt: skip
 
 
+def fitting_workers(cfg: ReproduceConfig) -> int:
+    """`exit_workers`, fewer where the GPU's free memory holds fewer chains of `exit_worker_gib` each."""
+    import torch
+
+    if cfg.exit_workers <= 1 or not torch.cuda.is_available():
+        return cfg.exit_workers
+    free_gib = torch.cuda.mem_get_info()[0] / 2**30
+    fit = max(1, int(free_gib // cfg.exit_worker_gib))
+    if fit < cfg.exit_workers:
+        print(f"[exits] {fit} exit workers instead of {cfg.exit_workers}: {free_gib:.0f} GiB free on the GPU")
+    return min(cfg.exit_workers, fit)
+
+
 TRAIN_WEIGHT = {"free": 10, "distill": 4}  # rough relative training cost: workers take heavy chains first
 
 
@@ -96,7 +109,7 @@ def _exits(ctx: Context) -> dict:
     and run its simulated sweeps; `exit_workers` chains at a time (see `reproduce_runs`)."""
     from free_bench.commands.reproduce_runs import run_chains
 
-    workers = _cfg(ctx).exit_workers
+    workers = fitting_workers(_cfg(ctx))
     run_chains([chain_plan(ctx, *r) for r in run_names(ctx)], workers, ctx.cache / "exits" / "_workers")
     trained = {}
     for name, *_ in run_names(ctx):
