@@ -125,7 +125,8 @@ def load_results(results: Path) -> Results:
     if res.quality is None:
         res.notes.append("backbone/quality.json: missing (no backbone accuracy, no logit lens)")
     scored = read_json(root / "backbone" / "caption_scores.json")  # `free-bench score-captions --out`
-    if res.quality is not None and scored and "missing" in res.quality.get("captions", {"missing": 1}):
+    caps = (res.quality or {}).get("captions")
+    if res.quality is not None and scored and (not isinstance(caps, dict) or "missing" in caps):
         res.quality["captions"] = scored["scores"]  # scored where pycocoevalcap runs (not the GPU host)
     for run in sorted(p for p in (root / "exits").glob("*") if p.is_dir()):
         _exit_run(run, res)

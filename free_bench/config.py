@@ -104,9 +104,8 @@ class ReproduceConfig:
     seeds: tuple[int, ...] = (0,)  # exit-training seeds (the backbone is trained once)
     exit_steps: int | None = None  # exit training steps (None: the profile's ExitTrainConfig.steps)
     exit_workers: int = 1  # exit-training chains run side by side (processes sharing the one device)
-    exit_worker_gib: float = (
-        12.0  # device memory per chain (gpu profile: 6 took 59 GB on the H200), caps the workers
-    )
+    # device memory one chain takes, which caps the workers (gpu profile: six used 58977 MiB on the H200)
+    exit_worker_gib: float = 12.0
     grid: int = 101  # thresholds of a simulated VQA sweep
     caption_grid: int = 11  # thresholds of a simulated caption sweep (each point is a CIDEr run)
     caption_rows: int | None = 100  # images in caption sweeps

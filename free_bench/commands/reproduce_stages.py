@@ -156,9 +156,9 @@ def run_planned(plan: dict, loaded=None) -> pd.DataFrame:
     df = run_sweep(SweepSpec(**spec), work, progress=False, loaded=loaded)
     if plan["dst"] is not None:
         dst = Path(plan["dst"])
-        for f in ("sweep.parquet", "samples.parquet", "captions.parquet"):  # captions: caption sweeps
-            if f != "captions.parquet" or (work / f).exists():
-                _copy(work / f, dst / f)
+        caption_texts = ["captions.parquet"] if (work / "captions.parquet").exists() else []
+        for f in ["sweep.parquet", "samples.parquet", *caption_texts]:
+            _copy(work / f, dst / f)
         manifest = json.loads((work / "manifest.json").read_text())
         write_json({**manifest, "seed": plan["seed"], "sweep": plan["name"]}, dst / "manifest.json")
     return df

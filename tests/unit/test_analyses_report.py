@@ -326,18 +326,15 @@ def test_verdict_speedup() -> None:
     assert verdict == "holds on expected speedup only" and "1.70x" in sentence
 
 
-def _rates(**rates: tuple[float, float, float]) -> pd.DataFrame:
-    rows = [
-        {
-            "method": m,
-            "regime": "semi",
-            "overthinking_rate": r,
-            "overthinking_rate_lo": lo,
-            "overthinking_rate_hi": hi,
-        }
-        for m, (r, lo, hi) in rates.items()
-    ]
+def _with_ci(col: str, **values: tuple[float, float, float]) -> pd.DataFrame:
+    """One semi row per method with `col` and its CI bounds (`col`_lo, `col`_hi)."""
+    rows = [{"method": m, "regime": "semi", col: v, f"{col}_lo": lo, f"{col}_hi": hi}
+            for m, (v, lo, hi) in values.items()]  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _rates(**rates: tuple[float, float, float]) -> pd.DataFrame:
+    return _with_ci("overthinking_rate", **rates)
 
 
 def test_verdict_overthinking() -> None:
@@ -350,11 +347,7 @@ def test_verdict_overthinking() -> None:
 
 
 def _dips(**dips: tuple[float, float, float]) -> pd.DataFrame:
-    rows = [
-        {"method": m, "regime": "semi", "dip": d, "dip_lo": lo, "dip_hi": hi}
-        for m, (d, lo, hi) in dips.items()
-    ]
-    return pd.DataFrame(rows)
+    return _with_ci("dip", **dips)
 
 
 def test_verdict_dip() -> None:
