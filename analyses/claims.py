@@ -9,91 +9,13 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-TARGET_SPEEDUP, SPEEDUP_TOL = 1.5, 0.1  # "about 1.5x": the CI's lower bound (else the point) >= 1.4
+from analyses.claim_speedup import SPEEDUP_TOL, TARGET_SPEEDUP, verdict_speedup
+from analyses.fmt import UNITS
+from analyses.fmt import ci as _ci
+from analyses.fmt import finite as _finite
 
-
-def _finite(v: object) -> bool:
-    return v is not None and isinstance(v, int | float | np.number) and bool(np.isfinite(v))
-
-
-UNITS = {"x": (1.0, 2, "x"), "%": (100.0, 1, "%"), "pts": (100.0, 1, " pts"), "": (1.0, 3, "")}
-
-
-def _ci(row: pd.Series, col: str, unit: str = "") -> str:
-    """ "1.23x [1.10, 1.35]" (unit "x"), "21.1% [17.7, 24.6]" ("%"), "1.6 pts [0.0, 5.1]" ("pts"), or the
-    point alone when the row has no CI."""
-    k, digits, suffix = UNITS[unit]
-    lo, hi = row.get(f"{col}_lo"), row.get(f"{col}_hi")
-    text = f"{k * row[col]:.{digits}f}{suffix}"
-    return text + (f" [{k * lo:.{digits}f}, {k * hi:.{digits}f}]" if _finite(lo) and _finite(hi) else "")
-
-
-def _free(df: pd.DataFrame | None, x: str) -> pd.DataFrame:
-    """FREE's rows on clean test (where the frame says), with a finite x."""
-    if df is None or df.empty:
-        return pd.DataFrame(columns=["method", x])
-    d = df[(df["method"] == "free") & np.isfinite(df[x].astype(float))]
-    for col, keep in (("split", "test"), ("perturbation", "none")):
-        d = d[d[col] == keep] if col in d.columns else d
-    return d
-
-
-def _where(row: pd.Series) -> str:
-    timer = row.get("timer", "?")
-    parts = [f"{row.get('task', '?')}", f"batch {row.get('batch_size', '?')}"]
-    parts += ["simulated" if timer == "none" else f"timer {timer}"]
-    return ", ".join(parts + ([f"kv {row['kv_policy']}"] if "kv_policy" in row else []))
-
-
-def verdict_speedup(
-    best_measured: pd.DataFrame | None,
-    best_expected: pd.DataFrame | None = None,
-    target: float = TARGET_SPEEDUP,
-    tol: float = SPEEDUP_TOL,
-) -> tuple[str, str]:
-    """Claim 1 from `best_at_drop` tables (timed by measured speedup, simulated by expected): FREE's
-    fastest point within 1 point of the full model against ~1.5x. Returns (verdict, sentence)."""
-    bar = target - tol
-    m, e = _free(best_measured, "measured_speedup"), _free(best_expected, "expected_speedup")
-    e_ok = e[e["meets_drop"].astype(bool)] if len(e) else e
-    exp = e_ok.loc[e_ok["expected_speedup"].astype(float).idxmax()] if len(e_ok) else None
-    exp_text = (
-        f"Simulated sweeps: FREE's best expected (layer-count) speedup within 1 point is "
-        f"{exp['expected_speedup']:.2f}x ({_where(exp)})."
-        if exp is not None
-        else "No simulated FREE point is within 1 point of the full model."
-        if len(e)
-        else "No simulated FREE sweep."
-    )
-    exp_best = float(exp["expected_speedup"]) if exp is not None else -np.inf
-    if m.empty:
-        if exp is None and e.empty:
-            return "not measured", "No FREE sweep with a speedup in this results folder."
-        verdict = "holds on expected speedup only" if exp_best >= bar else "does not hold"
-        return verdict, f"No timed FREE sweep, so no measured speedup. {exp_text} Target: about {target}x."
-    ok = m[m["meets_drop"].astype(bool)]
-    if ok.empty:
-        r = m.loc[m["value"].astype(float).idxmax()]
-        text = (
-            f"No timed FREE point is within 1 point of the full model: the best ({_where(r)}) scores "
-            f"{r['value']:.3f} vs {r['full_value']:.3f} (-{100 * r['drop']:.1f} points) at "
-            f"{r['measured_speedup']:.2f}x measured. {exp_text} Target: about {target}x."
-        )
-        return ("holds on expected speedup only" if exp_best >= bar else "does not hold"), text
-    r = ok.loc[ok["measured_speedup"].astype(float).idxmax()]
-    lo = r.get("measured_speedup_lo")
-    text = (
-        f"FREE's best measured speedup within 1 point of the full model is {_ci(r, 'measured_speedup', 'x')} "
-        f"({_where(r)}; quality {r['value']:.3f} vs full {r['full_value']:.3f}), expected "
-        f"{r['expected_speedup']:.2f}x at the same point{'' if _finite(lo) else ' (no CI: no per-sample data)'}. "
-        f"{exp_text} Target: about {target}x (lower bound >= {bar:.1f}x)."
-    )
-    if (lo if _finite(lo) else r["measured_speedup"]) >= bar:
-        return "holds", text
-    if r["measured_speedup"] >= bar:
-        return "inconclusive", text + " The point reaches the target but its CI does not."
-    exp_best = max(exp_best, float(r["expected_speedup"]))
-    return ("holds on expected speedup only" if exp_best >= bar else "does not hold"), text
+__all__ = ["SPEEDUP_TOL", "TARGET_SPEEDUP", "UNITS", "build_claims", "verdict_dip", "verdict_overthinking",
+           "verdict_robustness", "verdict_speedup"]  # fmt: skip
 
 
 def _bounds(row: pd.Series, col: str) -> tuple[float, float]:

@@ -1,6 +1,7 @@
 """The report's figures: one Axes each, drawn by the analysis modules' `plot_*` functions, saved as PNG and
-PDF. Measured speedups from different timers (cuda_event vs cpu_wall) are never drawn in one figure: a
-GPU and a CPU wall clock are different experiments, and one curve joining them would mean nothing.
+PDF. Measured speedups from different timers (cuda_event vs cpu_wall) or decode engines (eager vs graphs)
+are never drawn in one figure: a GPU and a CPU wall clock are different experiments, and each engine's
+speedup is against the full model timed through that engine, so one curve joining them would mean nothing.
 """
 
 from __future__ import annotations
@@ -51,14 +52,26 @@ def _smallest_batch(d: pd.DataFrame) -> pd.DataFrame:
     return d[d["batch_size"] == d["batch_size"].min()] if len(d) else d
 
 
+def _timed_groups(timed: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(timer, engine, stem suffix) per measured figure: the suffix names the timer where a task has
+    several, and the engine where it has several, so one timer and one engine keep the plain name."""
+    pairs = sorted(set(zip(timed["timer"], timed["engine"], strict=True)))
+    several_timers, several_engines = len({t for t, _ in pairs}) > 1, len({e for _, e in pairs}) > 1
+    return [
+        (t, e, (f"_{t}" if several_timers else "") + (f"_{e}" if several_engines else "")) for t, e in pairs
+    ]
+
+
 def speedup_figures(
     curves: pd.DataFrame, folder: Path, profile: str, devices: dict[str, str] | None = None
 ) -> dict[str, Path]:
-    """`speedup_measured_<task>[_<timer>]` per task and timer with timed points, and
-    `speedup_expected_<task>` (simulated sweeps where there are any, else the timed ones), on clean test
-    at the smallest batch size each kind of sweep has. `devices` names the device per timer for titles."""
+    """`speedup_measured_<task>[_<timer>][_<engine>]` per task, timer and decode engine with timed points,
+    and `speedup_expected_<task>` (simulated sweeps where there are any, else the timed ones), on clean
+    test at the smallest batch size each kind of sweep has. `devices` names the device per timer."""
     devices = devices or {}
     out: dict[str, Path] = {}
+    if "engine" not in curves.columns:  # tables from before engines were recorded: live points are eager
+        curves = curves.assign(engine=np.where(curves["timer"] == "none", "none", "eager"))
     clean = curves[(curves["split"] == "test") & (curves["perturbation"] == "none")]
     for task in sorted(clean["task"].unique()):
         d = clean[clean["task"] == task]
@@ -66,10 +79,12 @@ def speedup_figures(
         timed = d[(d["timer"] != "none") & np.isfinite(d["measured_speedup"].astype(float))]
         timers = sorted(timed["timer"].unique())
         oracle = d[d["method"] == "oracle"]  # a ceiling in every figure of the task (no measured speedup)
-        for timer in timers:
-            t = pd.concat([_smallest_batch(timed[timed["timer"] == timer]), oracle], ignore_index=True)
-            stem = f"speedup_measured_{task}" + (f"_{timer}" if len(timers) > 1 else "")
-            where = f"{timer}, {devices.get(timer, 'unknown device')}, batch {t['batch_size'].iloc[0]}"
+        for timer, engine, suffix in _timed_groups(timed):
+            mine = timed[(timed["timer"] == timer) & (timed["engine"] == engine)]
+            t = pd.concat([_smallest_batch(mine), oracle], ignore_index=True)
+            stem = f"speedup_measured_{task}{suffix}"
+            device = devices.get(timer, "unknown device")
+            where = f"{timer}, {device}, {engine} engine, batch {t['batch_size'].iloc[0]}"
             title = f"{profile}: {task} test, measured speedup ({where})"
             draw = partial(_speedup, curves=t, x="measured_speedup", metric=metric, title=title)
             out[stem] = save_figure(folder, stem, draw)[0]

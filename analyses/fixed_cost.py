@@ -4,6 +4,8 @@ Every decode first runs the vision tower, Q-Former and projection (the prefix); 
 and the layer-count estimate does not count them. Live sweeps time the prefix alone beside the full
 model (`records.SWEEP_SAMPLES.prefix_ms`), so the loss splits into the prefix's share of the full
 model's time, and what remains within the language model (Python and launch overhead, exit checks).
+Points are kept apart per decode engine (`engine`, where the table has it): the eager and CUDA-graph
+engines time the same threshold against their own full model, so their shares are two rows.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ def compute_fixed_share(samples: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in NEEDED if c not in samples.columns]
     if missing:
         raise ValueError(f"samples table lacks columns {missing}")
-    keys = KEYS + [k for k in ("sweep", "seed") if k in samples.columns]  # sweeps differing in no key column
+    # the engine; then the sweep and seed, for sweeps that differ in no key column
+    keys = KEYS + [k for k in ("engine", "sweep", "seed") if k in samples.columns]
     timed = samples.dropna(subset=["latency_ms", "full_latency_ms", "prefix_ms"])
     if timed.empty:
         return pd.DataFrame(columns=keys + ["prefix_share", "measured_speedup", "expected_speedup",

@@ -6,6 +6,11 @@ so the report can say "missing" instead of inventing a value. Sweep folder names
 only the tables' own columns do (timer == "none" is a simulated sweep). Each sweep gets a `seed` column
 (its manifest's "seed", default 0) and a `sweep` column (its folder name), and `compact` from its spec,
 so that two sweeps differing only in a setting the table has no column for can be told apart.
+
+Every sweep and samples frame also gets `engine` (the decode engine of live points: eager or graphs;
+"none" for simulated ones), because a measured speedup is only meaningful against the full model timed
+through the same engine. Tables written before the column existed get it from the manifest's spec, else
+"eager" (the only engine there was) for live rows.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ EXIT_RUN = re.compile(r"^(?P<method>[a-z0-9_]+)-(?P<regime>[a-z0-9_]+?)(?:-s(?P<
 PER_EXIT = re.compile(r"^per_exit_(?P<split>val|test|test_novel)\.parquet$")
 CAPTION_SCORES = re.compile(r"^per_exit_caption_scores_(?P<split>val|test|test_novel)\.parquet$")
 SAMPLE_KEYS = ["method", "regime", "kv_policy", "batch_size", "task", "split", "perturbation", "threshold"]
+LEGACY_ENGINE = "eager"  # the engine of live rows written before sweeps recorded one
 
 
 @dataclass
@@ -88,6 +94,15 @@ def _exit_run(run: Path, res: Results) -> None:
     res.exit_runs = pd.concat([res.exit_runs, pd.DataFrame([row])], ignore_index=True)
 
 
+def with_engine(df: pd.DataFrame, spec_engine: object = None) -> pd.DataFrame:
+    """`df` with an `engine` on every row: simulated rows (timer "none") are "none"; a live row keeps its
+    own engine, else takes the spec's, else `LEGACY_ENGINE`."""
+    live_default = str(spec_engine) if spec_engine else LEGACY_ENGINE
+    own = df["engine"] if "engine" in df.columns else pd.Series(pd.NA, index=df.index, dtype=object)
+    own = own.astype(object).where(own.notna() & (own.astype(str) != ""), live_default)
+    return df.assign(engine=own.where(df["timer"] != "none", "none").astype(str))
+
+
 def _sweep(folder: Path, res: Results) -> None:
     meta = read_json(folder / "manifest.json") or {}
     spec = meta.get("spec") or {}
@@ -97,7 +112,7 @@ def _sweep(folder: Path, res: Results) -> None:
         "compact": str(spec["compact"]).lower() if "compact" in spec else "n/a",
         "exits_at": str(spec.get("exits_at") or ""),  # the exits consulted (analyses.projection)
     }
-    sweep = pd.read_parquet(folder / "sweep.parquet").assign(**tags)
+    sweep = with_engine(pd.read_parquet(folder / "sweep.parquet").assign(**tags), spec.get("engine"))
     res.sweep = pd.concat([res.sweep, sweep], ignore_index=True)
     path = folder / "samples.parquet"
     if not path.is_file():
@@ -105,11 +120,25 @@ def _sweep(folder: Path, res: Results) -> None:
     samples = pd.read_parquet(path)
     if samples.empty:
         return
-    # the samples table has no timer: take it from the sweep rows of the same point
-    timers = sweep[SAMPLE_KEYS + ["timer"]].drop_duplicates(SAMPLE_KEYS)
-    samples = samples.assign(threshold=samples["threshold"].astype(float)).merge(
-        timers.assign(threshold=timers["threshold"].astype(float)), on=SAMPLE_KEYS, how="left"
+    # the samples table has no timer (nor, before it, an engine): take them from the sweep rows of the
+    # same point; where the samples name an engine, only from that engine's rows
+    points = sweep[SAMPLE_KEYS + ["timer", "engine"]].drop_duplicates()
+    as_float = {"threshold": lambda d: d["threshold"].astype(float)}
+    merged = samples.assign(**as_float).merge(
+        points.assign(**as_float), on=SAMPLE_KEYS, how="left", suffixes=("_own", "")
     )
+    if "engine_own" in merged.columns:
+        own = merged.pop("engine_own")
+        named = own.notna() & (own.astype(str) != "")
+        merged = merged[~named | merged["engine"].isna() | (own.astype(str) == merged["engine"])]
+        merged["engine"] = merged["engine"].fillna(own[merged.index])
+    if len(merged) != len(samples):
+        res.notes.append(
+            f"sweeps/{folder.name}/samples.parquet: not used, its sweep has several engines at one point "
+            "and the samples do not say which"
+        )
+        return
+    samples = merged.reset_index(drop=True)
     res.samples = pd.concat([res.samples, samples.assign(**tags)], ignore_index=True)
 
 

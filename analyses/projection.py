@@ -15,7 +15,8 @@ leaves at layer e runs e L / D layers on the projected model and pays one check 
 or below e; FREE's and distillation's exits add their generator layer to each check (one more c).
 Projected speedup = sum over tokens of (F + L c) / sum of (F + e L / D c + n (k + g c)).
 The prefix (vision tower, Q-Former) is left out: it is not measured at BLIP-2 scale and would lower
-every projected speedup.
+every projected speedup. A point's `engine` (eager or graphs) is kept beside its measured speedup,
+which is against the full model through that engine: two engines at one threshold are two rows.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def compute_projection(points: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFram
             )
             full = tokens * (c["ms_fixed_per_token"] + c["num_layers"] * c["ms_per_skipped_layer"])
             early = tokens * c["ms_fixed_per_token"] + layers * c["ms_per_skipped_layer"] + checks * check
-            row = {k: p[k] for k in ("method", "regime", "kv_policy", "threshold") if k in p}
+            row = {k: p[k] for k in ("method", "regime", "kv_policy", "engine", "threshold") if k in p}
             row |= {k: p[k] for k in ("measured_speedup", "expected_speedup") if k in p}
             out.append({**row, "model": c["model"], "mean_exit_layer": layers / tokens,
                         "checks_per_token": checks / tokens, "ms_per_skipped_layer": c["ms_per_skipped_layer"],

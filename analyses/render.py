@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from analyses.built import MAX_DROP, Built, clean_test
-from analyses.claims import _ci
+from analyses.fmt import ci as _ci
 
 
 def _fmt(v: object) -> str:
@@ -88,10 +88,18 @@ def _speedup_md(b: Built) -> list[str]:
         "included. Clean test split; all splits are in tables/.",
         "",
     ]
+    engines = _live_engines(b)
+    if len(engines) > 1:
+        out += [
+            f"Live points were decoded by {len(engines)} engines ({', '.join(engines)}; `engine` column). "
+            "Each measured speedup is against the full model timed through the same engine in the same "
+            "run, so every engine has its own curves, figures and table rows; they are never pooled.",
+            "",
+        ]
     for name in sorted(n for n in b.figures if n.startswith("speedup_")):
         out += _figure(b, name, name.replace("_", " "))
-    cols = ["method", "regime", "kv_policy", "batch_size", "task", "metric", "timer", "threshold", "value"]
-    cols += ["full_value", "drop", "meets_drop"]
+    cols = ["method", "regime", "kv_policy", "batch_size", "task", "metric", "timer", "engine", "threshold"]
+    cols += ["value", "full_value", "drop", "meets_drop"]
     for name, title, ci in (
         (
             "speedup_best_measured",
@@ -106,7 +114,9 @@ def _speedup_md(b: Built) -> list[str]:
         d = clean_test(b.tables[name])
         extra = [c for c in ("compact", "sweep") if c in d.columns and d[c].nunique() > 1]
         d = _with_ci(d, {c: (c.replace("_", " "), "x") for c in ci})
-        show = cols + extra + [c.replace("_", " ") for c in ci]
+        live = "engine" in d.columns and (d["engine"] != "none").any()  # simulated rows: engine "none"
+        keep = [c for c in cols if c in d.columns and (c != "engine" or live)]
+        show = keep + extra + [c.replace("_", " ") for c in ci]
         if "measured_over_expected" in d.columns:
             d, show = (
                 d.rename(columns={"measured_over_expected": "measured/expected"}),
@@ -116,7 +126,7 @@ def _speedup_md(b: Built) -> list[str]:
     if "speedup_fixed_share" in b.tables:
         d = b.tables["speedup_fixed_share"]
         d = d[(d["split"] == "test") & (d["perturbation"] == "none")]
-        cols = ["method", "regime", "kv_policy", "batch_size", "task", "threshold", "sweep", "prefix_share",
+        cols = ["method", "regime", "kv_policy", "batch_size", "task", "engine", "threshold", "sweep", "prefix_share",
                 "measured_speedup", "expected_speedup", "lm_measured_speedup", "expected_with_prefix"]  # fmt: skip
         out += [
             "Where measured speedup loses to expected: the prefix (vision tower, Q-Former, projection) runs "
@@ -132,12 +142,20 @@ def _speedup_md(b: Built) -> list[str]:
             d = b.tables[name]
             keep = [
                 c
-                for c in ("method", "regime", "kv_policy", "batch_size", "task", "metric", "timer")
+                for c in ("method", "regime", "kv_policy", "batch_size", "task", "metric", "timer", "engine")
                 if c in d
             ]
             out += [f"Mean quality over the {x}-speedup range shared by the methods (AUC / width):", ""]
             out += [md_table(d[keep + ["x_lo", "x_hi", "auc", "n_frontier"]]), ""]
     return out + _projection_md(b)
+
+
+def _live_engines(b: Built) -> list[str]:
+    """The decode engines of the live points (engine "none" is the simulated sweeps')."""
+    curves = b.tables.get("speedup_curves")
+    if curves is None or "engine" not in curves.columns:
+        return []
+    return sorted(str(g) for g in curves.loc[curves["timer"] != "none", "engine"].dropna().unique())
 
 
 def _projection_md(b: Built) -> list[str]:

@@ -33,7 +33,7 @@ from analyses.midcrisis import compute_dip, compute_dip_ci, compute_layer_curves
 from analyses.overthinking import compute_overthinking, compute_overthinking_by_layer
 from analyses.projection import compute_projection, costs_from_bench, projection_points
 from analyses.render import md_table, render_report
-from analyses.robustness import CAL, calibrate, compute_robustness, compute_robustness_ci
+from analyses.report_robustness import robustness_part
 from analyses.speedup import KEYS, best_at_drop, collapse_points, compute_auc, compute_curves
 
 __all__ = [
@@ -60,8 +60,9 @@ OUTPUT_EXTS = (".csv", ".png", ".pdf")
 
 
 def extra_keys_for(sweep: pd.DataFrame) -> list[str]:
-    """`timer` always; then `compact`, then the sweep folder, added only while points would collide."""
-    keys = ["timer"]
+    """`timer` and `engine` (where the sweep has it; speedups of two engines are never one curve) always;
+    then `compact`, then the sweep folder, added only while points would collide."""
+    keys = ["timer"] + (["engine"] if "engine" in sweep.columns else [])
     for extra in ("compact", "sweep"):
         try:
             collapse_points(sweep, keys)
@@ -148,7 +149,8 @@ def _oracle_rows(b: Built) -> pd.DataFrame:
     over = compute_overthinking(label_seeds(pe), n_boot=max(1, min(b.n_boot, 200)), seed=b.seed)
     return pd.DataFrame({"method": "oracle", "regime": over["method"] + "-" + over["regime"],
                          "kv_policy": "propagate", "batch_size": 1, "task": "vqa", "split": "test",
-                         "perturbation": "none", "metric": "vqa_accuracy", "timer": "none", "threshold": float("nan"),
+                         "perturbation": "none", "metric": "vqa_accuracy", "timer": "none", "engine": "none",
+                         "threshold": float("nan"),
                          "value": over["oracle_accuracy"], "expected_speedup": over["oracle_expected_speedup"],
                          "measured_speedup": float("nan"), "mean_exit_layer": over["oracle_mean_exit_layer"]})  # fmt: skip
 
@@ -218,55 +220,6 @@ def _midcrisis(b: Built, pe: pd.DataFrame) -> None:
     b.figures["midcrisis_layers"] = figures.midcrisis_figure(curves, b.res.root / "figures", b.res.profile)
 
 
-def _robustness(b: Built) -> None:
-    """Shifted inputs at each method's operating point. The sweeps holding shifted rows (reproduce's
-    `robustness` sweep: one threshold per method, clean test beside the shifts at the same rows and
-    batch) name the operating point themselves; otherwise it is calibrated on clean val."""
-    sweep = b.res.sweep
-    if sweep is None:
-        b.missing["robustness"] = "no sweeps in this results folder"
-        return
-    shifted = (sweep["perturbation"] != "none") | (sweep["split"] == "test_novel")
-    if not shifted.any():
-        b.missing["robustness"] = "no perturbed or test_novel sweeps in this results folder"
-        return
-    rows = sweep[sweep["sweep"].isin(sweep.loc[shifted, "sweep"].unique())]
-    points = rows[rows["method"] != "full"]
-    if points.groupby(CAL)["threshold"].nunique().max() == 1:
-        operating = points.groupby(CAL, as_index=False)["threshold"].first()
-    else:  # shifted sweeps over a grid: one kind of sweep (simulated where there are any), one batch size
-        rows = sweep[sweep["timer"] == "none"] if (sweep.loc[shifted, "timer"] == "none").any() else sweep
-        rows = rows[rows["batch_size"] == rows["batch_size"].min()]
-        if not ((rows["split"] == "val") & (rows["perturbation"] == "none")).any():
-            b.missing["robustness"] = "no clean val sweep to calibrate the operating point on"
-            return
-        operating = calibrate(rows, MAX_DROP)
-    robust = compute_robustness(rows, operating)
-    b.tables["robustness_operating"], b.tables["robustness"] = operating, robust
-    _robustness_ci(b, rows, operating)
-    metric = "vqa_accuracy" if (robust["metric"] == "vqa_accuracy").any() else robust["metric"].iloc[0]
-    fig = figures.robustness_figure(robust, b.res.root / "figures", b.res.profile, metric)
-    if fig is not None:
-        b.figures["robustness_heatmap"] = fig
-
-
-def _robustness_ci(b: Built, rows: pd.DataFrame, operating: pd.DataFrame) -> None:
-    """Bootstrap CIs of the drop under shift from the per-sample tables of the sweeps (and batch sizes)
-    that `rows` holds; without them the robustness claim gets no verdict, only mean drops."""
-    samples = b.res.samples
-    if samples is not None:
-        samples = samples.merge(rows[["sweep", "batch_size"]].drop_duplicates(), on=["sweep", "batch_size"])
-    if samples is None or samples.empty:
-        b.missing["robustness_drop_ci"] = "no per-sample table (samples.parquet) for the robustness sweeps"
-        return
-    try:
-        b.tables["robustness_drop_ci"] = compute_robustness_ci(
-            samples, operating, n_boot=b.n_boot, seed=b.seed
-        )
-    except ValueError as err:
-        b.missing["robustness_drop_ci"] = f"not computed: {err}"
-
-
 def _backbone_tables(b: Built) -> None:
     q = b.res.quality or {}
     if by_type := q.get("vqa_accuracy_by_type"):
@@ -296,7 +249,7 @@ def build_report(results: Path, *, n_boot: int = 1000, seed: int = 0) -> Path:
     _per_exit_parts(b)
     if res.exit_runs is not None:
         b.tables["exits_training"] = res.exit_runs
-    b.attempt("robustness", _robustness)
+    b.attempt("robustness", robustness_part)
     b.claims = build_claims(b.tables, b.missing)
     b.tables["claims"] = pd.DataFrame(b.claims, columns=["claim", "verdict", "evidence"])
     written = {write_csv(res.root / "tables" / f"{name}.csv", df) for name, df in b.tables.items()}

@@ -7,6 +7,10 @@ Perturbations are written "NAME:SEVERITY" (e.g. "gaussian_noise:3") or "none" fo
 
 `compute_robustness` works on the sweep tables (means only); `compute_robustness_ci` works on the
 per-sample tables and gives the drop under shift, and each baseline's drop minus FREE's, bootstrap CIs.
+
+Where the rows hold live points of several decode engines (`engine`: eager, graphs), `calibrate` and
+`compute_robustness` keep them apart (one operating point per engine), since a measured speedup is only
+comparable within its engine; `compute_robustness_ci` refuses them, so pass one engine's rows.
 """
 
 from __future__ import annotations
@@ -27,6 +31,14 @@ SWEEP = CAL + ["kv_policy", "batch_size", "split", "perturbation", "threshold"] 
 UNIT = ["method", "regime", "task"]  # one row of compute_robustness_ci (before the FREE comparisons)
 SAMPLES = UNIT + ["threshold", "split", "perturbation", "sample_id", "value"]
 NOT_BASELINES = ("free", "full", "oracle")  # FREE itself and the references
+
+
+def engine_keys(df: pd.DataFrame) -> list[str]:
+    """["engine"] when `df` holds live points of several engines (simulated rows, engine "none", pool with
+    one live engine as they always did), else []."""
+    if "engine" not in df.columns:
+        return []
+    return ["engine"] if df.loc[df["engine"] != "none", "engine"].nunique() > 1 else []
 
 
 def parse_perturbation(perturbation: str) -> tuple[str, int]:
@@ -51,16 +63,16 @@ def calibrate(sweep: pd.DataFrame, max_drop: float = 0.01, x: str = "expected_sp
         raise ValueError(
             "sweep has no clean val rows (split == 'val', perturbation == 'none') to calibrate on"
         )
-    points = clean.groupby(CAL + ["threshold"], as_index=False, sort=True)[MEASURES].mean()
+    cal = CAL + engine_keys(clean)
+    points = clean.groupby(cal + ["threshold"], as_index=False, sort=True)[MEASURES].mean()
     full = points[points["method"] == "full"]
-    cand = lookup(
-        points[~points["method"].isin(["full", "oracle"])], full, ["task", "metric"], [], "full_value"
-    )
+    on = ["task", "metric"]
+    cand = lookup(points[~points["method"].isin(["full", "oracle"])], full, on, cal[len(CAL) :], "full_value")
     missing = cand.loc[cand["full_value"].isna(), ["task", "metric"]].drop_duplicates()
     if len(missing):
         raise ValueError(f"no full-model clean val row for (task, metric) {missing.values.tolist()}")
-    best = pick_at_drop(cand, CAL, x, max_drop)
-    return best[CAL + ["threshold", "value", "full_value", "drop", "meets_drop"] + MEASURES[1:]]
+    best = pick_at_drop(cand, cal, x, max_drop)
+    return best[cal + ["threshold", "value", "full_value", "drop", "meets_drop"] + MEASURES[1:]]
 
 
 def compute_robustness(
@@ -74,28 +86,29 @@ def compute_robustness(
     require(sweep, SWEEP, "sweep")
     require(operating, CAL + ["threshold"], "operating")
     rows = sweep[~sweep["split"].isin(list(exclude_splits))]
-    at = rows.merge(operating[CAL + ["threshold"]].rename(columns={"threshold": "_op"}), on=CAL)
+    eng = engine_keys(rows)
+    on = CAL + [k for k in eng if k in operating.columns]  # one operating point per engine, or shared
+    at = rows.merge(operating[on + ["threshold"]].rename(columns={"threshold": "_op"}), on=on)
     at = at[np.isclose(at["threshold"].astype(float), at["_op"].astype(float), rtol=0.0, atol=tol)]
     if at.empty:
         raise ValueError("sweep has no rows at the operating thresholds (outside the excluded splits)")
-    keys = CAL + ["kv_policy", "batch_size", "split", "perturbation"]
+    keys = CAL + eng + ["kv_policy", "batch_size", "split", "perturbation"]
     out = at.groupby(keys, as_index=False, sort=True).agg(
         threshold=("_op", "first"), **{m: (m, "mean") for m in MEASURES}
     )
     clean = out[(out["split"] == "test") & (out["perturbation"] == "none")]
-    out = lookup(out, clean, CAL, ["kv_policy", "batch_size"], "clean_value")
+    out = lookup(out, clean, CAL + eng, ["kv_policy", "batch_size"], "clean_value")
     full = rows[rows["method"] == "full"]
-    out = lookup(
-        out, full, ["task", "metric", "split", "perturbation"], ["batch_size", "kv_policy"], "full_value"
-    )
+    setting = ["task", "metric", "split", "perturbation"] + eng
+    out = lookup(out, full, setting, ["batch_size", "kv_policy"], "full_value")
     out["drop_vs_clean"] = out["clean_value"] - out["value"]
     out["drop_vs_full"] = out["full_value"] - out["value"]
     parsed = [parse_perturbation(p) for p in out["perturbation"]]
     out["perturbation"] = [p[0] for p in parsed]
     out["severity"] = np.array([p[1] for p in parsed], dtype=int)
-    cols = CAL + ["split", "perturbation", "severity", "kv_policy", "batch_size", "threshold", "value"]
+    cols = CAL + eng + ["split", "perturbation", "severity", "kv_policy", "batch_size", "threshold", "value"]
     cols += ["clean_value", "drop_vs_clean", "full_value", "drop_vs_full"] + MEASURES[1:]
-    return out[cols].sort_values(CAL + ["split", "perturbation", "severity"]).reset_index(drop=True)
+    return out[cols].sort_values(CAL + eng + ["split", "perturbation", "severity"]).reset_index(drop=True)
 
 
 def _wide(rows: pd.DataFrame, units: list[tuple[str, str]], ids: pd.Index, col: str) -> np.ndarray:
@@ -141,6 +154,9 @@ def compute_robustness_ci(
         raise ValueError(f"level must be in (0, 1), got {level}")
     require(samples, SAMPLES, "samples")
     require(operating, CAL + ["threshold"], "operating")
+    if engine_keys(samples):
+        engines = sorted(set(samples["engine"]) - {"none"})
+        raise ValueError(f"samples hold live points of several engines {engines}; pass one engine's rows")
     op = operating[UNIT + ["threshold"]].drop_duplicates()
     several = op.loc[op.duplicated(UNIT, keep=False), UNIT].drop_duplicates()
     if len(several):

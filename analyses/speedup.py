@@ -6,8 +6,10 @@ static exits and the oracle are reference points, not curves: they are plotted a
 and left out of the AUC. Measured speedup is wall-clock (NaN for simulated sweeps); expected speedup
 is the layer-count estimate including the exits' own cost.
 
-`extra_keys` names columns that tell otherwise identical points apart; by default `timer`, so a
-simulated point (timer "none") and a live one at the same threshold stay two points. Add e.g. a
+`extra_keys` names columns that tell otherwise identical points apart; by default `timer` and `engine`
+(where the table has them), so a simulated point (timer "none") and a live one at the same threshold
+stay two points, and so do the eager and CUDA-graph engines' points: each measured speedup is against
+the full model timed through its own engine, so one curve through both would mean nothing. Add e.g. a
 sweep-name column when two sweeps differ in a setting the table has no column for (compaction).
 """
 
@@ -31,7 +33,7 @@ X_LABELS = {
     "measured_speedup": "measured speedup (wall-clock)",
     "expected_speedup": "expected speedup (layer count)",
 }
-EXTRA_KEYS = ("timer",)
+EXTRA_KEYS = ("timer", "engine")
 
 
 def check_x(x: str) -> None:
@@ -231,7 +233,7 @@ def plot_speedup(
         if d.empty:
             raise ValueError(f"no {metric!r} rows for task {task!r}")
     lines = d[~d["method"].isin(REFERENCE) & np.isfinite(d[x].astype(float))]
-    vary = [k for k in KEYS[1:] if lines[k].nunique() > 1]
+    vary = [k for k in [*KEYS[1:], "engine"] if k in lines.columns and lines[k].nunique() > 1]
     for key, g in lines.groupby(["method"] + vary, sort=True):
         g = g.sort_values(x)
         (line,) = ax.plot(g[x], g["value"], marker="o", ms=3, label=" ".join(map(str, key)))

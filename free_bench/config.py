@@ -112,6 +112,7 @@ class ReproduceConfig:
     live_rows: int = 200  # VQA rows decoded live per threshold (test split)
     live_points: int = 3  # thresholds decoded live per method: the val operating point and neighbours
     live_runs: tuple[str, ...] | None = None  # runs decoded live (None: every run); static always is
+    live_engines: tuple[str, ...] = ("eager",)  # batch-1 live sweeps per engine (graphs: CUDA, OPT only)
     batch_sizes: tuple[int, ...] = (8, 32)  # FREE also decoded live at these, with and without compaction
     robustness_runs: tuple[str, ...] = ("free:semi", "deebert:semi", "pabee:semi", "distill:semi")
     robustness_rows: int = 64  # rows per perturbation x severity, decoded live at the operating point
@@ -264,6 +265,7 @@ PROFILES: dict[str, Profile] = {
             live_rows=100,
             live_points=2,
             live_runs=("free:semi", "deebert:semi", "pabee:semi", "distill:semi"),
+            live_engines=("eager", "graphs"),
             robustness_rows=64,
             robustness_batch_size=64,
         ),  # fmt: skip

@@ -90,6 +90,9 @@ SWEEP = Schema(
         Column("exit_layer_hist", "string", "JSON {layer: token count}"),
         Column("timer", "string", "cuda_event or cpu_wall; none for simulated (untimed) points"),
         Column("device", "string", "GPU or CPU name"),
+        Column(
+            "engine", "string", "decode engine of live points: eager or graphs; none for simulated points"
+        ),
     ),
 )
 

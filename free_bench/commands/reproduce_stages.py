@@ -225,9 +225,14 @@ def _sweeps(ctx: Context) -> dict:
         _sweep(ctx, f"sim-static-{split}", "static", first[2], split, "simulated", grid, seed=cfg.seeds[0])
     ops = operating_points(ctx, cfg)
     exits_of = {n: e for n, _, e, s in runs if s == cfg.seeds[0]} | {"static": first[2]}
-    for name, (_, live) in ops.items():
-        method = name.split("-")[0]
-        _sweep(ctx, f"live-{name}-b1", method, exits_of[name], "test", "live", live, max_rows=cfg.live_rows)
+    import torch
+
+    engines = [e for e in cfg.live_engines if e == "eager" or torch.cuda.is_available()]
+    for engine in engines:  # the graphs engine captures CUDA graphs: on CUDA only (skipped: recorded)
+        for name, (_, live) in ops.items():
+            method, tag = name.split("-")[0], "" if engine == "eager" else f"-{engine}"
+            _sweep(ctx, f"live-{name}-b1{tag}", method, exits_of[name], "test", "live", live,
+                   max_rows=cfg.live_rows, engine=engine)  # fmt: skip
     free_op = ops[first[0]][0]
     _sweep(ctx, f"live-{first[0]}-b1-deferred", "free", first[2], "test", "live", [free_op],
            kv_policy="deferred", max_rows=cfg.live_rows)  # fmt: skip
@@ -237,7 +242,9 @@ def _sweeps(ctx: Context) -> dict:
             tag = "compact" if compact else "no-compact"
             _sweep(ctx, f"live-{first[0]}-b{b}-{tag}", "free", first[2], "test", "live", [free_op],
                    batch_size=b, compact=compact, max_rows=rows)  # fmt: skip
-    return {"operating_points": {n: {"threshold": t, "live": live} for n, (t, live) in ops.items()}}
+    return {"operating_points": {n: {"threshold": t, "live": live} for n, (t, live) in ops.items()},
+            "live_engines": engines,
+            "engines_skipped": {e: "needs CUDA" for e in cfg.live_engines if e not in engines}}  # fmt: skip
 
 
 @stage("robustness")

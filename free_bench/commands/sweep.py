@@ -25,6 +25,10 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-rows", type=int, default=None, help="first N rows (captions: images)")
     p.add_argument("--warmup", type=int, default=3, help="live: untimed batches first (default 3)")
     p.add_argument("--repeats", type=int, default=1, help="live: timed repeats per batch, median kept")
+    p.add_argument(
+        "--engine", default="eager",
+        help="live: eager (Python layer loop) or graphs (CUDA graphs per segment; batch 1, OPT, CUDA)",
+    )  # fmt: skip
     p.add_argument("--no-compact", action="store_true", help="live: exited rows ride along (no compaction)")
     p.add_argument(
         "--exits-at", default=None, help="consult only these trained exits, e.g. 4,8,12 (default all)"
@@ -40,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         method=args.method, exits=str(args.exits), split=args.split, mode=args.mode,
         thresholds=tuple(args.thresholds), kv_policy=args.kv_policy, batch_size=args.batch_size,
         perturb=args.perturb, tasks=tuple(args.tasks), max_rows=args.max_rows, warmup=args.warmup,
-        repeats=args.repeats, exits_at=args.exits_at, compact=not args.no_compact,
+        repeats=args.repeats, exits_at=args.exits_at, compact=not args.no_compact, engine=args.engine,
     )  # fmt: skip
     df = run_sweep(spec, args.out, device=args.device)
     cols = ["method", "threshold", "task", "metric", "value", "expected_speedup", "measured_speedup",

@@ -14,11 +14,14 @@ import torch
 from free_bench.backbone import runner
 from free_bench.backbone.base import Backbone
 from free_bench.engine.cost import cost_model
-from free_bench.engine.decode_exits import decode_with_exits
+from free_bench.engine.decode_exits import check_pairing, decode_with_exits
+from free_bench.engine.graphs import GraphDecoder
 from free_bench.errors import FreeBenchError, check_choice
+from free_bench.methods import rules
 from free_bench.methods.base import ExitMethod
 
 KV_POLICIES = ("propagate", "deferred", "full")
+ENGINES = ("eager", "graphs")
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,16 +69,20 @@ def generate(
     threshold: float | None = None,
     kv_policy: str = "propagate",
     compact: bool = True,
+    engine: str = "eager",
 ) -> GenerateResult:
     """Greedy decoding; with `exits=None` every token runs all `backbone.num_layers` layers.
 
     With `exits` (an `ExitMethod`), each token leaves at the exit its rule picks under `threshold`
     (max prob, entropy, patience, static layer or cosine) and the layers above it do not run for it;
     `kv_policy` says what fills their KV entries. `compact=False` keeps exited rows of a batch
-    running, discarded, until the slowest row is done (to measure what compaction saves)."""
+    running, discarded, until the slowest row is done (to measure what compaction saves).
+    `engine="graphs"` replays CUDA graphs per segment between exits (`engine.graphs`: batch 1, OPT,
+    propagate or full policy); the eager engine runs the same layers from Python."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise FreeBenchError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     check_choice("kv_policy", kv_policy, KV_POLICIES)
+    check_choice("engine", engine, ENGINES)
     eos_ids, pad_id = special_tokens(backbone)
     if exits is None and threshold is not None:
         raise FreeBenchError("threshold needs exits: pass the exit method loaded with free_bench.load_exits")
@@ -88,6 +95,18 @@ def generate(
             threshold = exits.options.get("patience") if exits.rule == "patience" else None
         if threshold is None:
             raise FreeBenchError(f"{exits.name} exits need a threshold for their {exits.rule} rule")
+        if engine == "graphs":
+            check_pairing(backbone, exits)
+            threshold = rules.check_threshold(exits.rule, threshold, exits.layers)
+    if engine == "graphs":
+        decoder = graph_decoder(backbone, exits, kv_policy, threshold, input_ids, max_new_tokens)
+        fields = decoder.decode(
+            pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens, threshold=threshold,
+            eos_ids=eos_ids, pad_id=pad_id,
+        )  # fmt: skip
+        return GenerateResult(text=_decode_text(backbone, fields["tokens"]), **fields)
+    if exits is not None:
+        assert threshold is not None
         fields = decode_with_exits(
             backbone, exits, pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
             max_new_tokens=max_new_tokens, threshold=threshold, kv_policy=kv_policy, compact=compact,
@@ -131,6 +150,39 @@ def generate(
     tokens, exit_layers, confidences = tokens[:, :steps], exit_layers[:, :steps], confidences[:, :steps]
     full = float((exit_layers > 0).sum().item()) * cost_model(backbone).full
     return GenerateResult(tokens, exit_layers, _decode_text(backbone, tokens), full, full, confidences)
+
+
+def graph_decoder(
+    backbone: Backbone,
+    exits: ExitMethod | None,
+    kv_policy: str,
+    threshold: float | None,
+    input_ids: torch.Tensor | None,
+    max_new_tokens: int,
+) -> GraphDecoder:
+    """The captured decoder for this method, policy and KV capacity, built once and kept on the
+    method (or the backbone for the full model): capturing costs far more than a decode."""
+    if backbone.device.type != "cuda":
+        raise FreeBenchError(
+            f"engine 'graphs' captures CUDA graphs and needs a CUDA device; the backbone is on "
+            f"{backbone.device} (use engine 'eager')"
+        )
+    if exits is None:
+        kv_policy = "full"  # no exits, nothing skipped: every policy is the full model
+    prompt = input_ids.shape[1] if input_ids is not None else backbone.model.config.num_query_tokens + 1
+    limit = backbone.lm_config.max_position_embeddings
+    capacity = min(128 * -(-(prompt + max_new_tokens) // 128), limit)
+    static = (
+        int(threshold) if exits is not None and exits.rule == "static" and threshold is not None else None
+    )
+    owner = exits if exits is not None else backbone
+    decoders = owner.__dict__.setdefault("_graph_decoders", {})
+    key = (kv_policy, capacity, static)
+    if key not in decoders:
+        decoders[key] = GraphDecoder(
+            backbone, exits, kv_policy=kv_policy, capacity=capacity, static_layer=static
+        )
+    return decoders[key]
 
 
 def _decode_text(backbone: Backbone, tokens: torch.Tensor) -> list[str] | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import datasets
@@ -22,6 +22,8 @@ from tqdm.auto import tqdm
 
 from free_bench.engine import sweep_eval as S
 from free_bench.engine.cost import cost_model
+from free_bench.engine.generate import ENGINES
+from free_bench.engine.graphs import GRAPH_POLICIES
 from free_bench.engine.kv_policies import POLICIES
 from free_bench.engine.sweep_captions import CAPTIONS, gather_captions, save_texts
 from free_bench.errors import FreeBenchError, check_choice
@@ -50,6 +52,7 @@ class SweepSpec:
     repeats: int = 1
     compact: bool = True  # False: exited rows ride along until the batch's slowest row is done
     exits_at: str | None = None  # consult only these trained exits (a sparse subset of a dense placement)
+    engine: str = "eager"  # live decoding: the eager layer loop, or CUDA graphs per segment (engine.graphs)
 
     def check(self) -> None:
         check_choice("mode", self.mode, MODES)
@@ -65,6 +68,13 @@ class SweepSpec:
             raise FreeBenchError("--no-compact is for live decoding under the propagate or full policy")
         if not self.thresholds:
             raise FreeBenchError("give at least one threshold")
+        check_choice("engine", self.engine, ENGINES)
+        if self.engine == "graphs" and (self.mode != "live" or self.batch_size != 1):
+            raise FreeBenchError("--engine graphs decodes live at batch 1 (--mode live --batch-size 1)")
+        if self.engine == "graphs" and self.kv_policy not in GRAPH_POLICIES:
+            raise FreeBenchError(
+                f"--engine graphs runs the kv policies {list(GRAPH_POLICIES)}, not {self.kv_policy!r}"
+            )
         if self.perturb is not None:
             from free_bench.data.perturb import parse_spec
 
@@ -161,6 +171,12 @@ def gather_samples(out: Path) -> pd.DataFrame:
     return SWEEP_SAMPLES.validate(pd.concat(frames, ignore_index=True))[SWEEP_SAMPLES.names]
 
 
+def _saved_spec(path: Path) -> dict:
+    """A folder's spec, with fields added since it was written at their defaults (resumable)."""
+    defaults = {f.name: f.default for f in fields(SweepSpec) if f.default is not MISSING}
+    return {**json.loads(json.dumps(defaults)), **json.loads(path.read_text())}
+
+
 def run_sweep(
     spec: SweepSpec,
     out: Path,
@@ -172,7 +188,7 @@ def run_sweep(
     caller runs many sweeps of one method (reproduce's robustness grid) and loads it once."""
     spec.check()
     saved = out / "sweep_spec.json"
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(asdict(spec))):
+    if saved.exists() and _saved_spec(saved) != json.loads(json.dumps(asdict(spec))):
         raise FreeBenchError(f"{out} holds another sweep ({saved}); choose a new --out or delete it")
     if _finished(spec, out):  # a resumed caller (reproduce) neither reloads the exits nor re-records
         return SWEEP.validate(pd.read_parquet(out / "sweep.parquet"))
@@ -180,12 +196,21 @@ def run_sweep(
     method, regime = loaded if loaded is not None else load_method(spec, device)
     for t in spec.thresholds:  # all validated before any work
         rules.check_threshold(method.rule, t, method.layers)
+    if spec.engine == "graphs":
+        from free_bench.backbone.runner_static import StaticMasks
+
+        StaticMasks(method.backbone, 1)  # an OPT backbone, else a clear error before anything is written
+        if method.backbone.device.type != "cuda":
+            raise FreeBenchError(
+                f"--engine graphs captures CUDA graphs; the sweep runs on {method.backbone.device}"
+            )
     ds = load_split(method, spec)
     wall.update(load=time.perf_counter() - wall["load"], rows=0.0, points=0.0)
     write_json(asdict(spec), saved)
     bb, cost = method.backbone, cost_model(method.backbone, method)
     base = {"regime": regime, "kv_policy": spec.kv_policy, "batch_size": spec.batch_size, "split": spec.split,
-            "perturbation": spec.perturb or "none", "device": device_name()}  # fmt: skip
+            "perturbation": spec.perturb or "none", "device": device_name(),
+            "engine": spec.engine if spec.mode == "live" else "none"}  # fmt: skip
     timings = {}
     for task in spec.tasks:
         t0 = time.perf_counter()
@@ -303,7 +328,7 @@ def _live(spec, method, rows, task, out, base, progress) -> dict:
         if path.exists():
             continue
         res, full = S.live_outputs(bb, None if t is None else method, *args, t, spec.kv_policy, spec.warmup,
-                                   spec.repeats, compact=spec.compact)  # fmt: skip
+                                   spec.repeats, compact=spec.compact, engine=spec.engine)  # fmt: skip
         lat = pd.Series(res.latencies_ms)
         name, threshold = (method.name, t) if t is not None else ("full", bb.num_layers)
         faster = min(full["engine_ms"], full["hf_ms"])

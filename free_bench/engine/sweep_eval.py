@@ -208,7 +208,7 @@ def simulated_outputs(
 # --- live -----------------------------------------------------------------------------------------
 def live_outputs(
     backbone: Backbone, method: ExitMethod | None, rows: datasets.Dataset, task: str, batch_size: int,
-    threshold: float | None, policy: str, warmup: int, repeats: int, compact: bool = True,
+    threshold: float | None, policy: str, warmup: int, repeats: int, compact: bool = True, engine: str = "eager",
 ) -> tuple[Outputs, dict[str, float]]:  # fmt: skip
     """Decode every batch through the engine (timed), with the full model timed beside it on the same
     batch, interleaved (HF `generate()`, the engine with exits off, then the early-exit decode), so
@@ -231,8 +231,8 @@ def live_outputs(
         def hf() -> None:
             backbone.model.generate(pixel_values=pv, **prompts, do_sample=False, max_new_tokens=new)
 
-        def engine() -> None:
-            last["full"] = generate(backbone, pixel_values=pv, **prompts, max_new_tokens=new)
+        def full_model() -> None:
+            last["full"] = generate(backbone, pixel_values=pv, **prompts, max_new_tokens=new, engine=engine)
 
         def prefix() -> None:  # vision tower, Q-Former, projection: the part of every decode no exit skips
             with torch.inference_mode():
@@ -240,9 +240,9 @@ def live_outputs(
 
         def early() -> None:
             last["res"] = generate(backbone, method, pixel_values=pv, **prompts, max_new_tokens=new,
-                                   threshold=threshold, kv_policy=policy, compact=compact)  # fmt: skip
+                                   threshold=threshold, kv_policy=policy, compact=compact, engine=engine)  # fmt: skip
 
-        return {"hf_ms": hf, "engine_ms": engine, "prefix_ms": prefix,
+        return {"hf_ms": hf, "engine_ms": full_model, "prefix_ms": prefix,
                 **({"early": early} if method is not None else {})}  # fmt: skip
 
     for pv, prompts in batches[: max(warmup, 0)]:  # warm-up: allocator, kernels, lazy init

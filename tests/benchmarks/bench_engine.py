@@ -90,3 +90,81 @@ def test_static_exit_saves_what_it_skips(benchmark, device: str, policy: str) ->
             "machine": machine_state(rounds[0][1]),
         }
     )
+
+
+def _weight_floor_ms(bb, device: str) -> tuple[float, float]:
+    """(bytes of the LM's weights read per token, the ms that takes at a copy's measured bandwidth):
+    batch-1 decoding reads every weight once per token, so no engine beats this."""
+    lm = [bb.lm_head.weight] + [p for layer in bb.layers for p in layer.parameters()]
+    weight_bytes = float(sum(p.numel() * p.element_size() for p in lm))
+    buf = torch.empty(int(1 << 30), dtype=torch.uint8, device=device)
+    copy = time_region(lambda: buf.clone(), warmup=3, repeats=10, device=device)
+    bandwidth = 2 * buf.numel() / (copy.median_ms / 1e3)  # bytes/s: read + write
+    return weight_bytes, weight_bytes / bandwidth * 1e3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the graphs engine captures CUDA graphs")
+def test_graphs_engine_near_the_floor(benchmark) -> None:
+    """Full-depth decoding through the graphs engine against the weight-read floor, one exit check's
+    cost, and a static exit's measured speedup, with the eager engine and HF timed in the same run.
+    Per-token times are (32 tokens - 1 token) / 31: the prefix and prompt pass drop out."""
+    device, (name, dtype, shape) = "cuda", _SHAPES["cuda"]
+    bb = from_hf(build_tiny_blip2("opt", 0, device=device, dtype=dtype, **shape))
+    bb.language_model.generation_config.eos_token_id = bb.lm_config.eos_token_id = None
+    inputs = {k: v.to(device) for k, v in tiny_inputs(bb.model, 1, text_len=8, seed=0).items()}
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    half = bb.num_layers // 2
+    exits = [half // 2, half, bb.num_layers - half // 2]
+    static = get_method("static")(bb, exits).eval()
+    never = get_method("deebert")(bb, exits).eval()
+    kw = dict(warmup=3, repeats=10, device=device, dtype=dtype, batch_size=1)
+
+    def run(engine: str, method=None, threshold=None, n: int = NEW_TOKENS):
+        return lambda: generate(bb, method, **inputs, max_new_tokens=n, threshold=threshold, engine=engine)
+
+    regions = {
+        "graphs_full": run("graphs"), "graphs_full_1": run("graphs", n=1),
+        "graphs_static": run("graphs", static, half), "graphs_checked": run("graphs", never, 0.0),
+        "eager_full": run("eager"), "eager_full_1": run("eager", n=1),
+        "eager_static": run("eager", static, half), "eager_checked": run("eager", never, 0.0),
+        "hf": lambda: bb.model.generate(**inputs, do_sample=False, max_new_tokens=NEW_TOKENS),
+    }  # fmt: skip
+    assert bool((run("graphs", static, half)().exit_layers == half).all())
+    assert torch.equal(run("graphs")().tokens, run("eager")().tokens)
+    samples: dict[str, list[float]] = {k: [] for k in regions}
+    for _ in range(3):  # interleaved rounds: clock drift hits every region alike
+        for key, fn in regions.items():
+            samples[key] += list(time_region(fn, **kw).samples_ms)
+    benchmark.pedantic(regions["graphs_static"], rounds=3, warmup_rounds=1, iterations=1)
+    med = {k: torch.tensor(v).median().item() for k, v in samples.items()}
+    weight_bytes, floor_ms = _weight_floor_ms(bb, device)
+    per_token = {e: (med[f"{e}_full"] - med[f"{e}_full_1"]) / (NEW_TOKENS - 1) for e in ("graphs", "eager")}
+    expected = generate(bb, static, **inputs, max_new_tokens=NEW_TOKENS, threshold=half).expected_speedup
+    benchmark.extra_info.update(
+        {
+            "model": name,
+            "engine": "graphs",
+            "policy": "propagate",
+            "new_tokens": NEW_TOKENS,
+            "exit_layer": half,
+            "mean_exit_layer": float(half),
+            "num_layers": bb.num_layers,
+            "measured_speedup": med["graphs_full"] / med["graphs_static"],
+            "expected_speedup": expected,
+            "eager_measured_speedup": med["eager_full"] / med["eager_static"],
+            "ms_per_token_full": per_token["graphs"],
+            "ms_per_token_full_eager": per_token["eager"],
+            "ms_per_decode_hf": med["hf"],
+            "ms_per_decode_full": med["graphs_full"],
+            "ms_per_decode_full_eager": med["eager_full"],
+            "floor_ms_per_token": floor_ms,
+            "weight_gib": weight_bytes / 2**30,
+            "full_over_floor": per_token["graphs"] / floor_ms,
+            "ms_per_exit_check": (med["graphs_checked"] - med["graphs_full"]) / NEW_TOKENS / len(exits),
+            "ms_per_exit_check_eager": (med["eager_checked"] - med["eager_full"]) / NEW_TOKENS / len(exits),
+            "machine": {
+                **machine_state(time_region(regions["graphs_full"], **{**kw, "repeats": 1})),
+                "engine": "graphs",
+            },
+        }
+    )

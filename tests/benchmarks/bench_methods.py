@@ -61,14 +61,21 @@ def exits_of() -> dict[str, Path]:
     return {m: root / f"{m}-semi" for m in TRAINED}
 
 
-@pytest.mark.parametrize("method", list(OPERATING_POINTS))
-def test_method_at_its_operating_point(benchmark, exits_of: dict, tmp_path: Path, method: str) -> None:
+# on CUDA each point is decoded by both engines (graphs: CUDA graphs per segment, engine.graphs)
+ENGINES = ("eager", "graphs") if DEVICE == "cuda" else ("eager",)
+POINTS = [pytest.param(m, e, id=m if e == "eager" else f"{m}-{e}") for e in ENGINES for m in OPERATING_POINTS]
+
+
+@pytest.mark.parametrize(("method", "engine"), POINTS)
+def test_method_at_its_operating_point(
+    benchmark, exits_of: dict, tmp_path: Path, method: str, engine: str
+) -> None:
     if DEVICE == "cpu":
         torch.set_num_threads(1)  # one thread: less noise on a shared 2-core machine
     threshold = OPERATING_POINTS[method]
     spec = SweepSpec(method=method, exits=str(exits_of["free" if method == "static" else method]),
                      split="test", mode="live", thresholds=(threshold,), max_rows=ROWS,
-                     exits_at=get_profile(PROFILE).exits.sparse)  # fmt: skip
+                     exits_at=get_profile(PROFILE).exits.sparse, engine=engine)  # fmt: skip
     runs = iter(range(100))
 
     def sweep():
@@ -87,6 +94,7 @@ def test_method_at_its_operating_point(benchmark, exits_of: dict, tmp_path: Path
             "threshold": threshold,
             "rows": ROWS,
             "kv_policy": spec.kv_policy,
+            "engine": engine,
             "measured_speedup": float(early["measured_speedup"]),
             "expected_speedup": float(early["expected_speedup"]),
             "mean_exit_layer": float(early["mean_exit_layer"]),

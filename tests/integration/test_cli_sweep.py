@@ -107,6 +107,16 @@ def _samples_agree_with_points(df: pd.DataFrame, out) -> pd.DataFrame:
         (["--mode", "live", "--thresholds", "0.5", "--kv-policy", "lazy"], "kv_policy"),
         (["--mode", "fast", "--thresholds", "0.5"], "mode"),
         (["--mode", "live", "--thresholds", "0.5", "--perturb", "blur:7"], "severity"),
+        (["--mode", "live", "--thresholds", "0.5", "--engine", "jit"], "engine"),
+        (
+            ["--mode", "simulated", "--thresholds", "0.5", "--engine", "graphs"],
+            "--engine graphs decodes live",
+        ),
+        (
+            ["--mode", "live", "--thresholds", "0.5", "--engine", "graphs", "--kv-policy", "deferred"],
+            "kv policies",
+        ),
+        (["--mode", "live", "--thresholds", "0.5", "--engine", "graphs", "--device", "cpu"], "CUDA"),
     ],
 )
 def test_bad_input_writes_nothing(trained, tmp_path, extra, message):

@@ -41,3 +41,12 @@ def test_sweeps_that_share_every_key_stay_apart() -> None:
     out = compute_fixed_share(pd.concat([a, b])).set_index("sweep")
     assert out.loc["b8-compact", "prefix_share"] == pytest.approx(0.2)
     assert out.loc["b8-no-compact", "prefix_share"] == pytest.approx(0.4)
+
+
+def test_two_engines_at_one_threshold_are_two_rows() -> None:
+    eager = _samples(prefix=2.0).assign(engine="eager")
+    graphs = _samples(prefix=2.0).assign(engine="graphs", latency_ms=4.0, full_latency_ms=8.0)
+    out = compute_fixed_share(pd.concat([eager, graphs])).set_index("engine")
+    assert out.loc["eager", "measured_speedup"] == pytest.approx(10 / 6)
+    assert out.loc["graphs", "measured_speedup"] == pytest.approx(2.0)  # its own full model's time
+    assert out.loc["graphs", "prefix_share"] == pytest.approx(0.25)

@@ -15,6 +15,7 @@ def _row(**over):
     row = dict(
         method="free",
         regime="semi",
+        engine="eager",
         kv_policy="propagate",
         threshold=0.9,
         batch_size=1,

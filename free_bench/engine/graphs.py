@@ -1,0 +1,335 @@
+"""The `graphs` engine: batch-1 early-exit decoding replayed as CUDA graphs, one per segment.
+
+The eager engine launches every kernel from Python, about 0.45 ms per layer per token on an H200
+whatever the width: skipping a layer then saves mostly Python time, which flatters early exit. Here
+the layers between two consulted exits, together with the exit's check and the bookkeeping of the
+decision, are captured once as one CUDA graph (`Segment`); a token replays segment after segment
+and reads one small status tensor after each (the exit check's device-to-host sync, the one cost a
+real deployment cannot avoid), stopping at the first exit that fires. Under `propagate` one more
+graph per exit fills the skipped layers' K/V (CALM's propagation, `runner_skip.StackedKV`).
+
+Shapes must not change between tokens, so the KV cache has a fixed capacity and the engine decodes
+one row (batch 1, the latency setting CUDA graphs are for) of an OPT backbone under the
+`propagate` or `full` policy. The prompt pass (its length varies) runs the same segment code
+uncaptured. Without CUDA (`capture=False`) the same fixed-shape code runs eagerly, which is how the
+CPU tests check it; timings of that are not the engine's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from free_bench.backbone import runner
+from free_bench.backbone.base import Backbone
+from free_bench.backbone.runner_skip import _stacked, kv_projection
+from free_bench.backbone.runner_static import StaticKV, StaticMasks
+from free_bench.engine.cost import CostModel, cost_model
+from free_bench.engine.exit_runtime import LIVE_RULES
+from free_bench.errors import FreeBenchError
+from free_bench.methods import rules
+from free_bench.methods.base import ExitMethod
+from free_bench.methods.heads import GeneratorMethod
+from free_bench.methods.mue import cosine
+
+GRAPH_POLICIES = ("propagate", "full")
+_READS_LOGITS = ("max_prob", "entropy", "patience")
+
+
+@dataclass(eq=False)
+class Segment:
+    """Layers start+1..end, then exit `end`'s check (or the model's head when end == L)."""
+
+    start: int
+    end: int
+    run: Callable[[], None]  # what is captured: reads the previous segment's output buffer
+    graph: torch.cuda.CUDAGraph | None = None
+
+    def replay(self) -> None:
+        if self.graph is None:
+            self.run()
+        else:
+            self.graph.replay()
+
+
+class GraphDecoder:
+    """Decodes single rows with `method` (None: the full model), reusing its graphs across calls."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        method: ExitMethod | None,
+        *,
+        kv_policy: str = "propagate",
+        capacity: int = 128,
+        static_layer: int | None = None,
+        capture: bool | None = None,
+    ) -> None:
+        if kv_policy not in GRAPH_POLICIES:
+            raise FreeBenchError(
+                f"the graphs engine runs the kv policies {list(GRAPH_POLICIES)}, not {kv_policy!r} "
+                "(deferred catches positions up in variable-length calls: use --engine eager)"
+            )
+        self.masks = StaticMasks(backbone, capacity)  # checks OPT and the capacity
+        self.bb, self.method, self.policy, self.capacity = backbone, method, kv_policy, capacity
+        self.capture = backbone.device.type == "cuda" if capture is None else capture
+        if self.capture and backbone.device.type != "cuda":
+            raise FreeBenchError(f"CUDA graphs need a CUDA device; the backbone is on {backbone.device}")
+        L, dev = backbone.num_layers, backbone.device
+        self.rule = method.rule if method is not None else "none"
+        if method is not None and self.rule not in LIVE_RULES:
+            raise FreeBenchError(f"{method.name}: the {self.rule} rule exists in simulation only")
+        consulted: tuple[int, ...] = ()
+        if method is not None:
+            consulted = tuple(k for k in method.layers if k < L)
+            if self.rule == "static":  # decided by position: only that exit is consulted
+                consulted = tuple(k for k in consulted if k == static_layer)
+        self.exits = consulted
+        self.cost: CostModel = cost_model(backbone, method)
+        self.generators = method.generators if isinstance(method, GeneratorMethod) else None
+        self.kv = StaticKV(L, 1, capacity, dev)
+        self.gen_kv = (
+            None if self.generators is None else StaticKV(len(self.generators.layers), 1, capacity, dev)
+        )
+        self.ids = torch.zeros((1, 1), dtype=torch.long, device=dev)  # (1, 1) token in flight
+        self.threshold = torch.zeros((), dtype=torch.float32, device=dev)
+        # the step's decision so far, updated in place by each segment: [decided, token]
+        self.decided = torch.zeros(1, dtype=torch.bool, device=dev)
+        self.token = torch.zeros(1, dtype=torch.long, device=dev)
+        self.score = torch.zeros(1, dtype=torch.float32, device=dev)
+        self.layer = torch.zeros(1, dtype=torch.long, device=dev)
+        self.status = torch.zeros(3, dtype=torch.long, device=dev)  # [decided, token, exit layer]
+        self._pat_token = torch.zeros(1, dtype=torch.long, device=dev)
+        self._pat_count = torch.zeros(1, dtype=torch.long, device=dev)
+        bounds = list(zip((0, *consulted), (*consulted, L), strict=True))
+        self.outputs: list[torch.Tensor | None] = [None] * len(bounds)  # (1, 1, D) per segment
+        self.segments = [Segment(s, e, self._step_fn(i, s, e)) for i, (s, e) in enumerate(bounds)]
+        self.fills = (
+            {k: self._fill_fn(i) for i, k in enumerate(consulted)} if kv_policy == "propagate" else {}
+        )
+        self.fill_graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._captured = False
+
+    # --- what a segment computes (q positions: 1 when captured, P for the prompt) ---------------
+    def _segment(self, i: int, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        start, end = self.segments[i].start, self.segments[i].end
+        previous = None
+        for j in range(start, end):
+            if j == end - 1 and self.rule == "cosine":
+                previous = hidden[:, -1]  # (1, D) input of layer `end`
+            hidden = self.bb.layers[j](hidden, attention_mask=mask, cache=self.kv)  # (1, q, D)
+        if end == self.bb.num_layers:
+            logits = self.bb.logits_from_hidden(hidden[:, -1]).float()  # (1, V)
+            token, score = logits.argmax(-1), logits.softmax(-1).amax(-1)
+            fired = torch.ones_like(self.decided)
+        else:
+            token, score, fired = self._check(i, end, hidden, mask, previous)
+        new = fired & ~self.decided if i else fired
+        self.token.copy_(torch.where(new, token, self.token))
+        self.score.copy_(torch.where(new, score.float(), self.score))
+        self.layer.copy_(torch.where(new, end, self.layer))
+        self.decided.copy_(self.decided | new if i else new)
+        self.status.copy_(torch.stack([self.decided.long()[0], self.token[0], self.layer[0]]))
+        return hidden
+
+    def _check(
+        self, i: int, k: int, hidden: torch.Tensor, mask: torch.Tensor, previous: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Exit k's rule on layer k's output (1, q, D): (token, score, fired), each (1,)."""
+        m = self.method
+        assert m is not None
+        last = hidden[:, -1:]  # (1, 1, D)
+        if self.generators is not None:  # FREE/distill: a decoder layer with its own K/V
+            last = self.generators(k, hidden, mask4d=mask, cache=self.gen_kv)[:, -1:]
+        elif self.rule != "cosine":
+            last = m.exit_hidden(k, last)
+        logits = m.head_logits(k, last)[:, 0].float()  # (1, V)
+        token = logits.argmax(-1)
+        if self.rule == "cosine":
+            assert previous is not None
+            score = cosine(previous, hidden[:, -1])
+            return token, score, score >= self.threshold
+        if self.rule in ("max_prob", "static"):
+            score = rules.max_prob(logits[None])[0]
+            fired = torch.ones_like(self.decided) if self.rule == "static" else score >= self.threshold
+            return token, score, fired
+        if self.rule == "entropy":
+            score = rules.entropy(logits[None])[0]
+            return token, score, score < self.threshold
+        counts = rules.patience_step(self._pat_token if i else None, token, self._pat_count if i else None)
+        self._pat_count.copy_(counts)
+        self._pat_token.copy_(token)
+        return token, counts.float(), counts.float() >= self.threshold
+
+    def _step_fn(self, i: int, start: int, end: int) -> Callable[[], None]:
+        def run() -> None:
+            if i == 0:
+                embeds = self.bb.embed_tokens(self.ids)  # (1, 1, D')
+                hidden = self.masks.embed(embeds, self.masks.position)
+            else:
+                hidden = self.outputs[i - 1]
+            self.kv.index = self.masks.position
+            if self.gen_kv is not None:
+                self.gen_kv.index = self.masks.position
+            out = self._segment(i, hidden, self.masks.step_mask())
+            if self.outputs[i] is None:
+                self.outputs[i] = out
+            else:
+                self.outputs[i].copy_(out)
+
+        return run
+
+    def _fill_fn(self, i: int) -> Callable[[], None]:
+        """Propagate: exit i's output fills the K/V of every layer above it (and deeper generators)."""
+
+        def run() -> None:
+            hidden = self.outputs[i]
+            assert hidden is not None
+            self.kv.index = self.masks.position
+            self._fill(self.segments[i].end, hidden)
+
+        return run
+
+    def _fill(self, k: int, hidden: torch.Tensor) -> None:
+        keys, values = _stacked(self.bb)(hidden, k)  # (L - k, 1, H, q, Dh)
+        self.kv.write_layers(k, keys.to(hidden.dtype), values.to(hidden.dtype))
+        if self.generators is not None and self.gen_kv is not None:
+            for deeper in (e for e in self.exits if e > k):
+                layer = self.generators.layers[str(deeper)]
+                key, value = kv_projection("opt", layer, hidden)
+                self.gen_kv.index = self.kv.index
+                self.gen_kv.update(key.to(hidden.dtype), value.to(hidden.dtype), layer.self_attn.layer_idx)
+
+    # --- capture ----------------------------------------------------------------------------------
+    def _capture(self) -> None:
+        """Warm every segment and fill on a side stream (as torch.cuda.graphs asks), then capture each.
+
+        Runs at position C-1, a slot every real token writes before any token reads it."""
+        self.masks.position.fill_(self.capacity - 1)
+        fns = [s.run for s in self.segments] + list(self.fills.values())
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                for fn in fns:
+                    fn()
+        torch.cuda.current_stream().wait_stream(side)
+        for seg in self.segments:
+            seg.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(seg.graph):
+                seg.run()
+        for k, fn in self.fills.items():
+            graph = self.fill_graphs[k] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                fn()
+        torch.cuda.synchronize()
+        self._captured = True
+
+    def _fill_at(self, k: int) -> None:
+        graph = self.fill_graphs.get(k)
+        if graph is not None:
+            graph.replay()
+        else:
+            self.fills[k]()
+
+    # --- decoding ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def decode(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        *,
+        max_new_tokens: int,
+        threshold: float | None,
+        eos_ids: list[int],
+        pad_id: int,
+    ) -> dict:
+        """One row: the fields of a `GenerateResult` (tokens (1, T), exit layers, confidences, costs)."""
+        if pixel_values.shape[0] != 1:
+            raise FreeBenchError(
+                f"the graphs engine decodes batch 1 (got {pixel_values.shape[0]} rows); "
+                "batched decoding with compaction is the eager engine's (--engine eager)"
+            )
+        embeds, mask = runner.prefix(self.bb, pixel_values, input_ids, attention_mask)  # (1, P, D')
+        embeds = embeds[:, mask[0].bool()]  # a lone row needs no padding
+        length = embeds.shape[1]
+        if length + max_new_tokens > self.capacity:
+            raise FreeBenchError(
+                f"prompt of {length} positions + {max_new_tokens} new tokens exceed the graphs engine's "
+                f"capacity {self.capacity}"
+            )
+        if self.capture and not self._captured:
+            self._capture()
+        if threshold is not None:
+            self.threshold.fill_(float(threshold))
+        layers, tokens, scores, spent = [], [], [], 0.0
+        eos = set(eos_ids)
+        for t in range(max_new_tokens):
+            if t == 0:
+                layer, token, score, cost = self._prompt_step(embeds)
+            else:
+                self.ids.fill_(tokens[-1])
+                self.masks.position.fill_(length + t - 1)
+                layer, token, score, cost = self._token_step()
+            layers.append(layer)
+            tokens.append(token)
+            scores.append(score)
+            spent += cost
+            if token in eos:
+                break
+        dev = self.bb.device
+        n = len(tokens)
+        return {
+            "tokens": torch.tensor([tokens], dtype=torch.long, device=dev),
+            "exit_layers": torch.tensor([layers], dtype=torch.long, device=dev),
+            "confidences": torch.cat(scores)[None],  # (1, T)
+            "cost_layers": spent,
+            "full_cost_layers": n * self.cost.full,
+        }
+
+    def _prompt_step(self, embeds: torch.Tensor) -> tuple[int, int, torch.Tensor, float]:
+        """The first new token from the whole prompt: the same segments, uncaptured, q = P."""
+        length = embeds.shape[1]
+        self.kv.index = torch.arange(length, device=embeds.device)
+        if self.gen_kv is not None:
+            self.gen_kv.index = self.kv.index
+        mask = self.masks.prompt_mask(length)
+        hidden = self.masks.embed(embeds, self.kv.index)  # (1, P, D)
+        stop = len(self.segments) - 1
+        for i in range(len(self.segments)):
+            hidden = self._segment(i, hidden, mask)
+            if i < stop and self.policy != "full" and bool(self.status[0]):
+                stop = i
+                break
+        if self.policy == "propagate" and stop < len(self.exits):
+            self._fill(self.segments[stop].end, hidden)
+        return self._decided(stop)
+
+    def _token_step(self) -> tuple[int, int, torch.Tensor, float]:
+        stop = len(self.segments) - 1
+        for i, seg in enumerate(self.segments):
+            seg.replay()
+            if i < stop and self.policy != "full" and (self.rule == "static" or bool(self.status[0])):
+                stop = i  # the sync above is the exit check's; a static exit needs none
+                break
+        if self.policy == "propagate" and stop < len(self.exits):
+            self._fill_at(self.segments[stop].end)
+        return self._decided(stop)
+
+    def _decided(self, stop: int) -> tuple[int, int, torch.Tensor, float]:
+        """(exit layer, token, score (1,) on the device, cost in layer-equivalents) of a step that ran
+        segments 0..stop; reading the status is the step's last host sync."""
+        decided, token, exit_at = self.status.tolist()
+        assert decided, "the last segment always decides"
+        ran_to, reads, L = self.segments[stop].end, self.rule in _READS_LOGITS, self.bb.num_layers
+        cost = ran_to + (self.cost.head if ran_to == L else 0.0)  # same prices as engine.decode_exits
+        for k in self.exits:
+            if k <= ran_to:
+                cost += self.cost.check(k, reads) + (self.cost.head if not reads and k == exit_at else 0.0)
+        if self.policy == "propagate" and exit_at < L:
+            deeper = len([e for e in self.exits if e > exit_at]) if self.generators is not None else 0
+            cost += (L - exit_at + deeper) * self.cost.kv_fill
+        return int(exit_at), int(token), self.score.clone(), cost

@@ -1,0 +1,86 @@
+"""Captured CUDA graphs replay the graphs engine's fixed-shape decode exactly (tiny OPT, fp32, no TF32):
+same tokens and exits as the uncaptured path, the eager engine and HF `generate()`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from free_bench.backbone import Backbone, from_hf
+from free_bench.backbone.tiny import build_tiny_blip2, tiny_inputs
+from free_bench.engine import generate
+from free_bench.engine.generate import special_tokens
+from free_bench.engine.graphs import GraphDecoder
+from free_bench.methods import get_method
+
+N_NEW = 8
+NEVER = {"max_prob": 1.0, "entropy": 0.0, "patience": 9, "cosine": 1.0}
+
+
+@pytest.fixture(scope="module")
+def bb() -> Backbone:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    backbone = from_hf(build_tiny_blip2("opt", seed=2, device="cuda"))
+    backbone.language_model.generation_config.eos_token_id = backbone.lm_config.eos_token_id = None
+    return backbone
+
+
+def _inputs(bb: Backbone, seed: int = 5, text_len: int = 4) -> dict:
+    return {k: v.cuda() for k, v in tiny_inputs(bb.model, 1, seed=seed, text_len=text_len).items()}
+
+
+def _method(bb: Backbone, name: str):
+    m = get_method(name)(bb, "all")
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen, device="cuda"))
+    return m.eval()
+
+
+def _uncaptured(bb, m, policy, inputs, t) -> dict:
+    eos, pad = special_tokens(bb)
+    static = int(t) if m is not None and m.rule == "static" else None
+    decoder = GraphDecoder(bb, m, kv_policy=policy, capture=False, static_layer=static)
+    return decoder.decode(inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"),
+                          max_new_tokens=N_NEW, threshold=t, eos_ids=eos, pad_id=pad)  # fmt: skip
+
+
+@pytest.mark.parametrize("policy", ["propagate", "full"])
+def test_captured_replays_equal_the_uncaptured_decode_and_the_eager_engine(bb: Backbone, policy: str) -> None:
+    inputs = _inputs(bb)
+    hf = bb.model.generate(**inputs, do_sample=False, max_new_tokens=N_NEW)[:, inputs["input_ids"].shape[1] :]
+    assert torch.equal(generate(bb, **inputs, max_new_tokens=N_NEW, engine="graphs").tokens, hf)
+    for name in ("free", "deebert", "pabee", "distill", "static", "mue"):
+        m = _method(bb, name)
+        if m.rule == "static":
+            thresholds = [float(k) for k in m.layers if k < bb.num_layers]
+        elif m.rule == "patience":
+            thresholds = [1.0, 2.0]
+        else:
+            seen = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=NEVER[m.rule]).confidences
+            thresholds = torch.quantile(
+                seen.flatten().float(), torch.tensor([0.25, 0.5, 0.75], device="cuda")
+            ).tolist()
+        for t in thresholds:
+            captured = generate(
+                bb, m, **inputs, max_new_tokens=N_NEW, threshold=t, kv_policy=policy, engine="graphs"
+            )
+            plain = _uncaptured(bb, m, policy, inputs, t)
+            eager = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=t, kv_policy=policy)
+            assert torch.equal(captured.tokens, plain["tokens"]), (name, t)
+            assert torch.equal(captured.exit_layers, plain["exit_layers"]), (name, t)
+            assert torch.equal(captured.tokens, eager.tokens), (name, t)
+            assert torch.equal(captured.exit_layers, eager.exit_layers), (name, t)
+            assert captured.cost_layers == pytest.approx(eager.cost_layers), (name, t)
+
+
+def test_one_captured_decoder_serves_prompts_of_any_length(bb: Backbone) -> None:
+    m = _method(bb, "free")
+    a, b = _inputs(bb, seed=1, text_len=9), _inputs(bb, seed=3, text_len=3)
+    first = generate(bb, m, **a, max_new_tokens=N_NEW, threshold=0.5, engine="graphs")
+    generate(bb, m, **b, max_new_tokens=N_NEW, threshold=0.5, engine="graphs")
+    again = generate(bb, m, **a, max_new_tokens=N_NEW, threshold=0.5, engine="graphs")
+    assert torch.equal(first.tokens, again.tokens) and torch.equal(first.exit_layers, again.exit_layers)
+    assert len(m.__dict__["_graph_decoders"]) == 1  # captured once

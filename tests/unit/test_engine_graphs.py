@@ -1,0 +1,125 @@
+"""The graphs engine's fixed-shape decode, uncaptured on CPU: the eager engine's tokens, exits and costs.
+
+Capture itself needs CUDA (tests/gpu/test_graphs.py replays the captured graphs against this path).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from free_bench.backbone import Backbone, from_hf
+from free_bench.backbone.tiny import build_tiny_blip2, tiny_inputs
+from free_bench.engine import generate
+from free_bench.engine.generate import special_tokens
+from free_bench.engine.graphs import GraphDecoder
+from free_bench.errors import FreeBenchError
+from free_bench.methods import ExitMethod, get_method
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+N_NEW = 8
+METHODS = ("free", "deebert", "pabee", "distill", "static", "mue")
+NEVER = {"max_prob": 1.0, "entropy": 0.0, "patience": 9, "cosine": 1.0}
+
+
+@pytest.fixture(scope="module")
+def bb() -> Backbone:
+    backbone = from_hf(build_tiny_blip2("opt", seed=2))
+    backbone.language_model.generation_config.eos_token_id = backbone.lm_config.eos_token_id = None
+    return backbone
+
+
+def _method(bb: Backbone, name: str, layers: str = "all") -> ExitMethod:
+    m = get_method(name)(bb, layers)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # off the init, so exits disagree with the logit lens and each other
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return m.eval()
+
+
+def _decode(decoder: GraphDecoder, inputs: dict, threshold: float | None) -> dict:
+    eos, pad = special_tokens(decoder.bb)
+    return decoder.decode(
+        inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"),
+        max_new_tokens=N_NEW, threshold=threshold, eos_ids=eos, pad_id=pad,
+    )  # fmt: skip
+
+
+def _thresholds(bb: Backbone, m: ExitMethod, inputs: dict) -> list[float]:
+    """Thresholds that split tokens between exits: quantiles of the scores the eager engine saw."""
+    if m.rule == "static":
+        return [float(k) for k in m.layers if k < bb.num_layers]
+    if m.rule == "patience":
+        return [1.0, 2.0]
+    scores = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=NEVER[m.rule]).confidences
+    return torch.quantile(scores.flatten().float(), torch.tensor([0.25, 0.5, 0.75])).tolist()
+
+
+@pytest.mark.parametrize("policy", ["propagate", "full"])
+def test_same_tokens_exits_and_costs_as_the_eager_engine(bb: Backbone, policy: str) -> None:
+    inputs = tiny_inputs(bb.model, 1, seed=5)
+    full = generate(bb, **inputs, max_new_tokens=N_NEW)
+    hf = bb.model.generate(**inputs, do_sample=False, max_new_tokens=N_NEW)[:, inputs["input_ids"].shape[1] :]
+    plain = _decode(GraphDecoder(bb, None, kv_policy="full", capture=False), inputs, None)
+    assert torch.equal(plain["tokens"], hf) and torch.equal(plain["tokens"], full.tokens)
+    seen_layers = set()
+    for name in METHODS:
+        m = _method(bb, name)
+        for t in _thresholds(bb, m, inputs) + ([NEVER[m.rule]] if m.rule in NEVER else []):
+            static = int(t) if m.rule == "static" else None
+            decoder = GraphDecoder(bb, m, kv_policy=policy, capture=False, static_layer=static)
+            got = _decode(decoder, inputs, t)
+            want = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=t, kv_policy=policy)
+            assert torch.equal(got["tokens"], want.tokens), (name, t)
+            assert torch.equal(got["exit_layers"], want.exit_layers), (name, t)
+            assert got["cost_layers"] == pytest.approx(want.cost_layers), (name, t)
+            assert torch.allclose(got["confidences"], want.confidences, atol=1e-5, equal_nan=True), (name, t)
+            seen_layers |= set(want.exit_layers.flatten().tolist())
+            if t == NEVER.get(m.rule):
+                assert torch.equal(got["tokens"], hf), name  # a threshold that never exits: HF's tokens
+    assert len(seen_layers) >= 3  # the thresholds really spread tokens over exits
+
+
+def test_a_decoder_reused_across_prompts_forgets_the_last_one(bb: Backbone) -> None:
+    """The fixed KV buffers keep the previous prompt's entries: masks must hide them."""
+    m = _method(bb, "free")
+    decoder = GraphDecoder(bb, m, kv_policy="propagate", capture=False)
+    long_prompt = tiny_inputs(bb.model, 1, text_len=9, seed=1)
+    short_prompt = tiny_inputs(bb.model, 1, text_len=3, seed=3)
+    _decode(decoder, long_prompt, 0.5)
+    again = _decode(decoder, short_prompt, 0.5)
+    fresh = _decode(GraphDecoder(bb, m, kv_policy="propagate", capture=False), short_prompt, 0.5)
+    assert torch.equal(again["tokens"], fresh["tokens"])
+    assert torch.equal(again["exit_layers"], fresh["exit_layers"])
+
+
+def test_eos_stops_the_row_as_in_the_eager_engine() -> None:
+    backbone = from_hf(build_tiny_blip2("opt", seed=2))
+    inputs = tiny_inputs(backbone.model, 1, seed=5)
+    full = generate(backbone, **inputs, max_new_tokens=N_NEW).tokens[0]
+    eos = int(full[2])  # the row's third token ends it
+    backbone.language_model.generation_config.eos_token_id = eos
+    want = generate(backbone, **inputs, max_new_tokens=N_NEW)
+    got = _decode(GraphDecoder(backbone, None, capture=False), inputs, None)
+    assert got["tokens"].shape[1] <= 3
+    assert torch.equal(got["tokens"], want.tokens)
+
+
+def test_what_the_graphs_engine_refuses(bb: Backbone) -> None:
+    m = _method(bb, "free")
+    with pytest.raises(FreeBenchError, match="CUDA"):
+        generate(bb, m, **tiny_inputs(bb.model, 1, seed=5), threshold=0.5, engine="graphs")
+    with pytest.raises(FreeBenchError, match="engine"):
+        generate(bb, m, **tiny_inputs(bb.model, 1, seed=5), threshold=0.5, engine="compiled")
+    with pytest.raises(FreeBenchError, match="deferred"):
+        GraphDecoder(bb, m, kv_policy="deferred", capture=False)
+    with pytest.raises(FreeBenchError, match="batch 1"):
+        _decode(GraphDecoder(bb, m, capture=False), tiny_inputs(bb.model, 2, seed=5), 0.5)
+    with pytest.raises(FreeBenchError, match="capacity"):
+        _decode(GraphDecoder(bb, m, capacity=12, capture=False), tiny_inputs(bb.model, 1, seed=5), 0.5)
+    with pytest.raises(FreeBenchError, match="CUDA device"):
+        GraphDecoder(bb, m, capture=True)
+    t5 = from_hf(build_tiny_blip2("t5", seed=2))
+    with pytest.raises(FreeBenchError, match="OPT"):
+        GraphDecoder(t5, None, capture=False)
