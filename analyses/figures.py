@@ -6,6 +6,7 @@ speedup is against the full model timed through that engine, so one curve joinin
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -102,7 +103,7 @@ def speedup_figures(
 
 def _speedup(ax: Axes, curves: pd.DataFrame, x: str, metric: str, title: str) -> None:
     plot_speedup(curves, ax, x=x, metric=metric)
-    ax.set_title(title, fontsize="medium")
+    ax.set_title(textwrap.fill(title, 72), fontsize="medium")  # long device names: wrap, never clip
 
 
 def overthinking_figure(by_layer: pd.DataFrame, folder: Path, profile: str) -> Path:

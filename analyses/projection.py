@@ -8,6 +8,7 @@ leaves there). Their difference prices a skipped layer, c = (t_full - t_half) / 
 it saves under that policy (`propagate` still fills its K/V, so it saves less than `deferred`); the
 rest of a full token, F = t_full - L c, is the fixed cost (embedding, head, sampling, host work). One exit check, k, is
 the bench's `ms_per_exit_check` (a DeeBERT-style head over the vocabulary, the rule, a host sync).
+Each engine (eager, graphs) has its own costs, and a point is priced with those of its engine.
 
 Depths come from the timed sweep points: each point's histogram of token exit layers
 (`exit_layer_hist`) on the embedded model of depth D, consulted at the sweep's `exits_at`. A token that
@@ -40,23 +41,39 @@ COST_COLUMNS = [
 
 
 def costs_from_bench(bench: dict) -> pd.DataFrame:
-    """Per KV policy, the per-layer, fixed and per-check costs of the CUDA static-exit benchmarks in a
-    pytest-benchmark JSON (`bench_engine.py`); empty when it holds none."""
+    """Per KV policy and engine, the per-layer, fixed and per-check costs of the CUDA static-exit
+    benchmarks in a pytest-benchmark JSON (`bench_engine.py`); empty when it holds none. Per-token
+    times are whole decodes over their tokens in both tests, so the two engines are priced alike."""
     rows = []
     for b in bench.get("benchmarks", []):
-        e = b.get("extra_info", {})
-        if (
-            not b.get("name", "").startswith("test_static_exit")
-            or e.get("machine", {}).get("timer") != "cuda_event"
-        ):
+        e, name = b.get("extra_info", {}), b.get("name", "")
+        if e.get("machine", {}).get("timer") != "cuda_event":
             continue
-        full, half = e["ms_per_token_full"], e["ms_per_token_static_exit"]
+        if name.startswith("test_static_exit"):
+            full, half, engine = (
+                e["ms_per_token_full"],
+                e["ms_per_token_static_exit"],
+                e.get("engine", "eager"),
+            )
+        elif name.startswith("test_graphs_engine"):  # its ms_per_token_full leaves the prompt pass out
+            full, engine = e["ms_per_decode_full"] / e["new_tokens"], "graphs"
+            half = full / e["measured_speedup"]
+        else:
+            continue
         depth, exit_layer = int(e["num_layers"]), int(e["exit_layer"])
         per_layer = (full - half) / (depth - exit_layer)
         rows.append(
-            (e["policy"], e["model"], depth, per_layer, full - depth * per_layer, e["ms_per_exit_check"])
+            (
+                e["policy"],
+                e["model"],
+                depth,
+                per_layer,
+                full - depth * per_layer,
+                e["ms_per_exit_check"],
+                engine,
+            )
         )
-    return pd.DataFrame(rows, columns=COST_COLUMNS)
+    return pd.DataFrame(rows, columns=[*COST_COLUMNS, "engine"])
 
 
 def _token_costs(hist: dict[str, int], exits: list[int], depth: int, target: int):
@@ -78,7 +95,10 @@ def compute_projection(points: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFram
     require(costs, COST_COLUMNS, "costs")
     out = []
     for _, p in points.iterrows():
-        for _, c in costs[costs["policy"] == p["kv_policy"]].iterrows():
+        same = costs["policy"] == p["kv_policy"]
+        if "engine" in costs.columns:  # a point is priced with the costs of the engine that timed it
+            same &= costs["engine"] == (p["engine"] if "engine" in p else "eager")
+        for _, c in costs[same].iterrows():
             exits = [int(x) for x in str(p["exits_at"]).split(",") if x.strip()]
             hist = json.loads(p["exit_layer_hist"])
             tokens, layers, checks = _token_costs(hist, exits, int(p["depth"]), int(c["num_layers"]))

@@ -261,7 +261,8 @@ def _robustness(ctx: Context) -> dict:
     inputs = [("test", None), ("test_novel", None)] + [
         ("test", f"{p}:{s}") for p in names for s in cfg.severities
     ]
-    opts = {"max_rows": cfg.robustness_rows, "batch_size": cfg.robustness_batch_size}
+    opts = {"max_rows": cfg.robustness_rows, "batch_size": cfg.robustness_batch_size,
+            "compact": cfg.robustness_compact}  # fmt: skip
     frames, samples, wall = [], [], {}  # wall: seconds summed over the grid's sweeps, by part
     runs = [
         (n, m) for n, m, r, s in run_names(ctx) if s == cfg.seeds[0] and f"{m}:{r}" in cfg.robustness_runs

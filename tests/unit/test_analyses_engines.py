@@ -193,14 +193,27 @@ def test_robustness_keeps_engines_apart_and_refuses_them_pooled() -> None:
         compute_robustness_ci(_samples(sweep).assign(engine=engines), operating.reset_index())
 
 
-def test_projection_keeps_each_engines_measured_speedup_beside_it() -> None:
+def test_projection_prices_each_engines_points_with_that_engines_costs() -> None:
     bench = {"policy": "propagate", "model": "big", "num_layers": 32, "exit_layer": 16, "ms_per_token_full": 10.0,
              "ms_per_token_static_exit": 6.0, "ms_per_exit_check": 1.0, "machine": {"timer": "cuda_event"}}  # fmt: skip
-    costs = costs_from_bench({"benchmarks": [{"name": "test_static_exit_x", "extra_info": bench}]})
+    graphs = {**bench, "new_tokens": 32, "ms_per_decode_full": 64.0, "measured_speedup": 1.6,
+              "ms_per_exit_check": 0.1, "ms_per_token_full": 1.5}  # fmt: skip
+    costs = costs_from_bench(
+        {"benchmarks": [{"name": "test_static_exit_x", "extra_info": bench},
+                        {"name": "test_graphs_engine_near_the_floor", "extra_info": graphs}]}
+    )  # fmt: skip
+    by_engine = costs.set_index("engine")
+    # graphs: 2 ms per token whole-decode, 1.25 at the static exit: 0.75 saved over 16 layers
+    assert by_engine.loc["graphs", "ms_per_skipped_layer"] == pytest.approx(0.75 / 16)
+    assert by_engine.loc["eager", "ms_per_skipped_layer"] == pytest.approx(4.0 / 16)
     points = pd.DataFrame(_rows("cuda_event", "eager")[1:2] + _rows("cuda_event", "graphs")[1:2])
     got = compute_projection(points.assign(exits_at="2", depth=4), costs).set_index("engine")
+    assert len(got) == 2  # one row per point: each engine's costs only
     assert got.loc["graphs", "measured_speedup"] == pytest.approx(1.6 * 1.2)
     assert got.loc["eager", "measured_speedup"] == pytest.approx(1.1 * 1.2)
+    # FREE's check adds its generator layer, priced as one layer of the same engine
+    assert got.loc["graphs", "ms_per_check"] == pytest.approx(0.1 + 0.75 / 16)
+    assert got.loc["eager", "ms_per_check"] == pytest.approx(1.0 + 4.0 / 16)
 
 
 def test_report_robustness_uses_one_engine_and_says_so(tmp_path: Path) -> None:
