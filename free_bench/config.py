@@ -117,7 +117,9 @@ class ReproduceConfig:
     robustness_runs: tuple[str, ...] = ("free:semi", "deebert:semi", "pabee:semi", "distill:semi")
     robustness_rows: int = 64  # rows per perturbation x severity, decoded live at the operating point
     robustness_batch_size: int = 8
-    robustness_compact: bool = True  # batched engine mode of the grid: whichever the profile's device runs faster
+    robustness_compact: bool = (
+        True  # batched engine mode of the grid: whichever the profile's device runs faster
+    )
     perturbations: tuple[str, ...] | None = None  # None: every perturbation in data.perturb
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
     max_drop: float = 0.01  # the operating point: the cheapest threshold within this of the full model on val

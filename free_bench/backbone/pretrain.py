@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import datasets
@@ -149,6 +149,9 @@ def train(
         model.load_state_dict(state["model"])
         if head is not None and state.get("head") is not None:
             head.load_state_dict(state["head"])
+    if device.type == "cuda":  # images live on the GPU: no per-step uint8 -> float on the host, no copy
+        cells = None if data.cells is None else data.cells.to(device)
+        data = replace(data, pixels=data.pixels.to(device), cells=cells)
     model.train()
     torch.backends.cuda.matmul.allow_tf32 = True  # GPU: bf16 autocast + TF32; CPU stays exact fp32
     for stage, steps in ((0, cfg.vision_steps), (1, cfg.stage1_steps), (2, cfg.stage2_steps)):

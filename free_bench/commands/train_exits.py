@@ -43,17 +43,10 @@ def _options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from free_bench.backbone import load_backbone
     from free_bench.backbone.embedded import parse_spec
     from free_bench.config import get_profile
-    from free_bench.data.scenes_dataset import load_scenes, scenes_hash
-    from free_bench.methods.base import parse_placement
-    from free_bench.methods.registry import available, get_method
-    from free_bench.records import Manifest
-    from free_bench.training import teacher_forced_batches, train_exits
-    from free_bench.training.distributed import barrier, init_from_env
+    from free_bench.methods.registry import available
+    from free_bench.training.distributed import init_from_env, shutdown
 
     check_choice("method", args.method, available())
     check_choice("regime", args.regime, list(REGIME_SPLIT))
@@ -67,6 +60,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"exits already trained in {args.out} (delete it to retrain)")
         return 0
     dist, device = init_from_env(args.device)  # under torchrun: one rank per process, data sharded
+    try:
+        return _train(args, profile, cfg, dist, device)
+    finally:
+        shutdown(dist)  # every rank leaves the process group: exiting inside it aborts gloo's threads
+
+
+def _train(args: argparse.Namespace, profile, cfg, dist, device: str | None) -> int:
+    """One rank's training and, on the main rank, the saved exits and manifest."""
+    import torch
+
+    from free_bench.backbone import load_backbone
+    from free_bench.data.scenes_dataset import load_scenes, scenes_hash
+    from free_bench.methods.base import parse_placement
+    from free_bench.methods.registry import get_method
+    from free_bench.records import Manifest
+    from free_bench.training import teacher_forced_batches, train_exits
+    from free_bench.training.distributed import barrier
+
     torch.manual_seed(args.seed)  # the same exit initialisation on every rank
     backbone = load_backbone(args.backbone, device=device, seed=args.backbone_seed)
     layers = parse_placement(args.exits or cfg.dense, backbone.num_layers)

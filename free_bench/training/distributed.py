@@ -83,4 +83,10 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
+def shutdown(d: Dist) -> None:
+    """Leave the process group (torchrun ranks), so no rank exits with gloo's threads still running."""
+    if d.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 SINGLE = Dist()
