@@ -66,6 +66,7 @@ class GraphDecoder:
         capacity: int = 128,
         static_layer: int | None = None,
         capture: bool | None = None,
+        compile_segments: bool = False,
     ) -> None:
         if kv_policy not in GRAPH_POLICIES:
             raise FreeBenchError(
@@ -104,8 +105,14 @@ class GraphDecoder:
         self._pat_token = torch.zeros(1, dtype=torch.long, device=dev)
         self._pat_count = torch.zeros(1, dtype=torch.long, device=dev)
         bounds = list(zip((0, *consulted), (*consulted, L), strict=True))
-        self.outputs: list[torch.Tensor | None] = [None] * len(bounds)  # (1, 1, D) per segment
+        width = backbone.layers[0].self_attn.embed_dim
+        self.outputs = [
+            torch.zeros((1, 1, width), dtype=backbone.dtype, device=dev) for _ in bounds
+        ]  # (1, 1, D)
         self.segments = [Segment(s, e, self._step_fn(i, s, e)) for i, (s, e) in enumerate(bounds)]
+        if compile_segments:  # inductor fuses the layers' small kernels; capture then replays its code
+            for seg in self.segments:
+                seg.run = torch.compile(seg.run, dynamic=False)
         self.fills = (
             {k: self._fill_fn(i) for i, k in enumerate(consulted)} if kv_policy == "propagate" else {}
         )
@@ -170,14 +177,7 @@ class GraphDecoder:
                 hidden = self.masks.embed(embeds, self.masks.position)
             else:
                 hidden = self.outputs[i - 1]
-            self.kv.index = self.masks.position
-            if self.gen_kv is not None:
-                self.gen_kv.index = self.masks.position
-            out = self._segment(i, hidden, self.masks.step_mask())
-            if self.outputs[i] is None:
-                self.outputs[i] = out
-            else:
-                self.outputs[i].copy_(out)
+            self.outputs[i].copy_(self._segment(i, hidden, self.masks.step_mask()))
 
         return run
 
@@ -185,10 +185,7 @@ class GraphDecoder:
         """Propagate: exit i's output fills the K/V of every layer above it (and deeper generators)."""
 
         def run() -> None:
-            hidden = self.outputs[i]
-            assert hidden is not None
-            self.kv.index = self.masks.position
-            self._fill(self.segments[i].end, hidden)
+            self._fill(self.segments[i].end, self.outputs[i])
 
         return run
 
@@ -199,7 +196,6 @@ class GraphDecoder:
             for deeper in (e for e in self.exits if e > k):
                 layer = self.generators.layers[str(deeper)]
                 key, value = kv_projection("opt", layer, hidden)
-                self.gen_kv.index = self.kv.index
                 self.gen_kv.update(key.to(hidden.dtype), value.to(hidden.dtype), layer.self_attn.layer_idx)
 
     # --- capture ----------------------------------------------------------------------------------
@@ -208,6 +204,7 @@ class GraphDecoder:
 
         Runs at position C-1, a slot every real token writes before any token reads it."""
         self.masks.position.fill_(self.capacity - 1)
+        self._address(self.masks.position)
         fns = [s.run for s in self.segments] + list(self.fills.values())
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -290,12 +287,16 @@ class GraphDecoder:
             "full_cost_layers": n * self.cost.full,
         }
 
+    def _address(self, positions: torch.Tensor) -> None:
+        """The KV positions (q,) the next layer calls write (the captured graphs read `masks.position`)."""
+        self.kv.index = positions
+        if self.gen_kv is not None:
+            self.gen_kv.index = positions
+
     def _prompt_step(self, embeds: torch.Tensor) -> tuple[int, int, torch.Tensor, float]:
         """The first new token from the whole prompt: the same segments, uncaptured, q = P."""
         length = embeds.shape[1]
-        self.kv.index = torch.arange(length, device=embeds.device)
-        if self.gen_kv is not None:
-            self.gen_kv.index = self.kv.index
+        self._address(torch.arange(length, device=embeds.device))
         mask = self.masks.prompt_mask(length)
         hidden = self.masks.embed(embeds, self.kv.index)  # (1, P, D)
         stop = len(self.segments) - 1
@@ -309,6 +310,7 @@ class GraphDecoder:
         return self._decided(stop)
 
     def _token_step(self) -> tuple[int, int, torch.Tensor, float]:
+        self._address(self.masks.position)
         stop = len(self.segments) - 1
         for i, seg in enumerate(self.segments):
             seg.replay()

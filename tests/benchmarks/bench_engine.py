@@ -22,6 +22,8 @@ from bench_runner import NEW_TOKENS, OPT_2_7B  # same folder (tests/benchmarks i
 from free_bench.backbone import from_hf
 from free_bench.backbone.tiny import build_tiny_blip2, tiny_inputs
 from free_bench.engine import generate, time_region
+from free_bench.engine.generate import special_tokens
+from free_bench.engine.graphs import GraphDecoder
 from free_bench.engine.timing import Timing
 from free_bench.methods import get_method
 from free_bench.records import device_name
@@ -106,9 +108,14 @@ def _weight_floor_ms(bb, device: str) -> tuple[float, float]:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the graphs engine captures CUDA graphs")
 def test_graphs_engine_near_the_floor(benchmark) -> None:
     """Full-depth decoding through the graphs engine against the weight-read floor, one exit check's
-    cost, and a static exit's measured speedup, with the eager engine and HF timed in the same run.
+    cost, and a static exit's measured speedup, with the eager engine and HF timed in the same run, and
+    the graphs engine with its segments compiled by inductor before capture (`compiled_*` keys).
     Per-token times are (32 tokens - 1 token) / 31: the prefix and prompt pass drop out."""
-    device, (name, dtype, shape) = "cuda", _SHAPES["cuda"]
+    graphs_near_the_floor(benchmark, "cuda", *_SHAPES["cuda"])
+
+
+def graphs_near_the_floor(benchmark, device: str, name: str, dtype: torch.dtype, shape: dict) -> None:
+    """The body of the benchmark above (apart, so a CPU check can run its code paths)."""
     bb = from_hf(build_tiny_blip2("opt", 0, device=device, dtype=dtype, **shape))
     bb.language_model.generation_config.eos_token_id = bb.lm_config.eos_token_id = None
     inputs = {k: v.to(device) for k, v in tiny_inputs(bb.model, 1, text_len=8, seed=0).items()}
@@ -122,15 +129,32 @@ def test_graphs_engine_near_the_floor(benchmark) -> None:
     def run(engine: str, method=None, threshold=None, n: int = NEW_TOKENS):
         return lambda: generate(bb, method, **inputs, max_new_tokens=n, threshold=threshold, engine=engine)
 
+    compiled: dict = {}  # the graphs engine with each segment compiled by inductor before capture
+
+    def run_compiled(method=None, threshold=None, n: int = NEW_TOKENS):
+        key = (id(method), threshold)
+        if key not in compiled:
+            layer = int(threshold) if method is static else None
+            compiled[key] = GraphDecoder(bb, method, kv_policy="propagate" if method is not None else "full",
+                                         static_layer=layer, compile_segments=True)  # fmt: skip
+        eos, pad = special_tokens(bb)
+        return lambda: compiled[key].decode(
+            inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"), max_new_tokens=n,
+            threshold=threshold, eos_ids=eos, pad_id=pad,
+        )  # fmt: skip
+
     regions = {
         "graphs_full": run("graphs"), "graphs_full_1": run("graphs", n=1),
         "graphs_static": run("graphs", static, half), "graphs_checked": run("graphs", never, 0.0),
         "eager_full": run("eager"), "eager_full_1": run("eager", n=1),
         "eager_static": run("eager", static, half), "eager_checked": run("eager", never, 0.0),
+        "compiled_full": run_compiled(), "compiled_full_1": run_compiled(n=1),
+        "compiled_static": run_compiled(static, half), "compiled_checked": run_compiled(never, 0.0),
         "hf": lambda: bb.model.generate(**inputs, do_sample=False, max_new_tokens=NEW_TOKENS),
     }  # fmt: skip
     assert bool((run("graphs", static, half)().exit_layers == half).all())
     assert torch.equal(run("graphs")().tokens, run("eager")().tokens)
+    assert torch.equal(run_compiled()()["tokens"], run("graphs")().tokens)
     samples: dict[str, list[float]] = {k: [] for k in regions}
     for _ in range(3):  # interleaved rounds: clock drift hits every region alike
         for key, fn in regions.items():
@@ -138,7 +162,9 @@ def test_graphs_engine_near_the_floor(benchmark) -> None:
     benchmark.pedantic(regions["graphs_static"], rounds=3, warmup_rounds=1, iterations=1)
     med = {k: torch.tensor(v).median().item() for k, v in samples.items()}
     weight_bytes, floor_ms = _weight_floor_ms(bb, device)
-    per_token = {e: (med[f"{e}_full"] - med[f"{e}_full_1"]) / (NEW_TOKENS - 1) for e in ("graphs", "eager")}
+    per_token = {
+        e: (med[f"{e}_full"] - med[f"{e}_full_1"]) / (NEW_TOKENS - 1) for e in ("graphs", "eager", "compiled")
+    }
     expected = generate(bb, static, **inputs, max_new_tokens=NEW_TOKENS, threshold=half).expected_speedup
     benchmark.extra_info.update(
         {
@@ -162,6 +188,13 @@ def test_graphs_engine_near_the_floor(benchmark) -> None:
             "full_over_floor": per_token["graphs"] / floor_ms,
             "ms_per_exit_check": (med["graphs_checked"] - med["graphs_full"]) / NEW_TOKENS / len(exits),
             "ms_per_exit_check_eager": (med["eager_checked"] - med["eager_full"]) / NEW_TOKENS / len(exits),
+            "compiled_measured_speedup": med["compiled_full"] / med["compiled_static"],
+            "ms_per_token_full_compiled": per_token["compiled"],
+            "full_over_floor_compiled": per_token["compiled"] / floor_ms,
+            "ms_per_exit_check_compiled": (med["compiled_checked"] - med["compiled_full"])
+            / NEW_TOKENS
+            / len(exits),
+            "ms_per_decode_full_compiled": med["compiled_full"],
             "machine": {
                 **machine_state(time_region(regions["graphs_full"], **{**kw, "repeats": 1})),
                 "engine": "graphs",

@@ -5,6 +5,8 @@ Capture itself needs CUDA (tests/gpu/test_graphs.py replays the captured graphs 
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -123,3 +125,23 @@ def test_what_the_graphs_engine_refuses(bb: Backbone) -> None:
     t5 = from_hf(build_tiny_blip2("t5", seed=2))
     with pytest.raises(FreeBenchError, match="OPT"):
         GraphDecoder(t5, None, capture=False)
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor on CPU needs a C++ compiler"
+)
+def test_compiled_segments_decode_as_the_eager_engine(bb: Backbone) -> None:
+    """`compile_segments` hands each segment to torch.compile (what the bench times against the floor):
+    same tokens and exits, and no recompiling once every segment has run."""
+    from torch._dynamo.utils import counters
+
+    m = _method(bb, "pabee")  # patience carries state from segment to segment
+    decoder = GraphDecoder(bb, m, kv_policy="propagate", capture=False, compile_segments=True)
+    seen = []
+    for seed, text_len in ((5, 4), (1, 9), (3, 3)):
+        inputs = tiny_inputs(bb.model, 1, seed=seed, text_len=text_len)
+        got = _decode(decoder, inputs, 1.0)
+        want = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=1.0)
+        assert torch.equal(got["tokens"], want.tokens) and torch.equal(got["exit_layers"], want.exit_layers)
+        seen.append(counters["stats"]["unique_graphs"])
+    assert seen[1] == seen[2]  # prompts of another length reuse the compiled segments
