@@ -86,7 +86,11 @@ class GraphDecoder:
         if method is not None:
             consulted = tuple(k for k in method.layers if k < L)
             if self.rule == "static":  # decided by position: only that exit is consulted
-                consulted = tuple(k for k in consulted if k == static_layer)
+                if static_layer not in method.layers:
+                    raise FreeBenchError(
+                        f"static exits need static_layer, one of {list(method.layers)}; got {static_layer!r}"
+                    )
+                consulted = (static_layer,) if static_layer < L else ()  # an exit at L is the model
         self.exits = consulted
         self.cost: CostModel = cost_model(backbone, method)
         self.generators = method.generators if isinstance(method, GeneratorMethod) else None
@@ -96,7 +100,7 @@ class GraphDecoder:
         )
         self.ids = torch.zeros((1, 1), dtype=torch.long, device=dev)  # (1, 1) token in flight
         self.threshold = torch.zeros((), dtype=torch.float32, device=dev)
-        # the step's decision so far, updated in place by each segment: [decided, token]
+        # the step's decision so far, updated in place by each segment
         self.decided = torch.zeros(1, dtype=torch.bool, device=dev)
         self.token = torch.zeros(1, dtype=torch.long, device=dev)
         self.score = torch.zeros(1, dtype=torch.float32, device=dev)

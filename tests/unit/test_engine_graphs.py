@@ -68,7 +68,8 @@ def test_same_tokens_exits_and_costs_as_the_eager_engine(bb: Backbone, policy: s
     seen_layers = set()
     for name in METHODS:
         m = _method(bb, name)
-        for t in _thresholds(bb, m, inputs) + ([NEVER[m.rule]] if m.rule in NEVER else []):
+        last = [float(bb.num_layers)] if m.rule == "static" else []  # a static exit at L is the full model
+        for t in _thresholds(bb, m, inputs) + last + ([NEVER[m.rule]] if m.rule in NEVER else []):
             static = int(t) if m.rule == "static" else None
             decoder = GraphDecoder(bb, m, kv_policy=policy, capture=False, static_layer=static)
             got = _decode(decoder, inputs, t)
@@ -78,7 +79,7 @@ def test_same_tokens_exits_and_costs_as_the_eager_engine(bb: Backbone, policy: s
             assert got["cost_layers"] == pytest.approx(want.cost_layers), (name, t)
             assert torch.allclose(got["confidences"], want.confidences, atol=1e-5, equal_nan=True), (name, t)
             seen_layers |= set(want.exit_layers.flatten().tolist())
-            if t == NEVER.get(m.rule):
+            if t == NEVER.get(m.rule) or (m.rule == "static" and t == bb.num_layers):
                 assert torch.equal(got["tokens"], hf), name  # a threshold that never exits: HF's tokens
     assert len(seen_layers) >= 3  # the thresholds really spread tokens over exits
 
@@ -122,6 +123,8 @@ def test_what_the_graphs_engine_refuses(bb: Backbone) -> None:
         _decode(GraphDecoder(bb, m, capacity=12, capture=False), tiny_inputs(bb.model, 1, seed=5), 0.5)
     with pytest.raises(FreeBenchError, match="CUDA device"):
         GraphDecoder(bb, m, capture=True)
+    with pytest.raises(FreeBenchError, match="static_layer"):
+        GraphDecoder(bb, _method(bb, "static"), capture=False)
     t5 = from_hf(build_tiny_blip2("t5", seed=2))
     with pytest.raises(FreeBenchError, match="OPT"):
         GraphDecoder(t5, None, capture=False)
