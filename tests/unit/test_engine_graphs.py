@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+from test_engine_exits import _method  # same folder: exits nudged off their init, as the eager tests use
 
 from free_bench.backbone import Backbone, from_hf
 from free_bench.backbone.tiny import build_tiny_blip2, tiny_inputs
@@ -16,7 +17,7 @@ from free_bench.engine import generate
 from free_bench.engine.generate import special_tokens
 from free_bench.engine.graphs import GraphDecoder
 from free_bench.errors import FreeBenchError
-from free_bench.methods import ExitMethod, get_method
+from free_bench.methods import ExitMethod
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 N_NEW = 8
@@ -29,15 +30,6 @@ def bb() -> Backbone:
     backbone = from_hf(build_tiny_blip2("opt", seed=2))
     backbone.language_model.generation_config.eos_token_id = backbone.lm_config.eos_token_id = None
     return backbone
-
-
-def _method(bb: Backbone, name: str, layers: str = "all") -> ExitMethod:
-    m = get_method(name)(bb, layers)
-    gen = torch.Generator().manual_seed(7)
-    with torch.no_grad():  # off the init, so exits disagree with the logit lens and each other
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return m.eval()
 
 
 def _decode(decoder: GraphDecoder, inputs: dict, threshold: float | None) -> dict:
