@@ -120,25 +120,16 @@ def _sweep(folder: Path, res: Results) -> None:
     samples = pd.read_parquet(path)
     if samples.empty:
         return
-    # the samples table has no timer (nor, before it, an engine): take them from the sweep rows of the
-    # same point; where the samples name an engine, only from that engine's rows
+    # the samples table has no timer nor engine: take them from the sweep rows of the same point (a
+    # sweep is one spec, so one engine; a folder mixing two at one point cannot be attributed)
     points = sweep[SAMPLE_KEYS + ["timer", "engine"]].drop_duplicates()
-    as_float = {"threshold": lambda d: d["threshold"].astype(float)}
-    merged = samples.assign(**as_float).merge(
-        points.assign(**as_float), on=SAMPLE_KEYS, how="left", suffixes=("_own", "")
-    )
-    if "engine_own" in merged.columns:
-        own = merged.pop("engine_own")
-        named = own.notna() & (own.astype(str) != "")
-        merged = merged[~named | merged["engine"].isna() | (own.astype(str) == merged["engine"])]
-        merged["engine"] = merged["engine"].fillna(own[merged.index])
-    if len(merged) != len(samples):
+    if points.duplicated(SAMPLE_KEYS).any():
         res.notes.append(
-            f"sweeps/{folder.name}/samples.parquet: not used, its sweep has several engines at one point "
-            "and the samples do not say which"
+            f"sweeps/{folder.name}/samples.parquet: not used, its sweep has several engines at one point"
         )
         return
-    samples = merged.reset_index(drop=True)
+    as_float = {"threshold": lambda d: d["threshold"].astype(float)}
+    samples = samples.assign(**as_float).merge(points.assign(**as_float), on=SAMPLE_KEYS, how="left")
     res.samples = pd.concat([res.samples, samples.assign(**tags)], ignore_index=True)
 
 

@@ -38,14 +38,19 @@ def new_state(backbone: Backbone, attention_mask: torch.Tensor, max_len: int) ->
 
 def begin(state: DecodeState, embeds: torch.Tensor) -> torch.Tensor:
     """Token embeddings (B, q, D') of the next q positions -> layer-1 input (B, q, D); set the masks."""
-    dec = state.backbone.decoder
     pos, q = state.pos, embeds.shape[1]
-    if dec.project_in is not None:
-        embeds = dec.project_in(embeds)
-    pos_embeds = dec.embed_positions(None, 0, position_ids=state.position_ids[:, pos : pos + q])
-    hidden = embeds + pos_embeds  # (B, q, D)
+    hidden = layer_input(state.backbone, embeds, state.position_ids[:, pos : pos + q])  # (B, q, D)
     set_masks(state, hidden)
     return hidden
+
+
+def layer_input(backbone: Backbone, embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """Token embeddings (B, q, D') at `position_ids` (B, q) -> layer-1 input (B, q, D), as OPTDecoder adds
+    its learned positions."""
+    dec = backbone.decoder
+    if dec.project_in is not None:
+        embeds = dec.project_in(embeds)
+    return embeds + dec.embed_positions(None, 0, position_ids=position_ids)
 
 
 def set_masks(state: DecodeState, hidden: torch.Tensor) -> None:

@@ -115,14 +115,14 @@ def fill_kv_from(
     """Fill layers start..L-1 (0-based) at the positions in flight from `hidden` (b, q, D), one matmul."""
     stacked = state.extras.get("stacked_kv")
     if stacked is None:
-        stacked = state.extras["stacked_kv"] = _stacked(state.backbone)
+        stacked = state.extras["stacked_kv"] = stacked_kv(state.backbone)
     if start >= state.num_layers:
         return
     k, v = stacked(hidden, start)
     state.kv.write_layers(start, k.to(hidden.dtype), v.to(hidden.dtype), rows)
 
 
-def _stacked(backbone: Backbone) -> StackedKV:
+def stacked_kv(backbone: Backbone) -> StackedKV:
     """One StackedKV per backbone (built on first use: the folded weights cost one copy of K/V)."""
     cached = getattr(backbone, "_stacked_kv", None)
     if cached is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from free_bench.backbone import runner_opt
 from free_bench.backbone.base import Backbone
 from free_bench.backbone.runner_state import attention_kind
 from free_bench.errors import FreeBenchError
@@ -90,7 +91,4 @@ class StaticMasks:
 
     def embed(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Token embeddings (1, q, D') at `positions` (q,) -> layer-1 input (1, q, D), as OPT adds them."""
-        dec = self.backbone.decoder
-        if dec.project_in is not None:
-            embeds = dec.project_in(embeds)
-        return embeds + dec.embed_positions(None, 0, position_ids=positions[None, :])
+        return runner_opt.layer_input(self.backbone, embeds, positions[None, :])

@@ -28,6 +28,29 @@ LIVE_RULES = ("max_prob", "entropy", "patience", "static", "cosine")
 _READS_LOGITS = ("max_prob", "entropy", "patience")
 
 
+def verdict(
+    rule: str,
+    logits: torch.Tensor,
+    threshold: float | torch.Tensor,
+    previous: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A logits-reading rule (max_prob, entropy, patience, static) on one exit's logits (b, V):
+    (tokens, score, fired, PABEE's counter after this exit or None), each (b,). Both engines decide
+    with it; `threshold` may be a device scalar (the graphs engine changes it without recapturing),
+    `previous`/`counts` are the previous exit's tokens and counter (None at the first exit)."""
+    tokens = logits.argmax(-1)
+    if rule == "patience":
+        counts = rules.patience_step(previous, tokens, counts)
+        return tokens, counts.float(), counts >= threshold, counts
+    if rule == "entropy":
+        score = rules.entropy(logits[None])[0]
+        return tokens, score, score < threshold, None
+    score = rules.max_prob(logits[None])[0]
+    fired = torch.ones_like(tokens, dtype=torch.bool) if rule == "static" else score >= threshold
+    return tokens, score, fired, None
+
+
 @dataclass(eq=False)
 class Check:
     """An exit's verdict for b rows: the token it would emit, whether it fires, the rule's score."""
@@ -102,21 +125,11 @@ class ExitRuntime:
             score = cosine(previous, hidden[:, -1])  # (b,)
             fired = score >= self.threshold
             return Check(m.head_logits(k, last)[:, 0].argmax(-1), fired, score)
-        if self.rule == "static":
-            logits = m.head_logits(k, last)[:, 0].float()  # (b, V)
-            fired = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
-            return Check(logits.argmax(-1), fired, rules.max_prob(logits[None])[0])
         logits = m.head_logits(k, last)[:, 0].float()  # (b, V)
-        tokens = logits.argmax(-1)
-        if self.rule == "max_prob":
-            score = rules.max_prob(logits[None])[0]
-            return Check(tokens, score >= self.threshold, score)
-        if self.rule == "entropy":
-            score = rules.entropy(logits[None])[0]
-            return Check(tokens, score < self.threshold, score)
-        self._counts = rules.patience_step(self._tokens, tokens, self._counts)
-        self._tokens = tokens
-        return Check(tokens, self._counts >= self.threshold, self._counts.float())
+        tokens, score, fired, counts = verdict(self.rule, logits, self.threshold, self._tokens, self._counts)
+        if counts is not None:  # PABEE: the counter and tokens the next exit compares with
+            self._tokens, self._counts = tokens, counts
+        return Check(tokens, fired, score)
 
     # --- KV policies ---------------------------------------------------------------------------
     def fill_generators(self, above: int, hidden: torch.Tensor, rows: torch.Tensor) -> int:

@@ -24,12 +24,11 @@ import torch
 
 from free_bench.backbone import runner
 from free_bench.backbone.base import Backbone
-from free_bench.backbone.runner_skip import _stacked, kv_projection
+from free_bench.backbone.runner_skip import kv_projection, stacked_kv
 from free_bench.backbone.runner_static import StaticKV, StaticMasks
 from free_bench.engine.cost import CostModel, cost_model
-from free_bench.engine.exit_runtime import LIVE_RULES
+from free_bench.engine.exit_runtime import LIVE_RULES, verdict
 from free_bench.errors import FreeBenchError
-from free_bench.methods import rules
 from free_bench.methods.base import ExitMethod
 from free_bench.methods.heads import GeneratorMethod
 from free_bench.methods.mue import cosine
@@ -157,22 +156,16 @@ class GraphDecoder:
         elif self.rule != "cosine":
             last = m.exit_hidden(k, last)
         logits = m.head_logits(k, last)[:, 0].float()  # (1, V)
-        token = logits.argmax(-1)
         if self.rule == "cosine":
             assert previous is not None
             score = cosine(previous, hidden[:, -1])
-            return token, score, score >= self.threshold
-        if self.rule in ("max_prob", "static"):
-            score = rules.max_prob(logits[None])[0]
-            fired = torch.ones_like(self.decided) if self.rule == "static" else score >= self.threshold
-            return token, score, fired
-        if self.rule == "entropy":
-            score = rules.entropy(logits[None])[0]
-            return token, score, score < self.threshold
-        counts = rules.patience_step(self._pat_token if i else None, token, self._pat_count if i else None)
-        self._pat_count.copy_(counts)
-        self._pat_token.copy_(token)
-        return token, counts.float(), counts.float() >= self.threshold
+            return logits.argmax(-1), score, score >= self.threshold
+        state = (self._pat_token, self._pat_count) if i else (None, None)  # PABEE restarts at exit 1
+        token, score, fired, counts = verdict(self.rule, logits, self.threshold, *state)
+        if counts is not None:  # in place: the next segment's graph reads these buffers
+            self._pat_count.copy_(counts)
+            self._pat_token.copy_(token)
+        return token, score, fired
 
     def _step_fn(self, i: int, start: int, end: int) -> Callable[[], None]:
         def run() -> None:
@@ -194,7 +187,7 @@ class GraphDecoder:
         return run
 
     def _fill(self, k: int, hidden: torch.Tensor) -> None:
-        keys, values = _stacked(self.bb)(hidden, k)  # (L - k, 1, H, q, Dh)
+        keys, values = stacked_kv(self.bb)(hidden, k)  # (L - k, 1, H, q, Dh)
         self.kv.write_layers(k, keys.to(hidden.dtype), values.to(hidden.dtype))
         if self.generators is not None and self.gen_kv is not None:
             for deeper in (e for e in self.exits if e > k):

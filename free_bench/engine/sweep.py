@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
@@ -171,12 +171,6 @@ def gather_samples(out: Path) -> pd.DataFrame:
     return SWEEP_SAMPLES.validate(pd.concat(frames, ignore_index=True))[SWEEP_SAMPLES.names]
 
 
-def _saved_spec(path: Path) -> dict:
-    """A folder's spec, with fields added since it was written at their defaults (resumable)."""
-    defaults = {f.name: f.default for f in fields(SweepSpec) if f.default is not MISSING}
-    return {**json.loads(json.dumps(defaults)), **json.loads(path.read_text())}
-
-
 def run_sweep(
     spec: SweepSpec,
     out: Path,
@@ -188,7 +182,12 @@ def run_sweep(
     caller runs many sweeps of one method (reproduce's robustness grid) and loads it once."""
     spec.check()
     saved = out / "sweep_spec.json"
-    if saved.exists() and _saved_spec(saved) != json.loads(json.dumps(asdict(spec))):
+    if saved.exists() and "engine" not in json.loads(saved.read_text()):
+        raise FreeBenchError(
+            f"{out} was written before sweeps recorded their decode engine; delete it to rerun the sweep "
+            "(reproduce: --fresh)"
+        )
+    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(asdict(spec))):
         raise FreeBenchError(f"{out} holds another sweep ({saved}); choose a new --out or delete it")
     if _finished(spec, out):  # a resumed caller (reproduce) neither reloads the exits nor re-records
         return SWEEP.validate(pd.read_parquet(out / "sweep.parquet"))

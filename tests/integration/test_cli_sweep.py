@@ -64,6 +64,13 @@ def test_simulated_sweep_and_resume(trained, tmp_path):
     assert point.exists() and all(p.stat().st_mtime_ns == t for p, t in others.items())
     res = _sweep(env, exits, out, "--mode", "simulated", "--thresholds", "0.7")
     assert res.returncode != 0 and "holds another sweep" in res.stderr
+    saved = json.loads((out / "sweep_spec.json").read_text())
+    del saved["engine"]  # a folder from before sweeps recorded their engine
+    (out / "sweep_spec.json").write_text(json.dumps(saved))
+    res = _sweep(
+        env, exits, out, "--mode", "simulated", "--thresholds", "0", "0.5", "1", "--tasks", "vqa", "caption"
+    )
+    assert res.returncode != 0 and "before sweeps recorded their decode engine" in res.stderr
 
 
 def test_live_sweep_times_against_the_full_model(trained, tmp_path):

@@ -109,9 +109,6 @@ def test_samples_of_a_sweep_with_two_engines_at_one_point_are_not_guessed(tmp_pa
     _samples(only).to_parquet(tmp_path / "sweeps" / "both" / "samples.parquet")
     res = load_results(tmp_path)
     assert res.samples is None and any("several engines" in n for n in res.notes)
-    _samples(only).assign(engine="graphs").to_parquet(tmp_path / "sweeps" / "both" / "samples.parquet")
-    res = load_results(tmp_path)  # samples that name their engine are matched to that engine's rows
-    assert set(res.samples["engine"]) == {"graphs"} and len(res.samples) == len(_samples(only))
 
 
 def test_two_engines_at_the_same_thresholds_are_two_curves_with_their_own_speedups() -> None:
