@@ -108,14 +108,24 @@ def _weight_floor_ms(bb, device: str) -> tuple[float, float]:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the graphs engine captures CUDA graphs")
 def test_graphs_engine_near_the_floor(benchmark) -> None:
     """Full-depth decoding through the graphs engine against the weight-read floor, one exit check's
-    cost, and a static exit's measured speedup, with the eager engine and HF timed in the same run, and
-    the graphs engine with its segments compiled by inductor before capture (`compiled_*` keys).
+    cost, and a static exit's measured speedup, with the eager engine and HF timed in the same run.
     Per-token times are (32 tokens - 1 token) / 31: the prefix and prompt pass drop out."""
-    graphs_near_the_floor(benchmark, "cuda", *_SHAPES["cuda"])
+    graphs_near_the_floor(benchmark, "cuda", *_SHAPES["cuda"], engines=("graphs", "eager"))
 
 
-def graphs_near_the_floor(benchmark, device: str, name: str, dtype: torch.dtype, shape: dict) -> None:
-    """The body of the benchmark above (apart, so a CPU check can run its code paths)."""
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the graphs engine captures CUDA graphs")
+def test_compiled_graphs_near_the_floor(benchmark) -> None:
+    """The same, with each segment compiled by inductor before capture (`GraphDecoder(compile_segments=
+    True)`), timed interleaved with the plain graphs engine. Apart from the test above so that a compile
+    failure on some host costs only its own numbers."""
+    graphs_near_the_floor(benchmark, "cuda", *_SHAPES["cuda"], engines=("compiled", "graphs"))
+
+
+def graphs_near_the_floor(
+    benchmark, device: str, name: str, dtype: torch.dtype, shape: dict, engines: tuple[str, ...]
+) -> None:
+    """The body of the benchmarks above: `engines[0]` is the one reported under the plain keys
+    (`measured_speedup`, `ms_per_token_full`, ...), every other one under `<engine>_` keys."""
     bb = from_hf(build_tiny_blip2("opt", 0, device=device, dtype=dtype, **shape))
     bb.language_model.generation_config.eos_token_id = bb.lm_config.eos_token_id = None
     inputs = {k: v.to(device) for k, v in tiny_inputs(bb.model, 1, text_len=8, seed=0).items()}
@@ -125,13 +135,13 @@ def graphs_near_the_floor(benchmark, device: str, name: str, dtype: torch.dtype,
     static = get_method("static")(bb, exits).eval()
     never = get_method("deebert")(bb, exits).eval()
     kw = dict(warmup=3, repeats=10, device=device, dtype=dtype, batch_size=1)
-
-    def run(engine: str, method=None, threshold=None, n: int = NEW_TOKENS):
-        return lambda: generate(bb, method, **inputs, max_new_tokens=n, threshold=threshold, engine=engine)
-
     compiled: dict = {}  # the graphs engine with each segment compiled by inductor before capture
 
-    def run_compiled(method=None, threshold=None, n: int = NEW_TOKENS):
+    def run(engine: str, method=None, threshold=None, n: int = NEW_TOKENS):
+        if engine != "compiled":
+            return lambda: generate(
+                bb, method, **inputs, max_new_tokens=n, threshold=threshold, engine=engine
+            )
         key = (id(method), threshold)
         if key not in compiled:
             layer = int(threshold) if method is static else None
@@ -143,61 +153,60 @@ def graphs_near_the_floor(benchmark, device: str, name: str, dtype: torch.dtype,
             threshold=threshold, eos_ids=eos, pad_id=pad,
         )  # fmt: skip
 
-    regions = {
-        "graphs_full": run("graphs"), "graphs_full_1": run("graphs", n=1),
-        "graphs_static": run("graphs", static, half), "graphs_checked": run("graphs", never, 0.0),
-        "eager_full": run("eager"), "eager_full_1": run("eager", n=1),
-        "eager_static": run("eager", static, half), "eager_checked": run("eager", never, 0.0),
-        "compiled_full": run_compiled(), "compiled_full_1": run_compiled(n=1),
-        "compiled_static": run_compiled(static, half), "compiled_checked": run_compiled(never, 0.0),
-        "hf": lambda: bb.model.generate(**inputs, do_sample=False, max_new_tokens=NEW_TOKENS),
-    }  # fmt: skip
+    def tokens(engine: str) -> torch.Tensor:
+        out = run(engine)()
+        return out["tokens"] if isinstance(out, dict) else out.tokens
+
+    regions = {}
+    for e in engines:
+        regions.update({f"{e}_full": run(e), f"{e}_full_1": run(e, n=1), f"{e}_static": run(e, static, half),
+                        f"{e}_checked": run(e, never, 0.0)})  # fmt: skip
+    if "eager" in engines:
+        regions["hf"] = lambda: bb.model.generate(**inputs, do_sample=False, max_new_tokens=NEW_TOKENS)
     assert bool((run("graphs", static, half)().exit_layers == half).all())
-    assert torch.equal(run("graphs")().tokens, run("eager")().tokens)
-    assert torch.equal(run_compiled()()["tokens"], run("graphs")().tokens)
+    reference = run("eager")().tokens  # the eager engine's full-depth tokens (HF's, as the tests check)
+    # bf16 kernels that inductor fuses may round differently: agreement is reported, not assumed
+    agree = {e: float((tokens(e) == reference).float().mean()) for e in engines}
+    assert agree["graphs"] == 1.0
     samples: dict[str, list[float]] = {k: [] for k in regions}
     for _ in range(3):  # interleaved rounds: clock drift hits every region alike
         for key, fn in regions.items():
             samples[key] += list(time_region(fn, **kw).samples_ms)
-    benchmark.pedantic(regions["graphs_static"], rounds=3, warmup_rounds=1, iterations=1)
+    benchmark.pedantic(regions[f"{engines[0]}_static"], rounds=3, warmup_rounds=1, iterations=1)
     med = {k: torch.tensor(v).median().item() for k, v in samples.items()}
     weight_bytes, floor_ms = _weight_floor_ms(bb, device)
-    per_token = {
-        e: (med[f"{e}_full"] - med[f"{e}_full_1"]) / (NEW_TOKENS - 1) for e in ("graphs", "eager", "compiled")
-    }
     expected = generate(bb, static, **inputs, max_new_tokens=NEW_TOKENS, threshold=half).expected_speedup
-    benchmark.extra_info.update(
-        {
-            "model": name,
-            "engine": "graphs",
-            "policy": "propagate",
-            "new_tokens": NEW_TOKENS,
-            "exit_layer": half,
-            "mean_exit_layer": float(half),
-            "num_layers": bb.num_layers,
-            "measured_speedup": med["graphs_full"] / med["graphs_static"],
-            "expected_speedup": expected,
-            "eager_measured_speedup": med["eager_full"] / med["eager_static"],
-            "ms_per_token_full": per_token["graphs"],
-            "ms_per_token_full_eager": per_token["eager"],
-            "ms_per_decode_hf": med["hf"],
-            "ms_per_decode_full": med["graphs_full"],
-            "ms_per_decode_full_eager": med["eager_full"],
-            "floor_ms_per_token": floor_ms,
-            "weight_gib": weight_bytes / 2**30,
-            "full_over_floor": per_token["graphs"] / floor_ms,
-            "ms_per_exit_check": (med["graphs_checked"] - med["graphs_full"]) / NEW_TOKENS / len(exits),
-            "ms_per_exit_check_eager": (med["eager_checked"] - med["eager_full"]) / NEW_TOKENS / len(exits),
-            "compiled_measured_speedup": med["compiled_full"] / med["compiled_static"],
-            "ms_per_token_full_compiled": per_token["compiled"],
-            "full_over_floor_compiled": per_token["compiled"] / floor_ms,
-            "ms_per_exit_check_compiled": (med["compiled_checked"] - med["compiled_full"])
-            / NEW_TOKENS
-            / len(exits),
-            "ms_per_decode_full_compiled": med["compiled_full"],
-            "machine": {
-                **machine_state(time_region(regions["graphs_full"], **{**kw, "repeats": 1})),
-                "engine": "graphs",
-            },
-        }
-    )
+    info: dict = {
+        "model": name,
+        "engine": engines[0],
+        "policy": "propagate",
+        "new_tokens": NEW_TOKENS,
+        "exit_layer": half,
+        "mean_exit_layer": float(half),
+        "num_layers": bb.num_layers,
+        "expected_speedup": expected,
+        "floor_ms_per_token": floor_ms,
+        "weight_gib": weight_bytes / 2**30,
+    }
+    for e in engines:
+        per_token = (med[f"{e}_full"] - med[f"{e}_full_1"]) / (NEW_TOKENS - 1)
+        suffix = "" if e == engines[0] else f"_{e}"
+        prefix = "" if e == engines[0] else f"{e}_"
+        info.update(
+            {
+                f"{prefix}measured_speedup": med[f"{e}_full"] / med[f"{e}_static"],
+                f"ms_per_token_full{suffix}": per_token,
+                f"ms_per_decode_full{suffix}": med[f"{e}_full"],
+                f"full_over_floor{suffix}": per_token / floor_ms,
+                f"ms_per_exit_check{suffix}": (med[f"{e}_checked"] - med[f"{e}_full"])
+                / NEW_TOKENS
+                / len(exits),
+            }
+        )
+        if e != "eager":
+            info[f"tokens_agree_with_eager{suffix}"] = agree[e]
+    if "hf" in med:
+        info["ms_per_decode_hf"] = med["hf"]
+    info["machine"] = {**machine_state(time_region(regions[f"{engines[0]}_full"], **{**kw, "repeats": 1})),
+                       "engine": engines[0]}  # fmt: skip
+    benchmark.extra_info.update(info)
