@@ -31,7 +31,8 @@ def run_chain(plan: dict) -> None:
     if not (work / "config.json").exists():
         _cli(*plan["train"])
     if not all(Path(f).exists() for f in plan["eval_outputs"]):  # a killed eval runs again
-        _cli(*plan["eval"])
+        for argv in plan["eval"]:
+            _cli(*argv)
     for sweep in plan["sweeps"]:
         run_planned(sweep)
 

@@ -51,8 +51,8 @@ def run_names(ctx: Context) -> list[tuple[str, str, str, int]]:
 
 def chain_plan(ctx: Context, name: str, method: str, regime: str, seed: int) -> dict:
     """One run's chain as plain data (a worker process runs it without the profile in memory):
-    train-exits -> eval-exits (val, test) -> its simulated sweeps (val for the first seed only: val
-    sets the operating points; FREE's caption sweep too)."""
+    train-exits -> eval-exits (VQA on val and test; captions on test) -> its simulated sweeps (val
+    for the first seed only: val sets the operating points; FREE's caption sweep too)."""
     cfg, profile = _cfg(ctx), get_profile(ctx.profile)
     work = ctx.cache / "exits" / name
     first = seed == cfg.seeds[0]
@@ -60,19 +60,14 @@ def chain_plan(ctx: Context, name: str, method: str, regime: str, seed: int) -> 
     train = ["train-exits", "--method", method, "--backbone", f"embedded:{ctx.profile}", "--regime", regime,
              "--exits", profile.exits.dense, "--seed", seed, "--backbone-seed", ctx.seed, "--steps", steps,
              "--out", work]  # fmt: skip
-    tasks = ["vqa", "caption"] if first else ["vqa"]  # CIDEr tables: first seed
+    # per-exit VQA on val and test; per-exit captions (the CIDEr table, first seed) on test only: the
+    # report reads no val captions, and each split's captions cost a full-model caption decode per batch
     evaluate = [
-        "eval-exits",
-        "--exits",
-        work,
-        "--split",
-        "val",
-        "test",
-        "--tasks",
-        *tasks,
-        "--out",
-        work / "eval",
+        ["eval-exits", "--exits", work, "--split", "val", "test", "--tasks", "vqa", "--out", work / "eval"]
     ]
+    if first:
+        evaluate.append(["eval-exits", "--exits", work, "--split", "test", "--tasks", "caption", "--out",
+                         work / "eval"])  # fmt: skip
     grid = thresholds_for(_rule(method), _sparse(ctx), cfg.grid)
     sweeps = [sweep_plan(ctx, f"sim-{name}-{split}", method, work, split, "simulated", grid, seed=seed)
               for split in (("val", "test") if first else ("test",))]  # fmt: skip
@@ -80,10 +75,12 @@ def chain_plan(ctx: Context, name: str, method: str, regime: str, seed: int) -> 
         cap = thresholds_for(_rule(method), _sparse(ctx), cfg.caption_grid)
         sweeps.append(sweep_plan(ctx, f"sim-{name}-test-caption", method, work, "test", "simulated", cap,
                                  seed=seed, tasks=["caption"], max_rows=cfg.caption_rows))  # fmt: skip
-    kinds = ["per_exit"] + (["per_exit_captions", "per_exit_caption_scores"] if "caption" in tasks else [])
-    outputs = [f"{kind}_{split}.parquet" for split in ("val", "test") for kind in kinds]
-    return {"name": name, "work": str(work), "weight": TRAIN_WEIGHT.get(method, 1),
-            "train": [str(a) for a in train], "eval": [str(a) for a in evaluate],
+    outputs = ["per_exit_val.parquet", "per_exit_test.parquet"] + (
+        ["per_exit_captions_test.parquet", "per_exit_caption_scores_test.parquet"] if first else []
+    )
+    weight = CHAIN_SECONDS.get(method, CHAIN_SECONDS["other"]) + (CHAIN_SECONDS["first_seed"] if first else 0)
+    return {"name": name, "work": str(work), "weight": weight,
+            "train": [str(a) for a in train], "eval": [[str(a) for a in argv] for argv in evaluate],
             "eval_outputs": [str(work / "eval" / f) for f in outputs], "sweeps": sweeps}  # fmt: skip
 
 
@@ -100,7 +97,10 @@ def fitting_workers(cfg: ReproduceConfig) -> int:
     return min(cfg.exit_workers, fit)
 
 
-TRAIN_WEIGHT = {"free": 10, "distill": 4}  # rough relative training cost: workers take heavy chains first
+# a chain's rough cost, so that workers take the heaviest first: seconds of a gpu-profile chain with six
+# workers (session 7's worker logs: FREE ~90 s, distill ~55, PABEE/DeeBERT ~25; the first seed's val
+# sweeps, caption sweep and per-exit captions add ~30-70 s)
+CHAIN_SECONDS = {"free": 90, "distill": 55, "other": 25, "first_seed": 40}
 
 
 @stage("exits")

@@ -319,24 +319,36 @@ def _simulated(spec, method, cost, rows, task, out, base, progress) -> dict:
 
 
 def _live(spec, method, rows, task, out, base, progress) -> dict:
-    """The full model's own point, then each threshold; every point times the full model beside it."""
+    """Each threshold, with the full model timed beside it on every batch; the full model's own point
+    comes from the first threshold's run (the same decodes), or alone when only it is missing."""
     bb = method.backbone
     args = (rows, task, spec.batch_size)
-    for t, key in [(None, "full")] + [(t, t) for t in spec.thresholds]:
-        path = _point_file(out, task, key)
-        if path.exists():
-            continue
+    todo = [t for t in spec.thresholds if not _point_file(out, task, t).exists()]
+    if not _point_file(out, task, "full").exists() and not todo:
+        todo = [None]
+    for t in todo:
         res, full = S.live_outputs(bb, None if t is None else method, *args, t, spec.kv_policy, spec.warmup,
                                    spec.repeats, compact=spec.compact, engine=spec.engine)  # fmt: skip
-        lat = pd.Series(res.latencies_ms)
-        name, threshold = (method.name, t) if t is not None else ("full", bb.num_layers)
-        faster = min(full["engine_ms"], full["hf_ms"])
-        metrics, values = S.quality(task, rows, res.texts)
-        if task == "caption":
-            save_texts(path, res.texts)
-        write_json(full, path.with_suffix(".full_ms.json"))  # the full model timed beside this point
-        _write_point(_rows_out(base, name, threshold, task, metrics, res.summary(),
-                               measured_speedup=faster / sum(res.latencies_ms), latency_ms_median=lat.median(),
-                               latency_ms_p90=lat.quantile(0.9), timer=res.timer), path, values, res.rows)  # fmt: skip
+        if t is not None and not _point_file(out, task, "full").exists():  # first: a kill leaves t to redo
+            _write_live_point(out, task, "full", ("full", bb.num_layers), res.full_model, full, base, rows)
+        named = (method.name, t) if t is not None else ("full", bb.num_layers)
+        _write_live_point(out, task, t if t is not None else "full", named, res, full, base, rows)
     return {f.name.split("__")[1].removesuffix(".full_ms.json"): json.loads(f.read_text())
             for f in sorted((out / "points").glob(f"{task}__*.full_ms.json"))}  # fmt: skip
+
+
+def _write_live_point(
+    out, task, key, named: tuple[str, float], res: S.Outputs, full: dict, base, rows
+) -> None:
+    """One live point's rows, samples, full-model times (and captions) on disk; `named`: (method, threshold)."""
+    path = _point_file(out, task, key)
+    name, threshold = named
+    lat = pd.Series(res.latencies_ms)
+    faster = min(full["engine_ms"], full["hf_ms"])
+    metrics, values = S.quality(task, rows, res.texts)
+    if task == "caption":
+        save_texts(path, res.texts)
+    write_json(full, path.with_suffix(".full_ms.json"))  # the full model timed beside this point
+    _write_point(_rows_out(base, name, threshold, task, metrics, res.summary(),
+                           measured_speedup=faster / sum(res.latencies_ms), latency_ms_median=lat.median(),
+                           latency_ms_p90=lat.quantile(0.9), timer=res.timer), path, values, res.rows)  # fmt: skip

@@ -44,6 +44,25 @@ class Outputs:
     latencies_ms: list[float] = field(default_factory=list)
     timer: str = "none"
     rows: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ROW_FIELDS})
+    # live, with exits: the full model's own outputs from the decodes timed beside them (its sweep point)
+    full_model: Outputs | None = None
+
+    def add(self, res, index: int, own_ms: float, times: dict[str, float]) -> None:
+        """One decoded batch (a GenerateResult): texts, exit layers, costs, and its times per row."""
+        self.texts.extend(res.text)
+        real = res.exit_layers > 0  # (b, T)
+        self.exit_layers.extend(res.exit_layers[real].tolist())
+        self.spent += res.cost_layers
+        self.full += res.full_cost_layers
+        self.latencies_ms.append(own_ms)
+        b = len(res.exit_layers)
+        depth = (res.exit_layers * real).sum(1).double() / real.sum(1).clamp(min=1)  # (b,) mean exit layer
+        shares = {"cost_layers": res.cost_layers, "full_cost_layers": res.full_cost_layers, "latency_ms": own_ms,
+                  **times}  # fmt: skip
+        for key, v in shares.items():
+            self.rows[key].extend([v / b] * b)
+        self.rows["batch"].extend([index] * b)
+        self.rows["exit_layer_mean"].extend(depth.tolist())
 
     def summary(self) -> dict:
         hist = Counter(self.exit_layers)
@@ -213,8 +232,9 @@ def live_outputs(
     """Decode every batch through the engine (timed), with the full model timed beside it on the same
     batch, interleaved (HF `generate()`, the engine with exits off, then the early-exit decode), so
     that clock or load drift hits all three alike; the prefix alone (vision tower, Q-Former: what no
-    exit can skip) is timed beside them. Returns the decode's outputs and the summed times
-    {"engine_ms", "hf_ms", "prefix_ms"}."""
+    exit can skip) is timed beside them. Returns the decode's outputs (with exits, the full model's
+    outputs from the same decodes in `.full_model`) and the summed times {"engine_ms", "hf_ms",
+    "prefix_ms"}."""
     out = Outputs()
     batches = []
     for start in range(0, len(rows), batch_size):
@@ -249,28 +269,18 @@ def live_outputs(
         for fn in runners(pv, prompts, {}).values():
             fn()
     lat: dict[str, list[float]] = {"hf_ms": [], "engine_ms": [], "prefix_ms": [], "early": []}
+    full_out = Outputs() if method is not None else out  # with exits, the full model's point rides along
     for index, (pv, prompts) in enumerate(batches):
         last: dict = {}
         for name, fn in runners(pv, prompts, last).items():
             timing = time_region(fn, warmup=0, repeats=repeats, device=backbone.device, dtype=backbone.dtype,
                                  batch_size=len(pv))  # fmt: skip
-            out.timer = timing.timer
+            out.timer = full_out.timer = timing.timer
             lat[name].append(timing.median_ms)
-        res = last["res"] if method is not None else last["full"]
-        out.texts.extend(res.text)
-        real = res.exit_layers > 0  # (b, T)
-        out.exit_layers.extend(res.exit_layers[real].tolist())
-        out.spent += res.cost_layers
-        out.full += res.full_cost_layers
-        b = len(pv)
-        depth = (res.exit_layers * real).sum(1).double() / real.sum(1).clamp(min=1)  # (b,) mean exit layer
-        own = lat["early"][-1] if method is not None else lat["engine_ms"][-1]
-        shares = {"cost_layers": res.cost_layers, "full_cost_layers": res.full_cost_layers, "latency_ms": own,
-                  "engine_ms": lat["engine_ms"][-1], "hf_ms": lat["hf_ms"][-1],
-                  "prefix_ms": lat["prefix_ms"][-1]}  # fmt: skip
-        for key, v in shares.items():
-            out.rows[key].extend([v / b] * b)
-        out.rows["batch"].extend([index] * b)
-        out.rows["exit_layer_mean"].extend(depth.tolist())
-    out.latencies_ms = lat["early"] if method is not None else lat["engine_ms"]
+        times = {key: lat[key][-1] for key in ("engine_ms", "hf_ms", "prefix_ms")}
+        full_out.add(last["full"], index, lat["engine_ms"][-1], times)
+        if method is not None:
+            out.add(last["res"], index, lat["early"][-1], times)
+    if method is not None:
+        out.full_model = full_out
     return out, {key: sum(lat[key]) for key in ("engine_ms", "hf_ms", "prefix_ms")}

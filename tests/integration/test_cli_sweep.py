@@ -94,6 +94,21 @@ def test_live_sweep_times_against_the_full_model(trained, tmp_path):
     by_point = samples.groupby("threshold")
     measured = by_point["full_latency_ms"].sum() / by_point["latency_ms"].sum()
     assert measured.to_dict() == pytest.approx(df["measured_speedup"].to_dict())
+    # the full model's point is made of the decodes timed beside the first threshold, not decoded again
+    assert timings["full"] == timings["0.0"]
+    full_samples = samples[samples.method == "full"].set_index("sample_id")
+    beside = samples[samples.threshold == 0.0].set_index("sample_id")
+    assert (full_samples["full_latency_ms"] == beside["full_latency_ms"]).all()
+    # a full point lost on its own is decoded alone on resume; the finished thresholds stay as they are
+    kept = {f: f.stat().st_mtime_ns for f in (out / "points").glob("vqa__[01]*")}
+    for f in [*(out / "points").glob("vqa__full*"), out / "manifest.json"]:
+        f.unlink()
+    res = _sweep(env, exits, out, "--mode", "live", "--thresholds", "0", "1", "--kv-policy", "deferred",
+                 "--batch-size", "4", "--warmup", "1")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    again = SWEEP.validate(pd.read_parquet(out / "sweep.parquet"))
+    assert again[again.method == "full"]["value"].iloc[0] == full.value
+    assert all(f.stat().st_mtime_ns == t for f, t in kept.items())
 
 
 def _samples_agree_with_points(df: pd.DataFrame, out) -> pd.DataFrame:
