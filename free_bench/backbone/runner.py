@@ -40,13 +40,24 @@ class TeacherForcedOutput:
     target_slice: slice  # positions along T whose next-token logits predict `target_ids`
 
 
+def image_features(backbone: Backbone, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Vision -> Q-Former -> projection (B, Q, D'): HF's `get_image_features`, no host sync (the
+    graphs engine captures it)."""
+    model = backbone.model
+    vision_dtype = model.vision_model.embeddings.patch_embedding.weight.dtype
+    pixel_values = pixel_values.to(device=model.vision_model.device, dtype=vision_dtype)
+    return model.get_image_features(pixel_values, return_dict=True).pooler_output  # (B, Q, D')
+
+
 def prefix(
     backbone: Backbone,
     pixel_values: torch.Tensor,
     input_ids: torch.Tensor | None,
     attention_mask: torch.Tensor | None = None,
+    features: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Vision -> Q-Former -> projection, scattered into the image placeholders of `input_ids`.
+    """Vision -> Q-Former -> projection, scattered into the image placeholders of `input_ids`
+    (`features`: `image_features` already computed, (B, Q, D')).
 
     Returns the LM input embeddings (B, P, D) and attention mask (B, P), computed with the same
     HF calls as `Blip2ForConditionalGeneration.forward` (`get_image_features`, `get_placeholder_mask`).
@@ -76,13 +87,12 @@ def prefix(
             f"each row of input_ids needs exactly {cfg.num_query_tokens} image tokens (id {image_token}); "
             f"got {counts} (Blip2Processor inserts them)"
         )
-    vision_dtype = model.vision_model.embeddings.patch_embedding.weight.dtype
-    pixel_values = pixel_values.to(device=model.vision_model.device, dtype=vision_dtype)
-    image_features = model.get_image_features(pixel_values, return_dict=True).pooler_output  # (B, Q, D)
+    if features is None:
+        features = image_features(backbone, pixel_values)  # (B, Q, D')
     embeds = model.get_input_embeddings()(input_ids)  # (B, P, D)
-    image_features = image_features.to(embeds.device, embeds.dtype)
+    features = features.to(embeds.device, embeds.dtype)  # (B, Q, D)
     placeholders = model.get_placeholder_mask(input_ids, inputs_embeds=embeds)  # (B, P, 1)
-    return embeds.masked_scatter(placeholders, image_features), attention_mask
+    return embeds.masked_scatter(placeholders, features), attention_mask
 
 
 def new_state(

@@ -10,15 +10,16 @@ graph per exit fills the skipped layers' K/V (CALM's propagation, `runner_skip.S
 
 Shapes must not change between tokens, so the KV cache has a fixed capacity and the engine decodes
 one row (batch 1, the latency setting CUDA graphs are for) of an OPT backbone under the
-`propagate` or `full` policy. The prompt pass (its length varies) runs the same segment code
-uncaptured. Without CUDA (`capture=False`) the same fixed-shape code runs eagerly, which is how the
-CPU tests check it; timings of that are not the engine's.
+`propagate` or `full` policy. The prompt pass is captured the same way once per prompt length (a
+`Pass` of q = P positions beside the token step's q = 1), and the image side of the prefix (vision
+tower, Q-Former, projection: fixed shapes at batch 1) once per image size: for a VQA answer of one
+to three tokens these are most of the work. Without CUDA (`capture=False`) the same fixed-shape
+code runs eagerly, which is how the CPU tests check it; timings of that are not the engine's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
@@ -28,6 +29,7 @@ from free_bench.backbone.runner_skip import kv_projection, stacked_kv
 from free_bench.backbone.runner_static import StaticKV, StaticMasks
 from free_bench.engine.cost import CostModel, cost_model
 from free_bench.engine.exit_runtime import LIVE_RULES, verdict
+from free_bench.engine.graphs_capture import Graphed, Pass, capture
 from free_bench.errors import FreeBenchError
 from free_bench.methods.base import ExitMethod
 from free_bench.methods.heads import GeneratorMethod
@@ -35,22 +37,6 @@ from free_bench.methods.mue import cosine
 
 GRAPH_POLICIES = ("propagate", "full")
 _READS_LOGITS = ("max_prob", "entropy", "patience")
-
-
-@dataclass(eq=False)
-class Segment:
-    """Layers start+1..end, then exit `end`'s check (or the model's head when end == L)."""
-
-    start: int
-    end: int
-    run: Callable[[], None]  # what is captured: reads the previous segment's output buffer
-    graph: torch.cuda.CUDAGraph | None = None
-
-    def replay(self) -> None:
-        if self.graph is None:
-            self.run()
-        else:
-            self.graph.replay()
 
 
 class GraphDecoder:
@@ -107,24 +93,22 @@ class GraphDecoder:
         self.status = torch.zeros(3, dtype=torch.long, device=dev)  # [decided, token, exit layer]
         self._pat_token = torch.zeros(1, dtype=torch.long, device=dev)
         self._pat_count = torch.zeros(1, dtype=torch.long, device=dev)
-        bounds = list(zip((0, *consulted), (*consulted, L), strict=True))
-        width = backbone.layers[0].self_attn.embed_dim
-        self.outputs = [
-            torch.zeros((1, 1, width), dtype=backbone.dtype, device=dev) for _ in bounds
-        ]  # (1, 1, D)
-        self.segments = [Segment(s, e, self._step_fn(i, s, e)) for i, (s, e) in enumerate(bounds)]
+        self.bounds = list(zip((0, *consulted), (*consulted, L), strict=True))
+        self.width = backbone.layers[0].self_attn.embed_dim
+
+        def token_input() -> torch.Tensor:  # (1, 1, D): the token in flight at `masks.position`
+            return self.masks.embed(self.bb.embed_tokens(self.ids), self.masks.position)
+
+        self.step = self._pass(self.masks.position, token_input, self.masks.step_mask)
         if compile_segments:  # inductor fuses the layers' small kernels; capture then replays its code
-            for seg in self.segments:
+            for seg in self.step.segments:
                 seg.run = torch.compile(seg.run, dynamic=False)
-        self.fills = (
-            {k: self._fill_fn(i) for i, k in enumerate(consulted)} if kv_policy == "propagate" else {}
-        )
-        self.fill_graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._captured = False
+        self.prompts: dict[int, Pass] = {}  # prompt length P -> its pass, built on first use
+        self.images: dict[tuple[int, ...], tuple[torch.Tensor, Graphed, list[torch.Tensor]]] = {}
 
     # --- what a segment computes (q positions: 1 when captured, P for the prompt) ---------------
     def _segment(self, i: int, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        start, end = self.segments[i].start, self.segments[i].end
+        start, end = self.bounds[i]
         previous = None
         for j in range(start, end):
             if j == end - 1 and self.rule == "cosine":
@@ -167,24 +151,43 @@ class GraphDecoder:
             self._pat_token.copy_(token)
         return token, score, fired
 
-    def _step_fn(self, i: int, start: int, end: int) -> Callable[[], None]:
-        def run() -> None:
-            if i == 0:
-                embeds = self.bb.embed_tokens(self.ids)  # (1, 1, D')
-                hidden = self.masks.embed(embeds, self.masks.position)
-            else:
-                hidden = self.outputs[i - 1]
-            self.outputs[i].copy_(self._segment(i, hidden, self.masks.step_mask()))
+    def _pass(
+        self, positions: torch.Tensor, first: Callable[[], torch.Tensor], mask: Callable[[], torch.Tensor]
+    ) -> Pass:
+        """A step of q = len(positions) positions: `first()` is layer 1's input (1, q, D), `mask()` the
+        attention mask; each segment reads the previous one's output buffer and writes its own."""
+        q, dtype, dev = positions.shape[0], self.bb.dtype, self.bb.device
+        outputs = [torch.zeros((1, q, self.width), dtype=dtype, device=dev) for _ in self.bounds]  # (1, q, D)
 
-        return run
+        def segment(i: int) -> Callable[[], None]:
+            def run() -> None:
+                hidden = first() if i == 0 else outputs[i - 1]
+                outputs[i].copy_(self._segment(i, hidden, mask()))
 
-    def _fill_fn(self, i: int) -> Callable[[], None]:
-        """Propagate: exit i's output fills the K/V of every layer above it (and deeper generators)."""
+            return run
 
-        def run() -> None:
-            self._fill(self.segments[i].end, self.outputs[i])
+        def fill(i: int) -> Callable[[], None]:  # propagate: exit i's output into the K/V above it
+            def run() -> None:
+                self._fill(self.bounds[i][1], outputs[i])
 
-        return run
+            return run
+
+        fills = {k: Graphed(fill(i)) for i, k in enumerate(self.exits)} if self.policy == "propagate" else {}
+        return Pass(positions, outputs, [Graphed(segment(i)) for i in range(len(self.bounds))], fills)
+
+    def _prompt_pass(self, length: int) -> Pass:
+        """The pass for prompts of `length` positions (built, and captured, on first use)."""
+        if length not in self.prompts:
+            dev = self.bb.device
+            positions = torch.arange(length, device=dev)  # (P,)
+            embeds = torch.zeros(
+                (1, length, self.bb.embed_tokens.embedding_dim), dtype=self.bb.dtype, device=dev
+            )
+            mask = self.masks.prompt_mask(length)  # (1, 1, P, C), the same for every prompt of this length
+            p = self._pass(positions, lambda: self.masks.embed(embeds, positions), lambda: mask)
+            p.embeds = embeds
+            self.prompts[length] = p
+        return self.prompts[length]
 
     def _fill(self, k: int, hidden: torch.Tensor) -> None:
         keys, values = stacked_kv(self.bb)(hidden, k)  # (L - k, 1, H, q, Dh)
@@ -196,37 +199,44 @@ class GraphDecoder:
                 self.gen_kv.update(key.to(hidden.dtype), value.to(hidden.dtype), layer.self_attn.layer_idx)
 
     # --- capture ----------------------------------------------------------------------------------
-    def _capture(self) -> None:
-        """Warm every segment and fill on a side stream (as torch.cuda.graphs asks), then capture each.
+    def _capture(self, p: Pass) -> None:
+        """Warm every segment and fill of `p` on a side stream (as torch.cuda.graphs asks), then
+        capture each. The token step warms at slot C-1, which every real token writes before any token
+        reads it; a prompt pass warms on the slots its prompt is about to overwrite."""
+        if p is self.step:
+            self.masks.position.fill_(self.capacity - 1)
+        self._address(p.positions)
+        capture(p.segments + list(p.fills.values()))
+        p.captured = True
 
-        Runs at position C-1, a slot every real token writes before any token reads it."""
-        self.masks.position.fill_(self.capacity - 1)
-        self._address(self.masks.position)
-        fns = [s.run for s in self.segments] + list(self.fills.values())
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                for fn in fns:
-                    fn()
-        torch.cuda.current_stream().wait_stream(side)
-        for seg in self.segments:
-            seg.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(seg.graph):
-                seg.run()
-        for k, fn in self.fills.items():
-            graph = self.fill_graphs[k] = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                fn()
-        torch.cuda.synchronize()
-        self._captured = True
+    @torch.inference_mode()
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Vision tower -> Q-Former -> projection (1, Q, D'), replayed per image size once captured."""
+        key = tuple(pixel_values.shape)
+        if key not in self.images:
+            vision = self.bb.model.vision_model.embeddings.patch_embedding.weight
+            pixels = torch.zeros(key, dtype=vision.dtype, device=vision.device)
+            out: list[torch.Tensor] = [torch.empty(0)]
 
-    def _fill_at(self, k: int) -> None:
-        graph = self.fill_graphs.get(k)
-        if graph is not None:
-            graph.replay()
-        else:
-            self.fills[k]()
+            def run() -> None:
+                out[0] = runner.image_features(self.bb, pixels)
+
+            graphed = Graphed(run)
+            if self.capture:
+                capture([graphed], warmups=1)
+            self.images[key] = (pixels, graphed, out)
+        pixels, graphed, out = self.images[key]
+        pixels.copy_(pixel_values)
+        graphed.replay()
+        return out[0]
+
+    @torch.inference_mode()
+    def prefix(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`runner.prefix` with the image side replayed: LM input embeddings (1, P, D') and mask (1, P)."""
+        features = self.image_features(pixel_values)  # (1, Q, D')
+        return runner.prefix(self.bb, pixel_values, input_ids, attention_mask, features=features)
 
     # --- decoding ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -247,7 +257,7 @@ class GraphDecoder:
                 f"the graphs engine decodes batch 1 (got {pixel_values.shape[0]} rows); "
                 "batched decoding with compaction is the eager engine's (--engine eager)"
             )
-        embeds, mask = runner.prefix(self.bb, pixel_values, input_ids, attention_mask)  # (1, P, D')
+        embeds, mask = self.prefix(pixel_values, input_ids, attention_mask)  # (1, P, D')
         embeds = embeds[:, mask[0].bool()]  # a lone row needs no padding
         length = embeds.shape[1]
         if length + max_new_tokens > self.capacity:
@@ -255,8 +265,8 @@ class GraphDecoder:
                 f"prompt of {length} positions + {max_new_tokens} new tokens exceed the graphs engine's "
                 f"capacity {self.capacity}"
             )
-        if self.capture and not self._captured:
-            self._capture()
+        if self.capture and not self.step.captured:
+            self._capture(self.step)
         if threshold is not None:
             self.threshold.fill_(float(threshold))
         layers, tokens, scores, spent = [], [], [], 0.0
@@ -291,31 +301,29 @@ class GraphDecoder:
             self.gen_kv.index = positions
 
     def _prompt_step(self, embeds: torch.Tensor) -> tuple[int, int, torch.Tensor, float]:
-        """The first new token from the whole prompt: the same segments, uncaptured, q = P."""
-        length = embeds.shape[1]
-        self._address(torch.arange(length, device=embeds.device))
-        mask = self.masks.prompt_mask(length)
-        hidden = self.masks.embed(embeds, self.kv.index)  # (1, P, D)
-        stop = len(self.segments) - 1
-        for i in range(len(self.segments)):
-            hidden = self._segment(i, hidden, mask)
-            if i < stop and self.policy != "full" and bool(self.status[0]):
+        """The first new token from the whole prompt (1, P, D'): the pass of its length."""
+        p = self._prompt_pass(embeds.shape[1])
+        if self.capture and not p.captured:
+            self._capture(p)
+        assert p.embeds is not None
+        p.embeds.copy_(embeds)
+        return self._run(p)
+
+    def _token_step(self) -> tuple[int, int, torch.Tensor, float]:
+        return self._run(self.step)
+
+    def _run(self, p: Pass) -> tuple[int, int, torch.Tensor, float]:
+        """Segment after segment until an exit fires (one status read each: the exit check's sync;
+        a static exit needs none), then, under `propagate`, that exit's K/V fill."""
+        self._address(p.positions)
+        stop = len(p.segments) - 1
+        for i, seg in enumerate(p.segments):
+            seg.replay()
+            if i < stop and self.policy != "full" and (self.rule == "static" or bool(self.status[0])):
                 stop = i
                 break
         if self.policy == "propagate" and stop < len(self.exits):
-            self._fill(self.segments[stop].end, hidden)
-        return self._decided(stop)
-
-    def _token_step(self) -> tuple[int, int, torch.Tensor, float]:
-        self._address(self.masks.position)
-        stop = len(self.segments) - 1
-        for i, seg in enumerate(self.segments):
-            seg.replay()
-            if i < stop and self.policy != "full" and (self.rule == "static" or bool(self.status[0])):
-                stop = i  # the sync above is the exit check's; a static exit needs none
-                break
-        if self.policy == "propagate" and stop < len(self.exits):
-            self._fill_at(self.segments[stop].end)
+            p.fills[self.bounds[stop][1]].replay()
         return self._decided(stop)
 
     def _decided(self, stop: int) -> tuple[int, int, torch.Tensor, float]:
@@ -323,7 +331,7 @@ class GraphDecoder:
         segments 0..stop; reading the status is the step's last host sync."""
         decided, token, exit_at = self.status.tolist()
         assert decided, "the last segment always decides"
-        ran_to, reads, L = self.segments[stop].end, self.rule in _READS_LOGITS, self.bb.num_layers
+        ran_to, reads, L = self.bounds[stop][1], self.rule in _READS_LOGITS, self.bb.num_layers
         cost = ran_to + (self.cost.head if ran_to == L else 0.0)  # same prices as engine.decode_exits
         for k in self.exits:
             if k <= ran_to:

@@ -22,7 +22,7 @@ from free_bench.backbone import runner
 from free_bench.backbone.base import Backbone
 from free_bench.backbone.quality import pixel_values, prompt_batch
 from free_bench.engine.cost import CostModel
-from free_bench.engine.generate import generate, special_tokens
+from free_bench.engine.generate import generate, graph_decoder, special_tokens
 from free_bench.engine.simulate import ExitScores, choose, exit_scores
 from free_bench.engine.timing import time_region
 from free_bench.methods.base import ExitMethod
@@ -255,8 +255,12 @@ def live_outputs(
             last["full"] = generate(backbone, pixel_values=pv, **prompts, max_new_tokens=new, engine=engine)
 
         def prefix() -> None:  # vision tower, Q-Former, projection: the part of every decode no exit skips
+            ids, am = prompts["input_ids"], prompts.get("attention_mask")
             with torch.inference_mode():
-                runner.prefix(backbone, pv, prompts["input_ids"], prompts.get("attention_mask"))
+                if engine == "graphs":  # the engine's own prefix: its image side is a captured graph
+                    graph_decoder(backbone, None, "full", None, ids, new).prefix(pv, ids, am)
+                else:
+                    runner.prefix(backbone, pv, ids, am)
 
         def early() -> None:
             last["res"] = generate(backbone, method, pixel_values=pv, **prompts, max_new_tokens=new,

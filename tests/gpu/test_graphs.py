@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from free_bench.backbone import Backbone, from_hf
+from free_bench.backbone import Backbone, from_hf, runner
 from free_bench.backbone.tiny import build_tiny_blip2, tiny_inputs
 from free_bench.engine import generate
 from free_bench.engine.generate import special_tokens
@@ -84,3 +84,20 @@ def test_one_captured_decoder_serves_prompts_of_any_length(bb: Backbone) -> None
     again = generate(bb, m, **a, max_new_tokens=N_NEW, threshold=0.5, engine="graphs")
     assert torch.equal(first.tokens, again.tokens) and torch.equal(first.exit_layers, again.exit_layers)
     assert len(m.__dict__["_graph_decoders"]) == 1  # captured once
+
+
+def test_captured_prefix_follows_the_image(bb: Backbone) -> None:
+    """The image side of the prefix is replayed from a buffer: each image gets its own features, equal
+    to the uncaptured runner's, and the prompt pass is captured per prompt length."""
+    decoder = GraphDecoder(bb, None, kv_policy="full")
+    for seed in (1, 2, 1):
+        inputs = _inputs(bb, seed=seed, text_len=3 + seed)
+        got = decoder.image_features(inputs["pixel_values"]).clone()
+        want = runner.image_features(bb, inputs["pixel_values"])
+        assert torch.equal(got, want), seed
+        eos, pad = special_tokens(bb)
+        out = decoder.decode(inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"),
+                             max_new_tokens=N_NEW, threshold=None, eos_ids=eos, pad_id=pad)  # fmt: skip
+        assert torch.equal(out["tokens"], generate(bb, **inputs, max_new_tokens=N_NEW).tokens), seed
+    assert len(decoder.images) == 1 and all(p.captured for p in decoder.prompts.values())
+    assert len(decoder.prompts) == 2

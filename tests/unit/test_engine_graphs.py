@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_engine_exits import _method  # same folder: exits nudged off their init, as the eager tests use
 
-from free_bench.backbone import Backbone, from_hf
+from free_bench.backbone import Backbone, from_hf, runner
 from free_bench.backbone.tiny import build_tiny_blip2, tiny_inputs
 from free_bench.engine import generate
 from free_bench.engine.generate import special_tokens
@@ -87,6 +87,26 @@ def test_a_decoder_reused_across_prompts_forgets_the_last_one(bb: Backbone) -> N
     fresh = _decode(GraphDecoder(bb, m, kv_policy="propagate", capture=False), short_prompt, 0.5)
     assert torch.equal(again["tokens"], fresh["tokens"])
     assert torch.equal(again["exit_layers"], fresh["exit_layers"])
+
+
+def test_one_pass_per_prompt_length_reused_and_the_prefix_is_the_runners(bb: Backbone) -> None:
+    """Prompts get a pass per length (captured once on CUDA), reused by later prompts of that length;
+    the decoder's prefix (its image side replayed from a buffer) is `runner.prefix`'s."""
+    m = _method(bb, "deebert")
+    decoder = GraphDecoder(bb, m, kv_policy="propagate", capture=False)
+    a, b, c = (tiny_inputs(bb.model, 1, text_len=n, seed=s) for n, s in ((4, 1), (7, 2), (4, 3)))
+    for inputs in (a, b):
+        _decode(decoder, inputs, 0.5)
+    kept = dict(decoder.prompts)
+    got = _decode(decoder, c, 0.5)
+    assert sorted(kept) == sorted(decoder.prompts) and len(kept) == 2
+    assert all(decoder.prompts[n] is kept[n] for n in kept)
+    want = generate(bb, m, **c, max_new_tokens=N_NEW, threshold=0.5)
+    assert torch.equal(got["tokens"], want.tokens) and torch.equal(got["exit_layers"], want.exit_layers)
+    for inputs in (a, b):
+        mine = decoder.prefix(inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"))
+        theirs = runner.prefix(bb, inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"))
+        assert all(torch.equal(x, y) for x, y in zip(mine, theirs, strict=True))
 
 
 def test_eos_stops_the_row_as_in_the_eager_engine() -> None:
