@@ -1,0 +1,29 @@
+"""The gpu profile's exit chains as planned (nothing run): the order workers take them in, and what
+each chain evaluates (per-exit VQA on val and test; captions, the first seed's, on test only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from free_bench.commands.reproduce import Context
+from free_bench.commands.reproduce_stages import chain_plan, run_names
+
+
+def test_gpu_chains_heaviest_first_and_captions_on_test_only(tmp_path: Path) -> None:
+    ctx = Context(profile="gpu", seed=0, results=tmp_path / "results", cache=tmp_path / "cache")
+    plans = [chain_plan(ctx, *r) for r in run_names(ctx)]
+    order = [p["name"] for p in sorted(plans, key=lambda p: -p["weight"])]  # as run_chains queues them
+    assert order[:2] == ["free-semi-s0", "free-unsupervised-s0"]  # FREE's first seed: the longest chains
+    assert order.index("distill-semi-s0") < order.index("free-semi-s1")  # its first seed outweighs FREE's
+    assert set(order[-4:]) == {"deebert-semi-s1", "deebert-semi-s2", "pabee-semi-s1", "pabee-semi-s2"}
+    for p in plans:
+        evals = [argv[argv.index("--split") + 1 : argv.index("--tasks")] + argv[argv.index("--tasks") + 1 :][:1]
+                 for argv in p["eval"]]  # fmt: skip
+        outputs = {Path(f).name for f in p["eval_outputs"]}
+        assert evals[0] == ["val", "test", "vqa"]
+        assert {"per_exit_val.parquet", "per_exit_test.parquet"} <= outputs
+        assert not any("captions_val" in f or "caption_scores_val" in f for f in outputs)
+        if p["name"].endswith("-s0"):
+            assert evals[1:] == [["test", "caption"]] and "per_exit_captions_test.parquet" in outputs
+        else:
+            assert len(evals) == 1 and not any("caption" in f for f in outputs)
