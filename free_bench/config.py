@@ -117,9 +117,8 @@ class ReproduceConfig:
     robustness_runs: tuple[str, ...] = ("free:semi", "deebert:semi", "pabee:semi", "distill:semi")
     robustness_rows: int = 64  # rows per perturbation x severity, decoded live at the operating point
     robustness_batch_size: int = 8
-    robustness_compact: bool = (
-        True  # batched engine mode of the grid: whichever the profile's device runs faster
-    )
+    # batched engine mode of the grid (compaction or rows riding along): whichever the device runs faster
+    robustness_compact: bool = True
     perturbations: tuple[str, ...] | None = None  # None: every perturbation in data.perturb
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
     max_drop: float = 0.01  # the operating point: the cheapest threshold within this of the full model on val
@@ -258,10 +257,10 @@ PROFILES: dict[str, Profile] = {
             checkpoint_every=500,
         ),
         exits=ExitTrainConfig(steps=600, batch_size=64, dense="every:2", sparse="4,8,12,16,20"),
-        # the 20-minute budget on one H200 (measured: 21.8 min, session 6): pretraining 7.8 min, 3 seeds
-        # of 6 exit trainings with their evaluations and simulated sweeps 5.5 min six at a time (400 steps
-        # here; `train-exits` alone takes the profile's 600), live sweeps on both engines 4.8 (the
-        # graphs engine's 1.8), robustness 2.5 (compacted: not yet measured riding along)
+        # the 20-minute budget on one H200 (measured: 20.4 min, session 7): backbone 7.3 min, 3 seeds of
+        # 6 exit trainings with their evaluations and simulated sweeps 5.0 min six at a time (400 steps
+        # here; `train-exits` alone takes the profile's 600), live sweeps on both engines 4.9,
+        # robustness riding along 2.2 (each live point then still decoded the full model again)
         reproduce=ReproduceConfig(
             seeds=(0, 1, 2),
             exit_steps=400,
@@ -272,8 +271,8 @@ PROFILES: dict[str, Profile] = {
             live_engines=("eager", "graphs"),
             robustness_rows=64,
             robustness_batch_size=64,
-            # compaction loses on the H200 at this width (b8: 0.42x compacted, 1.11x riding along; b32:
-            # 0.41x vs 0.90x; results/gpu/sweeps/live-free-*-b*), so the grid's rows ride along there
+            # compaction loses on the H200 at this width (session 7: b8 0.56x compacted, 1.20x riding
+            # along; b32 0.64x vs 1.11x; results/gpu/sweeps/live-free-*-b*), so the grid's rows ride along
             robustness_compact=False,
         ),  # fmt: skip
     ),

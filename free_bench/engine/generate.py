@@ -102,7 +102,7 @@ def generate(
         decoder = graph_decoder(backbone, exits, kv_policy, threshold, input_ids, max_new_tokens)
         fields = decoder.decode(
             pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens, threshold=threshold,
-            eos_ids=eos_ids, pad_id=pad_id,
+            eos_ids=eos_ids,
         )  # fmt: skip
         return GenerateResult(text=_decode_text(backbone, fields["tokens"]), **fields)
     if exits is not None:

@@ -106,7 +106,7 @@ class GraphDecoder:
         self.prompts: dict[int, Pass] = {}  # prompt length P -> its pass, built on first use
         self.images: dict[tuple[int, ...], tuple[torch.Tensor, Graphed, list[torch.Tensor]]] = {}
 
-    # --- what a segment computes (q positions: 1 when captured, P for the prompt) ---------------
+    # --- what a segment computes (q positions: 1 for the token step, P for a prompt) -----------
     def _segment(self, i: int, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         start, end = self.bounds[i]
         previous = None
@@ -249,7 +249,6 @@ class GraphDecoder:
         max_new_tokens: int,
         threshold: float | None,
         eos_ids: list[int],
-        pad_id: int,
     ) -> dict:
         """One row: the fields of a `GenerateResult` (tokens (1, T), exit layers, confidences, costs)."""
         if pixel_values.shape[0] != 1:

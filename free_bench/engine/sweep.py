@@ -326,13 +326,16 @@ def _live(spec, method, rows, task, out, base, progress) -> dict:
     todo = [t for t in spec.thresholds if not _point_file(out, task, t).exists()]
     if not _point_file(out, task, "full").exists() and not todo:
         todo = [None]
+    full_point = ("full", bb.num_layers)  # the full model's (method, threshold)
     for t in todo:
         res, full = S.live_outputs(bb, None if t is None else method, *args, t, spec.kv_policy, spec.warmup,
                                    spec.repeats, compact=spec.compact, engine=spec.engine)  # fmt: skip
-        if t is not None and not _point_file(out, task, "full").exists():  # first: a kill leaves t to redo
-            _write_live_point(out, task, "full", ("full", bb.num_layers), res.full_model, full, base, rows)
-        named = (method.name, t) if t is not None else ("full", bb.num_layers)
-        _write_live_point(out, task, t if t is not None else "full", named, res, full, base, rows)
+        if t is None:
+            _write_live_point(out, task, "full", full_point, res, full, base, rows)
+            continue
+        if not _point_file(out, task, "full").exists():  # before t's: a kill between them leaves t to redo
+            _write_live_point(out, task, "full", full_point, res.full_model, full, base, rows)
+        _write_live_point(out, task, t, (method.name, t), res, full, base, rows)
     return {f.name.split("__")[1].removesuffix(".full_ms.json"): json.loads(f.read_text())
             for f in sorted((out / "points").glob(f"{task}__*.full_ms.json"))}  # fmt: skip
 

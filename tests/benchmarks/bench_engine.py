@@ -147,10 +147,10 @@ def graphs_near_the_floor(
             layer = int(threshold) if method is static else None
             compiled[key] = GraphDecoder(bb, method, kv_policy="propagate" if method is not None else "full",
                                          static_layer=layer, compile_segments=True)  # fmt: skip
-        eos, pad = special_tokens(bb)
+        eos, _ = special_tokens(bb)
         return lambda: compiled[key].decode(
             inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"), max_new_tokens=n,
-            threshold=threshold, eos_ids=eos, pad_id=pad,
+            threshold=threshold, eos_ids=eos,
         )  # fmt: skip
 
     def tokens(engine: str) -> torch.Tensor:

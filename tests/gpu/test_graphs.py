@@ -40,11 +40,11 @@ def _method(bb: Backbone, name: str):
 
 
 def _uncaptured(bb, m, policy, inputs, t) -> dict:
-    eos, pad = special_tokens(bb)
+    eos, _ = special_tokens(bb)
     static = int(t) if m is not None and m.rule == "static" else None
     decoder = GraphDecoder(bb, m, kv_policy=policy, capture=False, static_layer=static)
     return decoder.decode(inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"),
-                          max_new_tokens=N_NEW, threshold=t, eos_ids=eos, pad_id=pad)  # fmt: skip
+                          max_new_tokens=N_NEW, threshold=t, eos_ids=eos)  # fmt: skip
 
 
 @pytest.mark.parametrize("policy", ["propagate", "full"])
@@ -95,9 +95,9 @@ def test_captured_prefix_follows_the_image(bb: Backbone) -> None:
         got = decoder.image_features(inputs["pixel_values"]).clone()
         want = runner.image_features(bb, inputs["pixel_values"])
         assert torch.equal(got, want), seed
-        eos, pad = special_tokens(bb)
+        eos, _ = special_tokens(bb)
         out = decoder.decode(inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"),
-                             max_new_tokens=N_NEW, threshold=None, eos_ids=eos, pad_id=pad)  # fmt: skip
+                             max_new_tokens=N_NEW, threshold=None, eos_ids=eos)  # fmt: skip
         assert torch.equal(out["tokens"], generate(bb, **inputs, max_new_tokens=N_NEW).tokens), seed
     assert len(decoder.images) == 1 and all(p.captured for p in decoder.prompts.values())
     assert len(decoder.prompts) == 2

@@ -33,10 +33,10 @@ def bb() -> Backbone:
 
 
 def _decode(decoder: GraphDecoder, inputs: dict, threshold: float | None) -> dict:
-    eos, pad = special_tokens(decoder.bb)
+    eos, _ = special_tokens(decoder.bb)
     return decoder.decode(
         inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"),
-        max_new_tokens=N_NEW, threshold=threshold, eos_ids=eos, pad_id=pad,
+        max_new_tokens=N_NEW, threshold=threshold, eos_ids=eos,
     )  # fmt: skip
 
 
