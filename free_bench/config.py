@@ -257,10 +257,10 @@ PROFILES: dict[str, Profile] = {
             checkpoint_every=500,
         ),
         exits=ExitTrainConfig(steps=600, batch_size=64, dense="every:2", sparse="4,8,12,16,20"),
-        # the 20-minute budget on one H200 (measured: 20.4 min, session 7): backbone 7.3 min, 3 seeds of
-        # 6 exit trainings with their evaluations and simulated sweeps 5.0 min six at a time (400 steps
-        # here; `train-exits` alone takes the profile's 600), live sweeps on both engines 4.9,
-        # robustness riding along 2.2 (each live point then still decoded the full model again)
+        # the 20-minute budget on one H200 (measured: 21.1 min, session 8; 20.4, session 7): backbone 7.3
+        # min uncut (9.6 when a call limit cut it mid-stage, session 8), 3 seeds of 6 exit trainings with
+        # their evaluations and simulated sweeps 4.9 min six at a time (400 steps here; `train-exits`
+        # alone takes the profile's 600), live sweeps on both engines 3.3, robustness riding along 2.1
         reproduce=ReproduceConfig(
             seeds=(0, 1, 2),
             exit_steps=400,
@@ -271,8 +271,8 @@ PROFILES: dict[str, Profile] = {
             live_engines=("eager", "graphs"),
             robustness_rows=64,
             robustness_batch_size=64,
-            # compaction loses on the H200 at this width (session 7: b8 0.56x compacted, 1.20x riding
-            # along; b32 0.64x vs 1.11x; results/gpu/sweeps/live-free-*-b*), so the grid's rows ride along
+            # compaction loses on the H200 at this width (session 8: b8 1.09x compacted, 1.28x riding
+            # along; b32 0.82x vs 0.97x; results/gpu/sweeps/live-free-*-b*), so the grid's rows ride along
             robustness_compact=False,
         ),  # fmt: skip
     ),

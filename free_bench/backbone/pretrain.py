@@ -25,6 +25,7 @@ from free_bench.backbone import examples as E
 from free_bench.backbone.vision_stage import CellHead, cell_labels, vision_loss
 from free_bench.config import PretrainConfig
 from free_bench.errors import FreeBenchError
+from free_bench.interrupt import StopRequest, deferred_stop
 from free_bench.records import atomic_path
 
 
@@ -133,8 +134,23 @@ def train(
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Run (or resume) both stages; returns the loss curves and stage times."""
-    ckpt = ckpt_dir / "pretrain_state.pt"
+    """Run (or resume) both stages; returns the loss curves and stage times.
+
+    A time limit or Ctrl-C ends the current step, checkpoints it and leaves (`free_bench.interrupt`), so
+    a cut run resumes where it stopped, not at the last periodic checkpoint."""
+    with deferred_stop() as stop:
+        log = _stages(
+            model, tokenizer, data, cfg, lm_type, ckpt_dir / "pretrain_state.pt", seed, progress, stop
+        )
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return log
+
+
+def _stages(model, tokenizer, data: TrainData, cfg: PretrainConfig, lm_type: str, ckpt: Path, seed: int,
+            progress: bool, stop: StopRequest) -> dict:  # fmt: skip
+    """The body of `train`: every stage not finished in `ckpt`, from where it stopped."""
     device = next(model.parameters()).device
     state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
     log: dict = state["log"] if state else {"loss": {}, "seconds": {}}
@@ -191,20 +207,21 @@ def train(
             opt.step()
             pending.append(loss.detach())
             done = step + 1
-            if done % 25 == 0 or done % cfg.checkpoint_every == 0 or done == steps:
+            stopping = bool(stop)  # asked to stop: this step is kept (checkpointed), then the run leaves
+            save = done % cfg.checkpoint_every == 0 or done == steps or stopping
+            if done % 25 == 0 or save:
                 values = torch.stack(pending).float().tolist()  # one sync for many steps
                 log["loss"][str(stage)].extend(round(v, 5) for v in values)
                 pending.clear()
                 bar.set_postfix(loss=f"{values[-1]:.3f}")
-            if done % cfg.checkpoint_every == 0 or done == steps:
+            if save:
                 log["seconds"][str(stage)] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 nxt = (stage, done) if done < steps else (stage + 1, 0)
                 _save(ckpt, model, opt if done < steps else None, nxt, log, head)
+            if stopping:
+                stop.exit()
         state = None
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     return log
 
 

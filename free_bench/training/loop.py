@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from free_bench.config import ExitTrainConfig
 from free_bench.errors import FreeBenchError
+from free_bench.interrupt import StopRequest, deferred_stop
 from free_bench.methods.base import ExitMethod
 from free_bench.records import atomic_path
 from free_bench.training.batches import TFBatch
@@ -43,7 +44,17 @@ def train_exits(
     rank 0 writes checkpoints."""
     if not method.trainable:
         raise FreeBenchError(f"method {method.name!r} has nothing to train")
-    ckpt = state_dir / "exit_train_state.pt"
+    # one process: a time limit or Ctrl-C ends the step, checkpoints it and leaves (`free_bench.interrupt`);
+    # several ranks must stop together, so there signals keep their usual effect
+    with deferred_stop(enabled=dist.world == 1) as stop:
+        return _loop(
+            method, batches, cfg, regime, state_dir / "exit_train_state.pt", seed, progress, dist, stop
+        )
+
+
+def _loop(method: ExitMethod, batches: list[TFBatch], cfg: ExitTrainConfig, regime: str, ckpt: Path,
+          seed: int, progress: bool, dist: Dist, stop: StopRequest) -> dict:  # fmt: skip
+    """The body of `train_exits`, from the checkpoint in `ckpt` if there is one."""
     state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
     lr_scale = state["lr_scale"] if state else 1.0
     gen_opt, disc_opt = _optimizers(method, cfg, lr_scale)
@@ -99,12 +110,15 @@ def train_exits(
         log["step"].append(entry)
         bar.update(1)
         bar.set_postfix(loss=f"{entry['loss']:.3f}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        stopping = bool(stop)  # asked to stop: this step is kept (checkpointed), then the run leaves
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
             log["seconds"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             if dist.main:
                 _save(ckpt, method, gen_opt, disc_opt, step, log, lr_scale)
             barrier(dist)
+        if stopping:
+            stop.exit()
     bar.close()
     return log
 

@@ -84,34 +84,60 @@ def _short_cfg(**over):
     return dataclasses.replace(base, **over)
 
 
-@pytest.mark.parametrize("lm", ["opt", "t5"])
-def test_resume_is_bit_identical(smoke_ds, tmp_path, monkeypatch, lm):
+def _stopped_and_resumed(tmp_path, monkeypatch, tok, data, cfg, lm: str, where: str, at: int, stop: str):
+    """Pretrain `cfg` whole; again, stopped inside the `at`-th call of `P.<where>` (`stop`: "killed",
+    an exception there, or "sigterm", a time limit's signal); then resumed in a fresh model. Returns
+    (whole, resumed, the resumed run's log, the (stage, step) checkpointed when it stopped)."""
+    import signal
+
     torch.set_num_threads(1)
-    tok = build_tokenizer()
-    data = P.prepare(smoke_ds["train"].select(range(60)), tok, grid=get_profile("smoke").scenes.grid)
-    cfg = _short_cfg(vision_steps=4)
     whole = build_model("smoke", lm)
     P.train(whole, tok, data, cfg, lm, tmp_path / "a", progress=False)
-
     calls = {"n": 0}
-    real = P._sample
+    real = getattr(P, where)
 
-    def dies_at_step_7(*a, **k):
+    def stops(*a, **k):
         calls["n"] += 1
-        if calls["n"] == 7:  # stage 2, step 3: the last checkpoint is stage 2, step 2
+        if calls["n"] == at and stop == "killed":
             raise KeyboardInterrupt
+        if calls["n"] == at:
+            signal.raise_signal(signal.SIGTERM)
         return real(*a, **k)
 
-    monkeypatch.setattr(P, "_sample", dies_at_step_7)
-    resumed = build_model("smoke", lm)
-    with pytest.raises(KeyboardInterrupt):
-        P.train(resumed, tok, data, cfg, lm, tmp_path / "b", progress=False)
-    monkeypatch.setattr(P, "_sample", real)
+    monkeypatch.setattr(P, where, stops)
+    with pytest.raises(KeyboardInterrupt if stop == "killed" else SystemExit) as err:
+        P.train(build_model("smoke", lm), tok, data, cfg, lm, tmp_path / "b", progress=False)
+    if stop == "sigterm":
+        assert err.value.code == 128 + signal.SIGTERM
+    state = torch.load(tmp_path / "b" / "pretrain_state.pt", weights_only=False)
+    monkeypatch.setattr(P, where, real)
     resumed = build_model("smoke", lm, seed=123)  # a fresh process: weights come from the checkpoint
     log = P.train(resumed, tok, data, cfg, lm, tmp_path / "b", progress=False)
-    assert len(log["loss"]["2"]) == 4 and len(log["loss"]["0"]) == 4
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+    return whole, resumed, log, (state["stage"], state["step"])
+
+
+@pytest.mark.parametrize("lm", ["opt", "t5"])
+def test_resume_is_bit_identical(smoke_ds, tmp_path, monkeypatch, lm):
+    """Killed in stage 2, step 3: resumed from the step-2 checkpoint, bit-identical to an unkilled run."""
+    tok = build_tokenizer()
+    data = P.prepare(smoke_ds["train"].select(range(60)), tok, grid=get_profile("smoke").scenes.grid)
+    *_, log, saved = _stopped_and_resumed(tmp_path, monkeypatch, tok, data, _short_cfg(vision_steps=4), lm,
+                                          "_sample", 7, "killed")  # fmt: skip
+    assert saved == (2, 2) and len(log["loss"]["2"]) == 4 and len(log["loss"]["0"]) == 4
+
+
+def test_sigterm_checkpoints_the_step_it_lands_in(smoke_ds, tmp_path, monkeypatch):
+    """A time limit (SIGTERM) in stage 2, step 2: that step is finished and checkpointed (the periodic
+    checkpoints are at steps 4 and 5 only), the run exits 143, and the resume is bit-identical."""
+    tok = build_tokenizer()
+    data = P.prepare(smoke_ds["train"].select(range(60)), tok)
+    cfg = _short_cfg(stage1_steps=3, stage2_steps=5, checkpoint_every=4)
+    *_, log, saved = _stopped_and_resumed(
+        tmp_path, monkeypatch, tok, data, cfg, "opt", "_sample", 5, "sigterm"
+    )
+    assert saved == (2, 2) and len(log["loss"]["2"]) == 5
 
 
 def test_stage2_frozen_lm_keeps_lm_weights(smoke_ds, tmp_path):
@@ -199,30 +225,11 @@ def test_stage0_needs_cell_labels(smoke_ds, tmp_path):
 
 def test_resume_inside_stage0_is_bit_identical(smoke_ds, tmp_path, monkeypatch):
     """Killed in stage 0: the throw-away cell head and its optimizer come back from the checkpoint too."""
-    torch.set_num_threads(1)
     tok = build_tokenizer()
     data = P.prepare(smoke_ds["train"].select(range(40)), tok, grid=get_profile("smoke").scenes.grid)
     cfg = _short_cfg(vision_steps=4, stage1_steps=1, stage2_steps=2)
-    whole = build_model("smoke", "opt")
-    P.train(whole, tok, data, cfg, "opt", tmp_path / "a", progress=False)
-
-    calls = {"n": 0}
-    real = P.vision_loss
-
-    def dies_at_step_3(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:  # stage 0, step 4: the last checkpoint is stage 0, step 2
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(P, "vision_loss", dies_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        P.train(build_model("smoke", "opt"), tok, data, cfg, "opt", tmp_path / "b", progress=False)
-    monkeypatch.setattr(P, "vision_loss", real)
-    resumed = build_model("smoke", "opt", seed=123)
-    P.train(resumed, tok, data, cfg, "opt", tmp_path / "b", progress=False)
-    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(), strict=True):
-        assert torch.equal(a, b), name
+    *_, saved = _stopped_and_resumed(tmp_path, monkeypatch, tok, data, cfg, "opt", "vision_loss", 4, "killed")
+    assert saved == (0, 2)  # stage 0, step 4 was killed: the last checkpoint is stage 0, step 2
 
 
 def test_stale_cached_backbone_is_an_error(tmp_path):

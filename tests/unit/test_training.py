@@ -87,7 +87,14 @@ def test_training_lowers_the_loss_and_leaves_the_backbone_alone(smoke_backbone, 
         assert torch.equal(v, before[k]), k
 
 
-def test_resume_is_bit_identical(smoke_backbone, semi_batches, tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop", ["killed", "sigterm"])
+def test_resume_is_bit_identical(smoke_backbone, semi_batches, tmp_path, monkeypatch, stop):
+    """Stopped in step 5 (the periodic checkpoint is step 3), then resumed: the weights equal an
+    unstopped run's bit for bit. `killed`: an exception inside the step, so the run resumes from step
+    3; `sigterm` (a time limit): the step is finished and checkpointed, the run exits 143, and the
+    resume starts at step 5."""
+    import signal
+
     torch.set_num_threads(1)
     cfg = ExitTrainConfig(steps=8, checkpoint_every=3, collapse_steps=1000)
     torch.manual_seed(0)
@@ -96,27 +103,28 @@ def test_resume_is_bit_identical(smoke_backbone, semi_batches, tmp_path, monkeyp
 
     real, calls = loop_mod._step, {"n": 0}
 
-    def dies_at_step_5(*a, **k):
+    def stops_in_step_5(*a, **k):
         calls["n"] += 1
-        if calls["n"] == 5:  # the last checkpoint is step 3
+        if calls["n"] == 5 and stop == "killed":
             raise KeyboardInterrupt
+        if calls["n"] == 5:
+            signal.raise_signal(signal.SIGTERM)
         return real(*a, **k)
 
-    monkeypatch.setattr(loop_mod, "_step", dies_at_step_5)
+    monkeypatch.setattr(loop_mod, "_step", stops_in_step_5)
     torch.manual_seed(0)
-    with pytest.raises(KeyboardInterrupt):
-        train_exits(
-            get_method("free")(smoke_backbone, (2, 4)),
-            semi_batches,
-            cfg,
-            "semi",
-            tmp_path / "b",
-            progress=False,
-        )
+    with pytest.raises(KeyboardInterrupt if stop == "killed" else SystemExit) as err:
+        train_exits(get_method("free")(smoke_backbone, (2, 4)), semi_batches, cfg, "semi", tmp_path / "b",
+                    progress=False)  # fmt: skip
+    saved = torch.load(tmp_path / "b" / "exit_train_state.pt", weights_only=False)["step"]
+    assert saved == (3 if stop == "killed" else 5)
+    if stop == "sigterm":
+        assert err.value.code == 128 + signal.SIGTERM
     monkeypatch.setattr(loop_mod, "_step", real)
     torch.manual_seed(1)  # fresh weights: everything must come from the checkpoint
     resumed = get_method("free")(smoke_backbone, (2, 4))
-    train_exits(resumed, semi_batches, cfg, "semi", tmp_path / "b", progress=False)
+    log = train_exits(resumed, semi_batches, cfg, "semi", tmp_path / "b", progress=False)
+    assert [e["step"] for e in log["step"]] == list(range(1, 9))
     for (k, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
 

@@ -1,0 +1,61 @@
+"""Live sweeps warm every input shape before timing it: one-off work per shape (the graphs engine's
+prompt-pass capture per prompt length) must not land in a single timed decode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from free_bench.backbone.embedded import build_model
+from free_bench.backbone.hf import backbone_from_model
+from free_bench.backbone.tokenizer import build_processor
+from free_bench.config import get_profile
+from free_bench.data.scenes_dataset import load_scenes
+from free_bench.engine import sweep_eval as S
+from free_bench.methods.registry import get_method
+
+
+@pytest.mark.parametrize(
+    "shapes, warmup, want",
+    [
+        (["a", "a", "b", "a", "c", "b"], 1, [0, 2, 4]),  # the first, then the first of each new shape
+        (["a", "b", "a", "c"], 3, [0, 1, 2, 3]),  # the first three, then c
+        (["a", "b"], 5, [0, 1]),  # more warm-up than batches
+        (["a", "b", "c"], 0, []),  # no warm-up asked: none
+    ],
+)
+def test_warm_batches(shapes, warmup, want):
+    assert S.warm_batches(shapes, warmup) == want
+
+
+def test_every_prompt_shape_runs_untimed_before_it_is_timed(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    prof = get_profile("smoke")
+    proc = build_processor(prof.scenes.image_size, prof.backbone.num_query_tokens)
+    bb = backbone_from_model(build_model("smoke", "opt", seed=0).eval(), tokenizer=proc.tokenizer,
+                             processor=proc, spec="embedded:smoke")  # fmt: skip
+    rows = load_scenes("smoke", 0, root=tmp_path, progress=False)["test"].select(range(24))
+    method = get_method("deebert")(bb, (2,)).eval()
+    timed = {"now": False}
+    seen: list[tuple[tuple[int, ...], bool]] = []  # (prompt shape, inside a timed call) per decode
+    real_time, real_generate = S.time_region, S.generate
+
+    def time_region(fn, **kw):
+        timed["now"] = True
+        try:
+            return real_time(fn, **kw)
+        finally:
+            timed["now"] = False
+
+    def generate(backbone, exits=None, **kw):
+        seen.append((tuple(kw["input_ids"].shape), timed["now"]))
+        return real_generate(backbone, exits, **kw)
+
+    monkeypatch.setattr(S, "time_region", time_region)
+    monkeypatch.setattr(S, "generate", generate)
+    S.live_outputs(bb, method, rows, "vqa", 1, 0.5, "propagate", warmup=1, repeats=1)
+    shapes = {shape for shape, _ in seen}
+    assert len(shapes) > 2  # the rows' questions differ in length, or this test shows nothing
+    for shape in shapes:
+        first = next(t for s, t in seen if s == shape)
+        assert not first, f"prompt shape {shape} first decoded inside a timed call"
