@@ -51,7 +51,7 @@ class GraphDecoder:
         capacity: int = 128,
         static_layer: int | None = None,
         capture: bool | None = None,
-        compile_segments: bool = False,
+        compile_segments: bool | str = False,
     ) -> None:
         if kv_policy not in GRAPH_POLICIES:
             raise FreeBenchError(
@@ -101,8 +101,11 @@ class GraphDecoder:
 
         self.step = self._pass(self.masks.position, token_input, self.masks.step_mask)
         if compile_segments:  # inductor fuses the layers' small kernels; capture then replays its code
+            # a string is torch.compile's mode, e.g. "max-autotune-no-cudagraphs" (benchmarked matmul
+            # kernels for batch 1; the graphs stay this decoder's own)
+            mode = compile_segments if isinstance(compile_segments, str) else None
             for seg in self.step.segments:
-                seg.run = torch.compile(seg.run, dynamic=False)
+                seg.run = torch.compile(seg.run, dynamic=False, mode=mode)
         self.prompts: dict[int, Pass] = {}  # prompt length P -> its pass, built on first use
         self.images: dict[tuple[int, ...], tuple[torch.Tensor, Graphed, list[torch.Tensor]]] = {}
 

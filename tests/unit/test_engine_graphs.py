@@ -142,6 +142,17 @@ def test_what_the_graphs_engine_refuses(bb: Backbone) -> None:
         GraphDecoder(t5, None, capture=False)
 
 
+@pytest.mark.parametrize(
+    "option, mode", [(True, None), ("max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs")]
+)
+def test_compile_segments_passes_its_mode(bb: Backbone, monkeypatch, option, mode) -> None:
+    """`compile_segments=True` compiles with inductor's default mode, a string names the mode."""
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    decoder = GraphDecoder(bb, _method(bb, "deebert"), capture=False, compile_segments=option)
+    assert seen == [{"dynamic": False, "mode": mode}] * len(decoder.step.segments) and seen
+
+
 @pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor on CPU needs a C++ compiler"
 )
