@@ -231,13 +231,12 @@ def warm_batches(shapes: list[tuple], warmup: int) -> list[int]:
     its prompt pass once per prompt length; kernels pick their algorithm per shape) then stays out of
     the timed calls: one timed call per batch (the default) keeps no median to hide it (session 8's
     H200 sweeps: captures of 35-98 ms inside single timed decodes of 2-4 ms)."""
-    seen = set(shapes[: max(warmup, 0)])
-    out = list(range(min(max(warmup, 0), len(shapes))))
+    if warmup <= 0:
+        return []
+    first: dict[tuple, int] = {}
     for k, shape in enumerate(shapes):
-        if warmup > 0 and shape not in seen:
-            seen.add(shape)
-            out.append(k)
-    return out
+        first.setdefault(shape, k)  # (B, ...) pixel and prompt shapes -> the first batch that has them
+    return sorted(set(range(min(warmup, len(shapes)))) | set(first.values()))
 
 
 def live_outputs(
