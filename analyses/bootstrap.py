@@ -2,9 +2,10 @@
 
 A resample is stored as a row of counts (how often each sample was drawn), so every statistic of every
 resample is one matrix product: 1000 resamples x 4000 samples x 100 thresholds is a single BLAS call,
-not a Python loop. One count matrix is drawn per curve and applied to all of its thresholds, because the
-thresholds were evaluated on the same samples: the curve's CIs are then paired (they move together from
-resample to resample), which is what a comparison along the curve needs.
+not a Python loop. One count matrix is drawn per sample set and applied to every threshold of every curve
+evaluated on those samples: the CIs are then paired (they move together from resample to resample), which
+is what a comparison along a curve, or between methods on the same questions, needs (and drawing it once
+instead of per curve took the report's bootstrap from 8 s to a fraction on the gpu results).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def bootstrap_points(
     rng = np.random.default_rng(seed)
     rows_index = ["seed", "sample_id"] if "seed" in samples.columns else ["sample_id"]
     out = []
+    drawn: dict[tuple, np.ndarray] = {}  # the sample set (its (seed,) sample_id rows) -> its count matrix
     for key, grp in samples.groupby(list(curve_keys), sort=True, dropna=False):
         indexed = grp.set_index(rows_index + ["threshold"])
         if not indexed.index.is_unique:
@@ -82,7 +84,10 @@ def bootstrap_points(
         wide = indexed[SAMPLE_VALUES].astype(float).unstack("threshold")  # rows: samples, cols: thresholds
         thresholds = wide["value"].columns.to_numpy()
         strata = wide.index.get_level_values("seed") if "seed" in rows_index else np.zeros(len(wide))
-        counts = resample_counts(np.asarray(strata), n_boot, rng)
+        rows_key = tuple(wide.index)
+        if rows_key not in drawn:
+            drawn[rows_key] = resample_counts(np.asarray(strata), n_boot, rng)
+        counts = drawn[rows_key]
         blocks = []
         for num, den in (
             ("value", None),

@@ -25,6 +25,7 @@ import torch
 
 from free_bench.backbone import runner
 from free_bench.backbone.base import Backbone
+from free_bench.backbone.runner_fused import FusedOPT
 from free_bench.backbone.runner_skip import kv_projection, stacked_kv
 from free_bench.backbone.runner_static import StaticKV, StaticMasks
 from free_bench.engine.cost import CostModel, cost_model
@@ -52,6 +53,7 @@ class GraphDecoder:
         static_layer: int | None = None,
         capture: bool | None = None,
         compile_segments: bool | str = False,
+        fuse: bool = False,
     ) -> None:
         if kv_policy not in GRAPH_POLICIES:
             raise FreeBenchError(
@@ -95,6 +97,8 @@ class GraphDecoder:
         self._pat_count = torch.zeros(1, dtype=torch.long, device=dev)
         self.bounds = list(zip((0, *consulted), (*consulted, L), strict=True))
         self.width = backbone.layers[0].self_attn.embed_dim
+        # q/k/v as one product and a direct attention call (runner_fused): fewer, larger kernels per layer
+        self.fused = FusedOPT(backbone) if fuse else None
 
         def token_input() -> torch.Tensor:  # (1, 1, D): the token in flight at `masks.position`
             return self.masks.embed(self.bb.embed_tokens(self.ids), self.masks.position)
@@ -116,7 +120,10 @@ class GraphDecoder:
         for j in range(start, end):
             if j == end - 1 and self.rule == "cosine":
                 previous = hidden[:, -1]  # (1, D) input of layer `end`
-            hidden = self.bb.layers[j](hidden, attention_mask=mask, cache=self.kv)  # (1, q, D)
+            if self.fused is not None:
+                hidden = self.fused(j, hidden, mask, self.kv)  # (1, q, D)
+            else:
+                hidden = self.bb.layers[j](hidden, attention_mask=mask, cache=self.kv)  # (1, q, D)
         if end == self.bb.num_layers:
             logits = self.bb.logits_from_hidden(hidden[:, -1]).float()  # (1, V)
             token, score = logits.argmax(-1), logits.softmax(-1).amax(-1)

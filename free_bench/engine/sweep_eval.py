@@ -225,18 +225,38 @@ def simulated_outputs(
 
 
 # --- live -----------------------------------------------------------------------------------------
-def warm_batches(shapes: list[tuple], warmup: int) -> list[int]:
+def warm_batches(shapes: list[tuple], warmup: int, seen: set | None = None) -> list[int]:
     """Indices of the batches to run untimed first: the first `warmup`, then (unless `warmup` is 0) the
     first batch of every input shape not among them. One-off work per shape (the graphs engine captures
     its prompt pass once per prompt length; kernels pick their algorithm per shape) then stays out of
     the timed calls: one timed call per batch (the default) keeps no median to hide it (session 8's
-    H200 sweeps: captures of 35-98 ms inside single timed decodes of 2-4 ms)."""
+    H200 sweeps: captures of 35-98 ms inside single timed decodes of 2-4 ms). `seen` holds the shapes
+    warmed earlier in this process for the same decoders, and gains these: a shape is warmed once, not
+    at every threshold point (session 9: warming every shape at every point cost 70 s of 286)."""
     if warmup <= 0:
         return []
+    seen = set() if seen is None else seen
+    head = set(range(min(warmup, len(shapes))))
     first: dict[tuple, int] = {}
     for k, shape in enumerate(shapes):
-        first.setdefault(shape, k)  # (B, ...) pixel and prompt shapes -> the first batch that has them
-    return sorted(set(range(min(warmup, len(shapes)))) | set(first.values()))
+        if shape not in seen:
+            first.setdefault(shape, k)  # (B, ...) pixel and prompt shapes -> the first batch that has them
+    seen.update(shapes[k] for k in head)
+    seen.update(first)
+    return sorted(head | set(first.values()))
+
+
+def warmed_shapes(backbone: Backbone, method: ExitMethod | None, engine: str, policy: str,
+                  threshold: float | None) -> set:  # fmt: skip
+    """The shapes already warmed in this process for these decoders. Eager one-off work per shape is
+    the process's (kernel choice, allocator): one set per backbone. The graphs engine captures per
+    decoder (the method's, its policy, and the static exit's layer): one set per such decoder."""
+    if engine == "eager":
+        owner, key = backbone, ("eager",)
+    else:
+        static = threshold if method is not None and method.rule == "static" else None
+        owner, key = (method if method is not None else backbone), (engine, policy, static)
+    return owner.__dict__.setdefault("_warmed_shapes", {}).setdefault(key, set())
 
 
 def live_outputs(
@@ -283,7 +303,8 @@ def live_outputs(
         return {"hf_ms": hf, "engine_ms": full_model, "prefix_ms": prefix,
                 **({"early": early} if method is not None else {})}  # fmt: skip
 
-    for k in warm_batches([(tuple(pv.shape), tuple(p["input_ids"].shape)) for pv, p in batches], warmup):
+    shapes = [(tuple(pv.shape), tuple(p["input_ids"].shape)) for pv, p in batches]
+    for k in warm_batches(shapes, warmup, warmed_shapes(backbone, method, engine, policy, threshold)):
         for fn in runners(*batches[k], {}).values():  # allocator, kernels, lazy init, graph captures
             fn()
     lat: dict[str, list[float]] = {"hf_ms": [], "engine_ms": [], "prefix_ms": [], "early": []}

@@ -121,6 +121,21 @@ def test_compiled_graphs_near_the_floor(benchmark) -> None:
     graphs_near_the_floor(benchmark, "cuda", *_SHAPES["cuda"], engines=("compiled", "graphs"))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the graphs engine captures CUDA graphs")
+def test_fused_graphs_near_the_floor(benchmark) -> None:
+    """The graphs engine on runner_fused's layers (q/k/v as one product: `GraphDecoder(fuse=True)`),
+    compiled by inductor and not, timed interleaved with the plain graphs engine."""
+    graphs_near_the_floor(benchmark, "cuda", *_SHAPES["cuda"], engines=("fused-compiled", "fused", "graphs"))
+
+
+# the graphs engine's variants the benchmarks time (GraphDecoder options); "graphs" itself is `generate`'s
+VARIANTS = {
+    "compiled": {"compile_segments": True},
+    "fused": {"fuse": True},
+    "fused-compiled": {"fuse": True, "compile_segments": True},
+}
+
+
 def graphs_near_the_floor(
     benchmark, device: str, name: str, dtype: torch.dtype, shape: dict, engines: tuple[str, ...]
 ) -> None:
@@ -135,20 +150,20 @@ def graphs_near_the_floor(
     static = get_method("static")(bb, exits).eval()
     never = get_method("deebert")(bb, exits).eval()
     kw = dict(warmup=3, repeats=10, device=device, dtype=dtype, batch_size=1)
-    compiled: dict = {}  # the graphs engine with each segment compiled by inductor before capture
+    built: dict = {}  # the graphs engine's variants (VARIANTS), one decoder per method and threshold
 
     def run(engine: str, method=None, threshold=None, n: int = NEW_TOKENS):
-        if engine != "compiled":
+        if engine not in VARIANTS:
             return lambda: generate(
                 bb, method, **inputs, max_new_tokens=n, threshold=threshold, engine=engine
             )
-        key = (id(method), threshold)
-        if key not in compiled:
+        key = (engine, id(method), threshold)
+        if key not in built:
             layer = int(threshold) if method is static else None
-            compiled[key] = GraphDecoder(bb, method, kv_policy="propagate" if method is not None else "full",
-                                         static_layer=layer, compile_segments=True)  # fmt: skip
+            built[key] = GraphDecoder(bb, method, kv_policy="propagate" if method is not None else "full",
+                                      static_layer=layer, **VARIANTS[engine])  # fmt: skip
         eos, _ = special_tokens(bb)
-        return lambda: compiled[key].decode(
+        return lambda: built[key].decode(
             inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"), max_new_tokens=n,
             threshold=threshold, eos_ids=eos,
         )  # fmt: skip
@@ -190,8 +205,9 @@ def graphs_near_the_floor(
     }
     for e in engines:
         per_token = (med[f"{e}_full"] - med[f"{e}_full_1"]) / (NEW_TOKENS - 1)
-        suffix = "" if e == engines[0] else f"_{e}"
-        prefix = "" if e == engines[0] else f"{e}_"
+        tag = e.replace("-", "_")  # fused-compiled -> fused_compiled_ keys
+        suffix = "" if e == engines[0] else f"_{tag}"
+        prefix = "" if e == engines[0] else f"{tag}_"
         info.update(
             {
                 f"{prefix}measured_speedup": med[f"{e}_full"] / med[f"{e}_static"],

@@ -101,3 +101,21 @@ def test_captured_prefix_follows_the_image(bb: Backbone) -> None:
         assert torch.equal(out["tokens"], generate(bb, **inputs, max_new_tokens=N_NEW).tokens), seed
     assert len(decoder.images) == 1 and all(p.captured for p in decoder.prompts.values())
     assert len(decoder.prompts) == 2
+
+
+@pytest.mark.parametrize("name", ["free", "deebert", "static"])
+def test_fused_layers_captured_decode_as_the_eager_engine(bb: Backbone, name: str) -> None:
+    """`fuse=True` (q/k/v in one product, runner_fused): captured replays equal its uncaptured decode,
+    and the tokens and exits of the eager engine (fp32, no TF32)."""
+    inputs, m = _inputs(bb), _method(bb, name)
+    t = float(m.layers[0]) if m.rule == "static" else 0.5
+    static = int(t) if m.rule == "static" else None
+    eos, _ = special_tokens(bb)
+    outs = []
+    for capture in (True, False):
+        decoder = GraphDecoder(bb, m, kv_policy="propagate", capture=capture, static_layer=static, fuse=True)
+        outs.append(decoder.decode(inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"),
+                                   max_new_tokens=N_NEW, threshold=t, eos_ids=eos))  # fmt: skip
+    eager = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=t)
+    for out in outs:
+        assert torch.equal(out["tokens"], eager.tokens) and torch.equal(out["exit_layers"], eager.exit_layers)

@@ -305,3 +305,19 @@ def test_importing_the_analyses_leaves_torch_out() -> None:
     code = "import sys, analyses.speedup, analyses.bootstrap; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_curves_on_the_same_samples_share_resamples() -> None:
+    """One count matrix per sample set: two methods with the same per-sample values on the same questions
+    get identical CIs (paired); the same values on other questions get a draw of their own."""
+    from analyses.bootstrap import bootstrap_points
+
+    rng = np.random.default_rng(5)
+    a = _samples(150, [0.5], rng)
+    b = a.assign(method="deebert")
+    c = a.assign(method="pabee", sample_id=[f"other{i}" for i in range(len(a))])
+    cis = bootstrap_points(pd.concat([a, b, c]), ["method"], n_boot=300).set_index("method")
+    assert cis.loc["free", "value_lo"] == cis.loc["deebert", "value_lo"]
+    assert cis.loc["free", "measured_speedup_hi"] == cis.loc["deebert", "measured_speedup_hi"]
+    # continuous latencies: two independent draws practically never give the same interval
+    assert cis.loc["free", "measured_speedup_lo"] != cis.loc["pabee", "measured_speedup_lo"]

@@ -50,12 +50,14 @@ def _thresholds(bb: Backbone, m: ExitMethod, inputs: dict) -> list[float]:
     return torch.quantile(scores.flatten().float(), torch.tensor([0.25, 0.5, 0.75])).tolist()
 
 
-@pytest.mark.parametrize("policy", ["propagate", "full"])
-def test_same_tokens_exits_and_costs_as_the_eager_engine(bb: Backbone, policy: str) -> None:
+@pytest.mark.parametrize("policy, fuse", [("propagate", False), ("full", False), ("propagate", True)])
+def test_same_tokens_exits_and_costs_as_the_eager_engine(bb: Backbone, policy: str, fuse: bool) -> None:
+    """Every method at thresholds that spread tokens over the exits; `fuse` runs the layers as
+    runner_fused.FusedOPT (q/k/v in one product), which must not change a token either."""
     inputs = tiny_inputs(bb.model, 1, seed=5)
     full = generate(bb, **inputs, max_new_tokens=N_NEW)
     hf = bb.model.generate(**inputs, do_sample=False, max_new_tokens=N_NEW)[:, inputs["input_ids"].shape[1] :]
-    plain = _decode(GraphDecoder(bb, None, kv_policy="full", capture=False), inputs, None)
+    plain = _decode(GraphDecoder(bb, None, kv_policy="full", capture=False, fuse=fuse), inputs, None)
     assert torch.equal(plain["tokens"], hf) and torch.equal(plain["tokens"], full.tokens)
     seen_layers = set()
     for name in METHODS:
@@ -63,7 +65,7 @@ def test_same_tokens_exits_and_costs_as_the_eager_engine(bb: Backbone, policy: s
         last = [float(bb.num_layers)] if m.rule == "static" else []  # a static exit at L is the full model
         for t in _thresholds(bb, m, inputs) + last + ([NEVER[m.rule]] if m.rule in NEVER else []):
             static = int(t) if m.rule == "static" else None
-            decoder = GraphDecoder(bb, m, kv_policy=policy, capture=False, static_layer=static)
+            decoder = GraphDecoder(bb, m, kv_policy=policy, capture=False, static_layer=static, fuse=fuse)
             got = _decode(decoder, inputs, t)
             want = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=t, kv_policy=policy)
             assert torch.equal(got["tokens"], want.tokens), (name, t)
@@ -156,13 +158,14 @@ def test_compile_segments_passes_its_mode(bb: Backbone, monkeypatch, option, mod
 @pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor on CPU needs a C++ compiler"
 )
-def test_compiled_segments_decode_as_the_eager_engine(bb: Backbone) -> None:
+@pytest.mark.parametrize("fuse", [False, True])
+def test_compiled_segments_decode_as_the_eager_engine(bb: Backbone, fuse: bool) -> None:
     """`compile_segments` hands each segment to torch.compile (what the bench times against the floor):
-    same tokens and exits, and no recompiling once every segment has run."""
+    same tokens and exits, and no recompiling once every segment has run; with the fused layers too."""
     from torch._dynamo.utils import counters
 
     m = _method(bb, "pabee")  # patience carries state from segment to segment
-    decoder = GraphDecoder(bb, m, kv_policy="propagate", capture=False, compile_segments=True)
+    decoder = GraphDecoder(bb, m, kv_policy="propagate", capture=False, compile_segments=True, fuse=fuse)
     seen = []
     for seed, text_len in ((5, 4), (1, 9), (3, 3)):
         inputs = tiny_inputs(bb.model, 1, seed=seed, text_len=text_len)

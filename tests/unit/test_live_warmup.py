@@ -28,6 +28,32 @@ def test_warm_batches(shapes, warmup, want):
     assert S.warm_batches(shapes, warmup) == want
 
 
+def test_a_shape_is_warmed_once_per_process():
+    seen: set = set()
+    assert S.warm_batches(["a", "b", "a", "c"], 1, seen) == [0, 1, 3]
+    assert seen == {"a", "b", "c"}
+    # the next threshold point: only its first batch (allocator, lazy init), and the shape new to it
+    assert S.warm_batches(["c", "a", "d", "b"], 1, seen) == [0, 2]
+    assert seen == {"a", "b", "c", "d"}
+
+
+class _Method:
+    def __init__(self, rule: str) -> None:
+        self.rule = rule
+
+
+def test_warmed_shapes_follow_the_decoders():
+    bb, free, static = _Method("none"), _Method("max_prob"), _Method("static")
+    eager = S.warmed_shapes(bb, free, "eager", "propagate", 0.5)
+    assert S.warmed_shapes(bb, static, "eager", "full", 8) is eager  # kernels and allocator: the process's
+    graphs = S.warmed_shapes(bb, free, "graphs", "propagate", 0.5)
+    assert graphs is not eager and S.warmed_shapes(bb, free, "graphs", "propagate", 0.9) is graphs
+    assert S.warmed_shapes(bb, free, "graphs", "full", 0.5) is not graphs  # another decoder
+    assert S.warmed_shapes(bb, static, "graphs", "full", 8) is not S.warmed_shapes(
+        bb, static, "graphs", "full", 12
+    )
+
+
 def test_every_prompt_shape_runs_untimed_before_it_is_timed(tmp_path, monkeypatch):
     torch.manual_seed(0)
     prof = get_profile("smoke")
@@ -59,3 +85,9 @@ def test_every_prompt_shape_runs_untimed_before_it_is_timed(tmp_path, monkeypatc
     for shape in shapes:
         first = next(t for s, t in seen if s == shape)
         assert not first, f"prompt shape {shape} first decoded inside a timed call"
+    # the next threshold point on the same backbone: its first batch is warmed, the shapes are not again
+    seen.clear()
+    S.live_outputs(bb, method, rows, "vqa", 1, 0.6, "propagate", warmup=1, repeats=1)
+    untimed = [shape for shape, t in seen if not t]
+    assert len(untimed) == 2  # the first batch only: its full-model and early-exit decodes
+    assert len(seen) == len(untimed) + 2 * len(rows)

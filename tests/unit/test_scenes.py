@@ -139,6 +139,29 @@ def test_cache_roundtrip(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_hash_follows_the_content(tmp_path):
+    """Same content, same hash; one image byte or one question changed, another hash."""
+    import datasets
+
+    from free_bench.data.scenes_dataset import dataset_hash
+
+    ds = load_scenes("smoke", 0, root=tmp_path, progress=False)
+    small = datasets.DatasetDict({s: ds[s].select(range(3)) for s in ("val", "test")})
+    base = dataset_hash(small)
+    assert dataset_hash(datasets.DatasetDict({s: d.flatten_indices() for s, d in small.items()})) == base
+    val = small["val"].to_list()
+
+    def changed(rows: list[dict]) -> str:
+        val_ds = datasets.Dataset.from_list(rows, features=features())
+        return dataset_hash(datasets.DatasetDict({"val": val_ds, "test": small["test"]}))
+
+    assert changed(val) == base
+    png = bytearray(val[1]["image"]["bytes"])
+    png[-20] ^= 1
+    assert changed([val[0], {**val[1], "image": {"bytes": bytes(png), "path": None}}, val[2]]) != base
+    assert changed([val[0], {**val[1], "question": val[1]["question"] + "?"}, val[2]]) != base
+
+
 def test_unknown_profile_lists_valid():
     from free_bench.errors import FreeBenchError
 

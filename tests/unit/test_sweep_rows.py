@@ -51,3 +51,24 @@ def test_perturbed_rows_equal_the_row_transform_and_touch_no_files(tmp_path, mon
         assert np.array_equal(
             np.asarray(out["image"].convert("RGB")), np.asarray(want["image"].convert("RGB"))
         )
+
+
+def test_perturbed_rows_are_made_once_for_every_method(tmp_path, monkeypatch) -> None:
+    """The robustness grid sweeps each input with every method: the same rows are perturbed once."""
+    _split(4).save_to_disk(str(tmp_path / "test"))
+    split = datasets.load_from_disk(str(tmp_path / "test"))
+    calls = []
+    real = P.apply_to_row
+    monkeypatch.setattr(P, "apply_to_row", lambda row, *a: calls.append(row["question_id"]) or real(row, *a))
+    spec = SweepSpec(method="free", exits="x", split="test", mode="live", thresholds=(0.5,), max_rows=3,
+                     perturb="gaussian_noise:4")  # fmt: skip
+    first = _rows(spec, split, "vqa")
+    again = _rows(
+        SweepSpec(**{**spec.__dict__, "method": "deebert"}),
+        datasets.load_from_disk(str(tmp_path / "test")),
+        "vqa",
+    )
+    assert again is first and len(calls) == 3
+    other = _rows(SweepSpec(**{**spec.__dict__, "perturb": "gaussian_noise:5"}), split, "vqa")
+    fewer = _rows(SweepSpec(**{**spec.__dict__, "max_rows": 2}), split, "vqa")
+    assert other is not first and len(fewer) == 2 and len(calls) == 3 + 3 + 2
