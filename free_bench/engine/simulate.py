@@ -32,6 +32,15 @@ class ExitScores:
     final_prob: torch.Tensor  # (N,)
     num_layers: int
 
+    def cpu(self) -> ExitScores:
+        """The same scores in host memory: a sweep evaluates its thresholds on them, and on a GPU each
+        threshold's handful of small kernels and syncs would otherwise wait behind other work."""
+        sim = None if self.similarity is None else self.similarity.cpu()
+        return ExitScores(
+            self.layers, self.tokens.cpu(), self.max_prob.cpu(), self.entropy.cpu(), sim,
+            self.final_tokens.cpu(), self.final_prob.cpu(), self.num_layers,
+        )  # fmt: skip
+
     def select(self, keep: torch.Tensor) -> ExitScores:
         """The positions where `keep` (N,) is true."""
         sim = None if self.similarity is None else self.similarity[:, keep]

@@ -119,3 +119,28 @@ def test_fused_layers_captured_decode_as_the_eager_engine(bb: Backbone, name: st
     eager = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=t)
     for out in outs:
         assert torch.equal(out["tokens"], eager.tokens) and torch.equal(out["exit_layers"], eager.exit_layers)
+
+
+def test_thresholds_evaluate_alike_on_the_host(bb: Backbone) -> None:
+    """`record` hands its scores to the host (`ExitScores.cpu`: a threshold is then a few CPU ops, no GPU
+    sync); each threshold's choices and costs equal those computed from scores left on the GPU."""
+    from free_bench.engine import sweep_eval as S
+    from free_bench.engine.cost import cost_model
+    from free_bench.engine.simulate import choose
+
+    m = _method(bb, "deebert")
+    scores = torch.rand(len(m.layers), 40, device="cuda")
+    assert scores.is_cuda
+    rec = S.Recorded(S.ExitScores(tuple(m.layers), (scores * 100).long(), scores, 1 - scores, None,
+                                  (scores[0] * 100).long(), scores[0], bb.num_layers),
+                     torch.arange(40, device="cuda") // 4, torch.arange(40, device="cuda") % 4)  # fmt: skip
+    host = S.Recorded(rec.scores.cpu(), rec.row.cpu(), rec.step.cpu())
+    assert not host.scores.tokens.is_cuda and not host.scores.max_prob.is_cuda
+    cost = cost_model(bb, m)
+    for t in (0.2, 0.5, 0.9):
+        a = choose(m, rec.scores, t)
+        b = choose(m, host.scores, t)
+        assert torch.equal(a.tokens.cpu(), b.tokens) and torch.equal(a.exit_layers.cpu(), b.exit_layers)
+        assert S.step_costs(cost, m, rec, a.index, "propagate").sum() == pytest.approx(
+            float(S.step_costs(cost, m, host, b.index, "propagate").sum())
+        )

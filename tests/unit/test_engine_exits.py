@@ -234,7 +234,9 @@ def test_simulated_costs_price_steps_as_the_engine_does(bb: Backbone, policy: st
         scores = exit_scores(m, tf.hidden_states, tf.attention_mask, pos)
         choice = choose(m, scores, threshold)
         assert torch.equal(choice.tokens, out.tokens[0]), name
-        rec = Recorded(scores, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+        host = scores.cpu()  # what `record` hands the threshold loop
+        assert torch.equal(choose(m, host, threshold).index, choice.index), name
+        rec = Recorded(host, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
         spent = step_costs(cost_model(bb, m), m, rec, choice.index, policy)
         assert float(spent.sum()) == pytest.approx(out.cost_layers), name
 
