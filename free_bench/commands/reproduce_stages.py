@@ -7,9 +7,12 @@ copied into `results/<profile>/`. The profile's `ReproduceConfig` says what runs
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -17,6 +20,9 @@ from free_bench.commands.reproduce import Context, stage
 from free_bench.config import ReproduceConfig, get_profile
 from free_bench.errors import FreeBenchError
 from free_bench.records import SWEEP, SWEEP_SAMPLES, atomic_path, write_json, write_parquet
+
+if TYPE_CHECKING:
+    from free_bench.backbone.base import Backbone
 
 
 def _cli(*argv: str) -> None:
@@ -146,13 +152,17 @@ def sweep_plan(ctx: Context, name: str, method: str, exits: Path, split: str, mo
     return {"name": name, "seed": seed, "spec": spec, "work": str(ctx.cache / "sweeps" / name), "dst": dst}
 
 
-def run_planned(plan: dict, loaded=None) -> pd.DataFrame:
-    """Run (or resume) a planned sweep; copy its tables and manifest (with its seed) to `dst`."""
-    from free_bench.engine.sweep import SweepSpec, run_sweep
+def run_planned(plan: dict, loaded=None, backbone: Callable[[], Backbone] | None = None) -> pd.DataFrame:
+    """Run (or resume) a planned sweep; copy its tables and manifest (with its seed) to `dst`. `loaded`:
+    the method already loaded; else `backbone()`, called only when the sweep has work left: load the
+    exits onto that backbone instead of loading it from disk again."""
+    from free_bench.engine.sweep import SweepSpec, _finished, load_method, run_sweep
 
     spec = {**plan["spec"], "thresholds": tuple(plan["spec"]["thresholds"])}
     spec["tasks"] = tuple(spec.get("tasks", ("vqa",)))
     work = Path(plan["work"])
+    if loaded is None and backbone is not None and not _finished(SweepSpec(**spec), work):
+        loaded = load_method(SweepSpec(**spec), None, backbone())
     df = run_sweep(SweepSpec(**spec), work, progress=False, loaded=loaded)
     if plan["dst"] is not None:
         dst = Path(plan["dst"])
@@ -165,9 +175,11 @@ def run_planned(plan: dict, loaded=None) -> pd.DataFrame:
 
 
 def _sweep(ctx: Context, name: str, method: str, exits: Path, split: str, mode: str, thresholds,
-           seed: int = 0, loaded=None, **opts) -> pd.DataFrame:  # fmt: skip
+           seed: int = 0, loaded=None, backbone: Callable[[], Backbone] | None = None,
+           **opts) -> pd.DataFrame:  # fmt: skip
     """One sweep in the cache, resumed if it exists; its tables copied to results/<profile>/sweeps/."""
-    return run_planned(sweep_plan(ctx, name, method, exits, split, mode, thresholds, seed, **opts), loaded)
+    plan = sweep_plan(ctx, name, method, exits, split, mode, thresholds, seed, **opts)
+    return run_planned(plan, loaded, backbone)
 
 
 def _rule(method: str) -> str:
@@ -209,6 +221,15 @@ def operating_points(ctx: Context, cfg: ReproduceConfig) -> dict[str, tuple[floa
     return out
 
 
+def shared_backbone(exits: Path) -> Callable[[], Backbone]:
+    """The backbone `exits` were trained on, loaded on the first call and kept: a stage's sweeps then
+    share it, so the full model's captured decoders and the shapes warmed before timing (which live on
+    the backbone) carry over from one method's sweep to the next instead of each loading its own."""
+    from free_bench.methods import load_exits
+
+    return functools.cache(lambda: load_exits(exits, pretrain_if_missing=False).backbone)
+
+
 @stage("sweeps")
 def _sweeps(ctx: Context) -> dict:
     """Simulated sweeps (val and test) of every run and static exits; live sweeps on test at the val
@@ -227,21 +248,23 @@ def _sweeps(ctx: Context) -> dict:
     exits_of = {n: e for n, _, e, s in runs if s == cfg.seeds[0]} | {"static": first[2]}
     import torch
 
+    bb = shared_backbone(first[2])  # every live sweep on one backbone: decoders captured, shapes warmed once
+
     engines = [e for e in cfg.live_engines if e == "eager" or torch.cuda.is_available()]
     for engine in engines:  # the graphs engine captures CUDA graphs: on CUDA only (skipped: recorded)
         for name, (_, live) in ops.items():
             method, tag = name.split("-")[0], "" if engine == "eager" else f"-{engine}"
             _sweep(ctx, f"live-{name}-b1{tag}", method, exits_of[name], "test", "live", live,
-                   max_rows=cfg.live_rows, engine=engine)  # fmt: skip
+                   max_rows=cfg.live_rows, engine=engine, backbone=bb)  # fmt: skip
     free_op = ops[first[0]][0]
     _sweep(ctx, f"live-{first[0]}-b1-deferred", "free", first[2], "test", "live", [free_op],
-           kv_policy="deferred", max_rows=cfg.live_rows)  # fmt: skip
+           kv_policy="deferred", max_rows=cfg.live_rows, backbone=bb)  # fmt: skip
     for b in cfg.batch_sizes:
         rows = max(cfg.live_rows, 4 * b)
         for compact in (True, False):
             tag = "compact" if compact else "no-compact"
             _sweep(ctx, f"live-{first[0]}-b{b}-{tag}", "free", first[2], "test", "live", [free_op],
-                   batch_size=b, compact=compact, max_rows=rows)  # fmt: skip
+                   batch_size=b, compact=compact, max_rows=rows, backbone=bb)  # fmt: skip
     return {"operating_points": {n: {"threshold": t, "live": live} for n, (t, live) in ops.items()},
             "live_engines": engines,
             "engines_skipped": {e: "needs CUDA" for e in cfg.live_engines if e not in engines}}  # fmt: skip
@@ -270,12 +293,13 @@ def _robustness(ctx: Context) -> dict:
     unplaced = [n for n, _ in runs if n not in ops]
     if unplaced:
         raise FreeBenchError(f"robustness runs {unplaced} have no operating point: add them to live_runs")
+    bb = shared_backbone(ctx.cache / "exits" / runs[0][0]) if runs else None  # one for every method
     for name, method in runs:
         exits = ctx.cache / "exits" / name
         t = ops[name]["threshold"]
         spec = SweepSpec(method=method, exits=str(exits), split="test", mode="live", thresholds=(t,),
                          exits_at=profile.exits.sparse)  # fmt: skip
-        loaded = load_method(spec, None)
+        loaded = load_method(spec, None, bb())
         for split, perturb in inputs:
             tag = f"rob/{name}/{split}-{(perturb or 'none').replace(':', '-')}"
             frames.append(

@@ -82,8 +82,10 @@ class SweepSpec:
             parse_spec(self.perturb)
 
 
-def load_method(spec: SweepSpec, device: str | None) -> tuple[ExitMethod, str]:
-    """The exits named by `spec.exits`, or an untrained rule (static, mue) on their backbone."""
+def load_method(spec: SweepSpec, device: str | None, backbone=None) -> tuple[ExitMethod, str]:
+    """The exits named by `spec.exits`, or an untrained rule (static, mue) on their backbone: loaded
+    from disk, or `backbone` when given (it must be the one they were trained on; sweeps that share it
+    share its captured decoders and warmed shapes)."""
     cls = get_method(spec.method)
     if cls.rule == "oracle":
         raise FreeBenchError("the oracle is a ceiling over every exit's answer, not a threshold rule: "
@@ -94,7 +96,11 @@ def load_method(spec: SweepSpec, device: str | None) -> tuple[ExitMethod, str]:
     saved = json.loads(config.read_text())
     manifest = Path(spec.exits) / "manifest.json"
     regime = json.loads(manifest.read_text())["config"].get("regime", "none") if manifest.exists() else "none"
-    trained = load_exits(spec.exits, device=device, pretrain_if_missing=False)
+    trained = (
+        load_exits(spec.exits, device=device, pretrain_if_missing=False)
+        if backbone is None
+        else load_exits(spec.exits, backbone)
+    )
     if trained.name == spec.method:
         method = trained
     elif cls.trainable:

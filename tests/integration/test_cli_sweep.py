@@ -183,3 +183,31 @@ def test_score_captions_rejects_a_sweep_without_texts(trained, tmp_path):
     (tmp_path / "empty").mkdir()
     res = _cli("score-captions", str(tmp_path / "empty"), env=env)
     assert res.returncode == 2 and "captions.parquet" in res.stderr
+
+
+def test_planned_live_sweeps_share_one_backbone(trained, tmp_path, monkeypatch):
+    """reproduce's live sweeps load their exits onto one backbone, loaded on first need: the full
+    model's captured decoders and warmed shapes live on it and carry over from sweep to sweep; a
+    finished sweep loads nothing."""
+    from free_bench.backbone import load as L
+    from free_bench.commands import reproduce_stages as R
+
+    env, exits = trained
+    monkeypatch.setenv("FREE_BENCH_CACHE", env["FREE_BENCH_CACHE"])
+    loads = []
+    real = L.load_backbone
+    monkeypatch.setattr(L, "load_backbone", lambda *a, **k: loads.append(a) or real(*a, **k))
+
+    def plan(name: str, method: str, threshold: float) -> dict:
+        spec = {"method": method, "exits": str(exits), "split": "val", "mode": "live",
+                "thresholds": [threshold], "max_rows": 4, "warmup": 1}  # fmt: skip
+        return {"name": name, "seed": 0, "spec": spec, "work": str(tmp_path / name), "dst": None}
+
+    shared = R.shared_backbone(exits)
+    first = R.run_planned(plan("free", "free", 0.5), backbone=shared)
+    R.run_planned(plan("static", "static", 2.0), backbone=shared)
+    assert len(loads) == 1 and set(first["method"]) == {"free", "full"}
+    warmed = shared().__dict__["_warmed_shapes"][("eager",)]
+    assert warmed  # the shapes the first sweep warmed, which the second found warmed
+    R.run_planned(plan("free", "free", 0.5), backbone=R.shared_backbone(exits))  # finished: no load
+    assert len(loads) == 1
