@@ -156,12 +156,12 @@ def run_planned(plan: dict, loaded=None, backbone: Callable[[], Backbone] | None
     """Run (or resume) a planned sweep; copy its tables and manifest (with its seed) to `dst`. `loaded`:
     the method already loaded; else `backbone()`, called only when the sweep has work left: load the
     exits onto that backbone instead of loading it from disk again."""
-    from free_bench.engine.sweep import SweepSpec, _finished, load_method, run_sweep
+    from free_bench.engine.sweep import SweepSpec, load_method, run_sweep, sweep_finished
 
     spec = {**plan["spec"], "thresholds": tuple(plan["spec"]["thresholds"])}
     spec["tasks"] = tuple(spec.get("tasks", ("vqa",)))
     work = Path(plan["work"])
-    if loaded is None and backbone is not None and not _finished(SweepSpec(**spec), work):
+    if loaded is None and backbone is not None and not sweep_finished(SweepSpec(**spec), work):
         loaded = load_method(SweepSpec(**spec), None, backbone())
     df = run_sweep(SweepSpec(**spec), work, progress=False, loaded=loaded)
     if plan["dst"] is not None:

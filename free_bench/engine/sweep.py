@@ -210,7 +210,7 @@ def run_sweep(
         )
     if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(asdict(spec))):
         raise FreeBenchError(f"{out} holds another sweep ({saved}); choose a new --out or delete it")
-    if _finished(spec, out):  # a resumed caller (reproduce) neither reloads the exits nor re-records
+    if sweep_finished(spec, out):  # a resumed caller (reproduce) neither reloads the exits nor re-records
         return SWEEP.validate(pd.read_parquet(out / "sweep.parquet"))
     wall = {"load": time.perf_counter()}  # where a sweep's wall time goes, beside the timed decoding
     method, regime = loaded if loaded is not None else load_method(spec, device)
@@ -257,7 +257,7 @@ def run_sweep(
     return df
 
 
-def _finished(spec: SweepSpec, out: Path) -> bool:
+def sweep_finished(spec: SweepSpec, out: Path) -> bool:
     """Every point of `spec` is on disk and the tables after them (the manifest is written last)."""
     keys = ["full", *spec.thresholds]
     points = [_point_file(out, task, k) for task in spec.tasks for k in keys]
