@@ -260,8 +260,8 @@ PROFILES: dict[str, Profile] = {
         # the 20-minute budget on one H200 (measured: 20.9 min, session 9; 21.1, session 8; 20.4, session 7):
         # backbone 7.8 min (7.3 in session 7), 3 seeds of 6 exit trainings with their evaluations and
         # simulated sweeps 5.2 min six at a time (400 steps here; `train-exits` alone takes the profile's
-        # 600), live sweeps on both engines 4.8 (3.3 before every shape was warmed at every point: now
-        # once), robustness riding along 2.1 (perturbed rows now made once for all methods)
+        # 600), live sweeps on both engines 4.8 (session 8: 3.3; session 9 re-warmed every shape at
+        # every point, now once), robustness riding along 2.1 (perturbed rows now made once for all methods)
         reproduce=ReproduceConfig(
             seeds=(0, 1, 2),
             exit_steps=400,

@@ -158,12 +158,12 @@ def run_planned(plan: dict, loaded=None, backbone: Callable[[], Backbone] | None
     exits onto that backbone instead of loading it from disk again."""
     from free_bench.engine.sweep import SweepSpec, load_method, run_sweep, sweep_finished
 
-    spec = {**plan["spec"], "thresholds": tuple(plan["spec"]["thresholds"])}
-    spec["tasks"] = tuple(spec.get("tasks", ("vqa",)))
+    fields = {**plan["spec"], "thresholds": tuple(plan["spec"]["thresholds"])}
+    spec = SweepSpec(**{**fields, "tasks": tuple(fields.get("tasks", ("vqa",)))})
     work = Path(plan["work"])
-    if loaded is None and backbone is not None and not sweep_finished(SweepSpec(**spec), work):
-        loaded = load_method(SweepSpec(**spec), None, backbone())
-    df = run_sweep(SweepSpec(**spec), work, progress=False, loaded=loaded)
+    if loaded is None and backbone is not None and not sweep_finished(spec, work):
+        loaded = load_method(spec, None, backbone())
+    df = run_sweep(spec, work, progress=False, loaded=loaded)
     if plan["dst"] is not None:
         dst = Path(plan["dst"])
         caption_texts = ["captions.parquet"] if (work / "captions.parquet").exists() else []
@@ -241,14 +241,14 @@ def _sweeps(ctx: Context) -> dict:
     for plan in [chain_plan(ctx, *r) for r in run_names(ctx)]:  # finished in the exits stage: reused
         for sweep in plan["sweeps"]:
             run_planned(sweep)
+    bb = shared_backbone(first[2])  # every sweep below on one backbone: decoders captured, shapes warmed once
     grid = thresholds_for("static", layers, cfg.grid)
     for split in ("val", "test"):
-        _sweep(ctx, f"sim-static-{split}", "static", first[2], split, "simulated", grid, seed=cfg.seeds[0])
+        _sweep(ctx, f"sim-static-{split}", "static", first[2], split, "simulated", grid, seed=cfg.seeds[0],
+               backbone=bb)  # fmt: skip
     ops = operating_points(ctx, cfg)
     exits_of = {n: e for n, _, e, s in runs if s == cfg.seeds[0]} | {"static": first[2]}
     import torch
-
-    bb = shared_backbone(first[2])  # every live sweep on one backbone: decoders captured, shapes warmed once
 
     engines = [e for e in cfg.live_engines if e == "eager" or torch.cuda.is_available()]
     for engine in engines:  # the graphs engine captures CUDA graphs: on CUDA only (skipped: recorded)

@@ -96,11 +96,7 @@ def load_method(spec: SweepSpec, device: str | None, backbone=None) -> tuple[Exi
     saved = json.loads(config.read_text())
     manifest = Path(spec.exits) / "manifest.json"
     regime = json.loads(manifest.read_text())["config"].get("regime", "none") if manifest.exists() else "none"
-    trained = (
-        load_exits(spec.exits, device=device, pretrain_if_missing=False)
-        if backbone is None
-        else load_exits(spec.exits, backbone)
-    )
+    trained = load_exits(spec.exits, backbone, device=device, pretrain_if_missing=False)
     if trained.name == spec.method:
         method = trained
     elif cls.trainable:
