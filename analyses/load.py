@@ -88,7 +88,10 @@ def _exit_run(run: Path, res: Results) -> None:
         "regime": config.get("regime") or (m["regime"] if m else "unknown"),
         "seed": seed,
         "train_seconds": meta.get("train_seconds", float("nan")),
-        "wall_seconds": meta.get("wall_seconds", float("nan")),
+        "wall_seconds": meta.get("wall_seconds", float("nan")),  # the last process's (see resumed_at_steps)
+        "resumed_at_steps": (
+            " ".join(map(str, meta["resumed_at_steps"])) if "resumed_at_steps" in meta else "not recorded"
+        ),
         "device": meta.get("device", "unknown"),
     }
     res.exit_runs = pd.concat([res.exit_runs, pd.DataFrame([row])], ignore_index=True)

@@ -74,7 +74,11 @@ def _exits_md(b: Built) -> list[str]:
     if "exits_cider_test" in b.missing:
         out += [f"Per-exit CIDEr: **missing** ({b.missing['exits_cider_test']})", ""]
     if "exits_training" in b.tables:
-        out += ["Training time per exits run (seconds):", "", md_table(b.tables["exits_training"]), ""]
+        title = (
+            "Training time per exits run (seconds; `wall_seconds` is the last process's, "
+            "from its resume where `resumed_at_steps` names one):"
+        )
+        out += [title, "", md_table(b.tables["exits_training"]), ""]
     return out
 
 

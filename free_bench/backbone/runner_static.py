@@ -19,19 +19,34 @@ from free_bench.errors import FreeBenchError
 
 
 class StaticKV:
-    """K/V of n attention layers in (n, B, H, C, Dh) buffers, written at the positions in `index`."""
+    """K/V of n attention layers, written at the positions in `index`: stacked (n, B, H, C, Dh) buffers,
+    or with `separate` one (B, H, C, Dh) buffer per layer.
 
-    def __init__(self, num_layers: int, batch_size: int, capacity: int, device: torch.device) -> None:
+    Separate buffers are for code that torch.compile traces: a layer's write into a slice of a stacked
+    buffer is a mutation of a view of a graph input, which inductor turns into copies of the layer's
+    buffer and of the whole stack (H200 profile of session 10: ten copies of the 21 MB stack per token,
+    ~0.36 ms of 2.75). A write into a whole input is done in place. The price is paid by `write_layers`,
+    one write per layer instead of one for all."""
+
+    def __init__(
+        self, num_layers: int, batch_size: int, capacity: int, device: torch.device, separate: bool = False
+    ) -> None:
         self.num_layers, self.batch_size, self.capacity = num_layers, batch_size, capacity
-        self.keys: torch.Tensor | None = None  # (n, B, H, C, Dh), allocated on first write
-        self.values: torch.Tensor | None = None
+        self.separate = separate
+        # allocated on first write: (n, B, H, C, Dh), or n x (B, H, C, Dh) when separate
+        self.keys: torch.Tensor | list[torch.Tensor] | None = None
+        self.values: torch.Tensor | list[torch.Tensor] | None = None
         self.index = torch.zeros(1, dtype=torch.long, device=device)  # (q,) positions being written
 
     def _allocate(self, like: torch.Tensor) -> None:
         # Zeros, not empty: a slot is always written before it is read, but 0 * NaN would still leak.
         b, h, _, d = like.shape
-        self.keys = like.new_zeros((self.num_layers, b, h, self.capacity, d))
-        self.values = like.new_zeros((self.num_layers, b, h, self.capacity, d))
+        if self.separate:
+            self.keys = [like.new_zeros((b, h, self.capacity, d)) for _ in range(self.num_layers)]
+            self.values = [like.new_zeros((b, h, self.capacity, d)) for _ in range(self.num_layers)]
+        else:
+            self.keys = like.new_zeros((self.num_layers, b, h, self.capacity, d))
+            self.values = like.new_zeros((self.num_layers, b, h, self.capacity, d))
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs
@@ -49,9 +64,14 @@ class StaticKV:
         if self.keys is None:
             self._allocate(keys[0])
         assert self.keys is not None and self.values is not None
+        if self.separate:
+            for i in range(keys.shape[0]):
+                self.keys[start + i].index_copy_(2, self.index, keys[i])
+                self.values[start + i].index_copy_(2, self.index, values[i])
+            return
         end = start + keys.shape[0]
-        self.keys[start:end].index_copy_(3, self.index, keys)
-        self.values[start:end].index_copy_(3, self.index, values)
+        self.keys[start:end].index_copy_(3, self.index, keys)  # type: ignore[union-attr]
+        self.values[start:end].index_copy_(3, self.index, values)  # type: ignore[union-attr]
 
 
 class StaticMasks:

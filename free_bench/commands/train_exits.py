@@ -117,7 +117,8 @@ def _train(args: argparse.Namespace, profile, cfg, dist, device: str | None) -> 
     manifest.update(
         loss_log=log["step"],
         train_seconds=log["seconds"],
-        wall_seconds=time.perf_counter() - t0,
+        wall_seconds=time.perf_counter() - t0,  # this process's: from its resume, if it resumed
+        resumed_at_steps=log.get("resumed_at", []),
         events=log.get("events", []),
     )
     manifest.write(args.out / "manifest.json")

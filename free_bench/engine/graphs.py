@@ -81,9 +81,12 @@ class GraphDecoder:
         self.exits = consulted
         self.cost: CostModel = cost_model(backbone, method)
         self.generators = method.generators if isinstance(method, GeneratorMethod) else None
-        self.kv = StaticKV(L, 1, capacity, dev)
+        separate = bool(compile_segments)  # inductor writes whole buffers in place, views by copies
+        self.kv = StaticKV(L, 1, capacity, dev, separate=separate)
         self.gen_kv = (
-            None if self.generators is None else StaticKV(len(self.generators.layers), 1, capacity, dev)
+            None
+            if self.generators is None
+            else StaticKV(len(self.generators.layers), 1, capacity, dev, separate=separate)
         )
         self.ids = torch.zeros((1, 1), dtype=torch.long, device=dev)  # (1, 1) token in flight
         self.threshold = torch.zeros((), dtype=torch.float32, device=dev)

@@ -63,6 +63,7 @@ def _loop(method: ExitMethod, batches: list[TFBatch], cfg: ExitTrainConfig, regi
     if state:
         _restore(state, method, gen_opt, disc_opt)
         log, start = state["log"], state["step"]
+        log.setdefault("resumed_at", []).append(start)  # a resumed run's wall clock starts here
     pinned = 0
     bar = tqdm(
         range(start, cfg.steps),

@@ -174,3 +174,23 @@ def test_compiled_segments_decode_as_the_eager_engine(bb: Backbone, fuse: bool) 
         assert torch.equal(got["tokens"], want.tokens) and torch.equal(got["exit_layers"], want.exit_layers)
         seen.append(counters["stats"]["unique_graphs"])
     assert seen[1] == seen[2]  # prompts of another length reuse the compiled segments
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor on CPU needs a C++ compiler"
+)
+@pytest.mark.parametrize("fuse", [False, True])
+def test_compiled_segments_write_kv_in_place(bb: Backbone, fuse: bool) -> None:
+    """Inductor's code allocates no buffer of a layer's K/V shape, or of the stack's: each layer's write
+    goes into its own buffer in place. With the stacked layout (writes into views of one input) it
+    allocated copies of both, ten copies of the 21 MB stack per token on the H200 (StaticKV)."""
+    from torch._inductor.utils import run_and_get_code
+
+    decoder = GraphDecoder(bb, None, kv_policy="full", capture=False, compile_segments=True, fuse=fuse)
+    inputs = tiny_inputs(bb.model, 1, seed=5, text_len=4)
+    _, codes = run_and_get_code(lambda: _decode(decoder, inputs, None))
+    b, h, c, d = decoder.kv.keys[0].shape  # one layer's (B, H, C, Dh)
+    shapes = {f"(({b}, {h}, {c}, {d})", f"(({bb.num_layers}, {b}, {h}, {c}, {d})"}
+    allocations = [line for code in codes for line in code.splitlines() if "empty_strided" in line]
+    assert allocations, "no compiled code seen"
+    assert not [a for a in allocations if any(s in a for s in shapes)]

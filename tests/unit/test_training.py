@@ -99,7 +99,7 @@ def test_resume_is_bit_identical(smoke_backbone, semi_batches, tmp_path, monkeyp
     cfg = ExitTrainConfig(steps=8, checkpoint_every=3, collapse_steps=1000)
     torch.manual_seed(0)
     whole = get_method("free")(smoke_backbone, (2, 4))
-    train_exits(whole, semi_batches, cfg, "semi", tmp_path / "a", progress=False)
+    assert "resumed_at" not in train_exits(whole, semi_batches, cfg, "semi", tmp_path / "a", progress=False)
 
     real, calls = loop_mod._step, {"n": 0}
 
@@ -125,6 +125,7 @@ def test_resume_is_bit_identical(smoke_backbone, semi_batches, tmp_path, monkeyp
     resumed = get_method("free")(smoke_backbone, (2, 4))
     log = train_exits(resumed, semi_batches, cfg, "semi", tmp_path / "b", progress=False)
     assert [e["step"] for e in log["step"]] == list(range(1, 9))
+    assert log["resumed_at"] == [saved]  # the manifest's resumed_at_steps: its wall_seconds start there
     for (k, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
 
