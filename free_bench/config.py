@@ -257,11 +257,10 @@ PROFILES: dict[str, Profile] = {
             checkpoint_every=500,
         ),
         exits=ExitTrainConfig(steps=600, batch_size=64, dense="every:2", sparse="4,8,12,16,20"),
-        # the 20-minute budget on one H200 (measured: 20.9 min, session 9; 21.1, session 8; 20.4, session 7):
-        # backbone 7.8 min (7.3 in session 7), 3 seeds of 6 exit trainings with their evaluations and
-        # simulated sweeps 5.2 min six at a time (400 steps here; `train-exits` alone takes the profile's
-        # 600), live sweeps on both engines 4.8 (session 8: 3.3; session 9 re-warmed every shape at
-        # every point, now once), robustness riding along 2.1 (perturbed rows now made once for all methods)
+        # the 20-minute budget on one H200 (measured: 16.9 min, session 10; 20.9, session 9; 21.1, session 8):
+        # backbone 6.8 min, 3 seeds of 6 exit trainings with their evaluations and simulated sweeps 4.6
+        # min six at a time (400 steps here; `train-exits` alone takes the profile's 600), sweeps 3.2
+        # (live on both engines 2.6), robustness riding along 1.5
         reproduce=ReproduceConfig(
             seeds=(0, 1, 2),
             exit_steps=400,
