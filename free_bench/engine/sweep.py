@@ -311,11 +311,10 @@ def _simulated(spec, method, cost, rows, task, out, base, progress) -> dict:
         """VQA accuracy memoised per (row, answer): a row has few distinct answers across thresholds."""
         if answers is None:
             return S.quality(task, rows, texts(seqs))
-        values = []
-        for r, s in enumerate(seqs):
-            if (r, s) not in scored:
-                scored[(r, s)] = vqa_accuracy(texts([s])[0], answers[r])
-            values.append(scored[(r, s)])
+        values = [scored.get((r, s)) for r, s in enumerate(seqs)]
+        for r, v in enumerate(values):
+            if v is None:
+                values[r] = scored[(r, seqs[r])] = vqa_accuracy(texts([seqs[r]])[0], answers[r])
         return {"vqa_accuracy": sum(values) / len(values)}, values
 
     points = [(None, "full")] + [(t, t) for t in spec.thresholds]

@@ -213,7 +213,8 @@ def simulated_outputs(
     keep = before == row_start[rec.row.cpu()]  # no EOS yet in this row: the position is decoded
     kept_rows = rec.row.cpu()[keep]
     counts = torch.bincount(kept_rows, minlength=n_rows)  # (R,) decoded tokens per row
-    seqs = [tuple(x.tolist()) for x in torch.split(tokens[keep], counts.tolist())] if n_rows else []
+    flat, ends = tokens[keep].tolist(), counts.cumsum(0).tolist()  # one host list, sliced per row
+    seqs = [tuple(flat[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)] if n_rows else []
     out = Outputs(exit_layers=layers[keep].tolist(), spent=float(spent[keep].sum()))
     out.full = cost.full * int(keep.sum())
     per_row = torch.zeros(n_rows, dtype=torch.float64)
