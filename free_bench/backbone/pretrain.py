@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import Blip2ForConditionalGeneration, PreTrainedTokenizerBase
 
 from free_bench.backbone import examples as E
-from free_bench.backbone.vision_stage import CellHead, cell_labels, vision_loss
+from free_bench.backbone.vision_stage import CellHead, cell_labels, query_head, query_loss, vision_loss
 from free_bench.config import PretrainConfig
 from free_bench.errors import FreeBenchError
 from free_bench.interrupt import StopRequest, deferred_stop
@@ -77,7 +77,9 @@ def _sample(data: TrainData, gen: torch.Generator, n: int, caption_fraction: flo
     return [r[0] for r in rows], [r[1] for r in rows]
 
 
-def _trainable(model: Blip2ForConditionalGeneration, stage: int, cfg: PretrainConfig, head) -> list[dict]:
+def _trainable(
+    model: Blip2ForConditionalGeneration, stage: int, cfg: PretrainConfig, head, qhead=None
+) -> list[dict]:
     lm = list(model.language_model.parameters())
     if stage == 0:
         groups = [
@@ -89,18 +91,26 @@ def _trainable(model: Blip2ForConditionalGeneration, stage: int, cfg: PretrainCo
         # BLIP-2 freezes its pretrained ViT; a ViT without stage 0 has to learn here
         frozen = ("language_model.", "vision_model.") if cfg.vision_steps else ("language_model.",)
         vision = [p for n, p in model.named_parameters() if not n.startswith(frozen)]
-        groups = [{"params": vision, "lr_peak": cfg.lr_stage2}]
+        groups = [
+            {
+                "params": vision + ([*qhead.parameters()] if qhead is not None else []),
+                "lr_peak": cfg.lr_stage2,
+            }
+        ]
         if cfg.stage2_train_lm:
             groups.append({"params": lm, "lr_peak": cfg.lr_lm_stage2})
     train = {id(p) for g in groups for p in g["params"]}
     for p in model.parameters():
         p.requires_grad_(id(p) in train)
+    for p in [] if qhead is None else qhead.parameters():
+        p.requires_grad_(stage == 2)
     return groups
 
 
 def _batch(
-    model, data: TrainData, rows: list[int], pairs: list[E.TextPair], stage: int, lm_type: str, tok, head
-):
+    model, data: TrainData, rows: list[int], pairs: list[E.TextPair], stage: int, lm_type: str, tok, head,
+    qhead=None, qweight: float = 0.0,
+):  # fmt: skip
     if stage == 0:
         pixel_values = E.normalize(data.pixels[rows]).to(model.device, non_blocking=True)
         return vision_loss(model, head, pixel_values, data.cells[rows].to(model.device))
@@ -121,7 +131,11 @@ def _batch(
     device = model.device
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     pixel_values = E.normalize(data.pixels[rows]).to(device, non_blocking=True)
-    return model(pixel_values=pixel_values, **batch).loss
+    out = model(pixel_values=pixel_values, **batch)
+    if qhead is None:
+        return out.loss
+    cells = data.cells[rows].to(device)  # (B, G*G, 3)
+    return out.loss + qweight * query_loss(out.qformer_outputs.last_hidden_state, qhead, cells)
 
 
 def train(
@@ -161,10 +175,13 @@ def _stages(model, tokenizer, data: TrainData, cfg: PretrainConfig, lm_type: str
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             head = CellHead(model.config.vision_config.hidden_size).to(device)
+    qhead = query_head(model, data.cells, seed).to(device) if cfg.query_cell_weight else None
     if state:
         model.load_state_dict(state["model"])
         if head is not None and state.get("head") is not None:
             head.load_state_dict(state["head"])
+        if qhead is not None and state.get("query_head") is not None:
+            qhead.load_state_dict(state["query_head"])
     if device.type == "cuda":  # images live on the GPU: no per-step uint8 -> float on the host, no copy
         cells = None if data.cells is None else data.cells.to(device)
         data = replace(data, pixels=data.pixels.to(device), cells=cells)
@@ -176,7 +193,7 @@ def _stages(model, tokenizer, data: TrainData, cfg: PretrainConfig, lm_type: str
             continue
         log["loss"].setdefault(str(stage), [])
         log["seconds"].setdefault(str(stage), 0.0)
-        groups = _trainable(model, stage, cfg, head)
+        groups = _trainable(model, stage, cfg, head, qhead)
         opt = torch.optim.AdamW(groups, lr=0.0, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
         if state and state["stage"] == stage and state["optimizer"] is not None:
             opt.load_state_dict(state["optimizer"])
@@ -200,7 +217,9 @@ def _stages(model, tokenizer, data: TrainData, cfg: PretrainConfig, lm_type: str
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, steps, g["lr_peak"], cfg.warmup_steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = _batch(model, data, rows, pairs, stage, lm_type, tokenizer, head)
+                loss = _batch(
+                    model, data, rows, pairs, stage, lm_type, tokenizer, head, qhead, cfg.query_cell_weight
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
@@ -218,17 +237,18 @@ def _stages(model, tokenizer, data: TrainData, cfg: PretrainConfig, lm_type: str
                 log["seconds"][str(stage)] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 nxt = (stage, done) if done < steps else (stage + 1, 0)
-                _save(ckpt, model, opt if done < steps else None, nxt, log, head)
+                _save(ckpt, model, opt if done < steps else None, nxt, log, head, qhead)
             if stopping:
                 stop.exit()
         state = None
     return log
 
 
-def _save(path: Path, model, opt, where: tuple[int, int], log: dict, head) -> None:
+def _save(path: Path, model, opt, where: tuple[int, int], log: dict, head, qhead=None) -> None:
     payload = {
         "model": model.state_dict(),
         "head": head.state_dict() if head is not None else None,
+        "query_head": qhead.state_dict() if qhead is not None else None,
         "optimizer": opt.state_dict() if opt else None,
         "stage": where[0],
         "step": where[1],

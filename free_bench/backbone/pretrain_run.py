@@ -76,7 +76,7 @@ def pretrain(
     )
     torch.manual_seed(seed)
     model = embedded.build_model(profile, lm_type, seed).to(device)
-    grid = prof.scenes.grid if cfg.vision_steps else None
+    grid = prof.scenes.grid if cfg.vision_steps or cfg.query_cell_weight else None
     data = prepare(ds["train"], processor.tokenizer, grid)
     data.pixels = data.pixels.to(device)  # uint8, small enough to live on the device
     state = out / STATE_DIR

@@ -50,6 +50,22 @@ class CellHead(nn.Module):
         return torch.stack(losses).mean()
 
 
+def query_head(model, cells: torch.Tensor | None, seed: int) -> CellHead:
+    """The throw-away head of `PretrainConfig.query_cell_weight`: query i of the Q-Former reads cell i,
+    so there must be a query for every cell. Drawn from its own seed, leaving the global RNG alone."""
+    if cells is None:
+        raise FreeBenchError("query_cell_weight > 0 needs TrainData.cells: prepare(..., grid=...)")
+    queries = model.config.num_query_tokens
+    if queries < cells.shape[1]:
+        raise FreeBenchError(
+            f"query_cell_weight > 0 gives query i grid cell i: {queries} query tokens for {cells.shape[1]} "
+            "cells; use at least as many queries as cells, or query_cell_weight=0"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        return CellHead(model.config.qformer_config.hidden_size)
+
+
 def vision_loss(model, head: CellHead, pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     tokens = model.vision_model(pixel_values=pixel_values).last_hidden_state[
         :, 1:
@@ -57,3 +73,8 @@ def vision_loss(model, head: CellHead, pixel_values: torch.Tensor, labels: torch
     if tokens.shape[1] != labels.shape[1]:
         raise FreeBenchError(f"{tokens.shape[1]} patches but {labels.shape[1]} grid cells: patch != cell")
     return head.loss(tokens, labels)
+
+
+def query_loss(query_states: torch.Tensor, head: CellHead, labels: torch.Tensor) -> torch.Tensor:
+    """query_states (B, Q, D) of the Q-Former, labels (B, G*G, 3): query i predicts cell i's object."""
+    return head.loss(query_states[:, : labels.shape[1]], labels)

@@ -245,3 +245,42 @@ def test_stale_cached_backbone_is_an_error(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"config": old}))
     with pytest.raises(FreeBenchError, match="differs in: scenes_generator"):
         check_current(tmp_path, "smoke", "opt")
+
+
+def test_resume_with_the_query_cell_loss_is_bit_identical(smoke_ds, tmp_path, monkeypatch):
+    """`query_cell_weight`: stage 2 also asks query i for cell i's object through a throw-away head,
+    which a killed run restores from its checkpoint like the model (a 2 x 2 grid: the smoke model has
+    8 queries). The loss is the LM's plus the weighted cell loss, so it moves the Q-Former."""
+    tok = build_tokenizer()
+    data = P.prepare(smoke_ds["train"].select(range(60)), tok, grid=2)
+    cfg = _short_cfg(stage1_steps=2, stage2_steps=5, query_cell_weight=0.5)
+    whole, _, log, saved = _stopped_and_resumed(
+        tmp_path, monkeypatch, tok, data, cfg, "opt", "_sample", 5, "killed"
+    )
+    assert saved == (2, 2) and len(log["loss"]["2"]) == 5
+    plain = build_model("smoke", "opt")
+    P.train(
+        plain,
+        tok,
+        data,
+        dataclasses.replace(cfg, query_cell_weight=0.0),
+        "opt",
+        tmp_path / "c",
+        progress=False,
+    )
+    assert not torch.equal(
+        plain.qformer.state_dict()["layernorm.weight"], whole.qformer.state_dict()["layernorm.weight"]
+    )
+
+
+def test_query_cell_loss_needs_a_query_per_cell(smoke_ds, tmp_path):
+    tok = build_tokenizer()
+    data = P.prepare(
+        smoke_ds["train"].select(range(20)), tok, grid=get_profile("smoke").scenes.grid
+    )  # 16 cells
+    cfg = _short_cfg(stage1_steps=0, stage2_steps=1, query_cell_weight=0.5)
+    with pytest.raises(FreeBenchError, match="8 query tokens for 16 cells"):
+        P.train(build_model("smoke", "opt"), tok, data, cfg, "opt", tmp_path, progress=False)
+    with pytest.raises(FreeBenchError, match="needs TrainData.cells"):
+        P.train(build_model("smoke", "opt"), tok, P.prepare(smoke_ds["train"].select(range(20)), tok), cfg,
+                "opt", tmp_path / "b", progress=False)  # fmt: skip
