@@ -247,7 +247,8 @@ def test_stale_cached_backbone_is_an_error(tmp_path):
         check_current(tmp_path, "smoke", "opt")
 
 
-def test_resume_with_the_query_cell_loss_is_bit_identical(smoke_ds, tmp_path, monkeypatch):
+@pytest.mark.parametrize("lm", ["opt", "t5"])
+def test_resume_with_the_query_cell_loss_is_bit_identical(smoke_ds, tmp_path, monkeypatch, lm):
     """`query_cell_weight`: stage 2 also asks query i for cell i's object through a throw-away head,
     which a killed run restores from its checkpoint like the model (a 2 x 2 grid: the smoke model has
     8 queries). The loss is the LM's plus the weighted cell loss, so it moves the Q-Former."""
@@ -255,10 +256,10 @@ def test_resume_with_the_query_cell_loss_is_bit_identical(smoke_ds, tmp_path, mo
     data = P.prepare(smoke_ds["train"].select(range(60)), tok, grid=2)
     cfg = _short_cfg(stage1_steps=2, stage2_steps=5, query_cell_weight=0.5)
     whole, _, log, saved = _stopped_and_resumed(
-        tmp_path, monkeypatch, tok, data, cfg, "opt", "_sample", 5, "killed"
+        tmp_path, monkeypatch, tok, data, cfg, lm, "_sample", 5, "killed"
     )
     assert saved == (2, 2) and len(log["loss"]["2"]) == 5
-    plain = build_model("smoke", "opt")
+    plain = build_model("smoke", lm)
     P.train(
         plain,
         tok,
