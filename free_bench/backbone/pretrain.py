@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import Blip2ForConditionalGeneration, PreTrainedTokenizerBase
 
 from free_bench.backbone import examples as E
-from free_bench.backbone.vision_stage import CellHead, cell_labels, query_head, query_loss, vision_loss
+from free_bench.backbone.vision_stage import cell_labels, query_head, query_loss, seeded_head, vision_loss
 from free_bench.config import PretrainConfig
 from free_bench.errors import FreeBenchError
 from free_bench.interrupt import StopRequest, deferred_stop
@@ -91,19 +91,13 @@ def _trainable(
         # BLIP-2 freezes its pretrained ViT; a ViT without stage 0 has to learn here
         frozen = ("language_model.", "vision_model.") if cfg.vision_steps else ("language_model.",)
         vision = [p for n, p in model.named_parameters() if not n.startswith(frozen)]
-        groups = [
-            {
-                "params": vision + ([*qhead.parameters()] if qhead is not None else []),
-                "lr_peak": cfg.lr_stage2,
-            }
-        ]
+        heads = [*qhead.parameters()] if qhead is not None else []  # only stage 2 uses the query head
+        groups = [{"params": vision + heads, "lr_peak": cfg.lr_stage2}]
         if cfg.stage2_train_lm:
             groups.append({"params": lm, "lr_peak": cfg.lr_lm_stage2})
     train = {id(p) for g in groups for p in g["params"]}
     for p in model.parameters():
         p.requires_grad_(id(p) in train)
-    for p in [] if qhead is None else qhead.parameters():
-        p.requires_grad_(stage == 2)
     return groups
 
 
@@ -172,9 +166,7 @@ def _stages(model, tokenizer, data: TrainData, cfg: PretrainConfig, lm_type: str
     if cfg.vision_steps:
         if data.cells is None:
             raise FreeBenchError("vision_steps > 0 needs TrainData.cells: prepare(..., grid=...)")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            head = CellHead(model.config.vision_config.hidden_size).to(device)
+        head = seeded_head(model.config.vision_config.hidden_size, seed).to(device)
     qhead = query_head(model, data.cells, seed).to(device) if cfg.query_cell_weight else None
     if state:
         model.load_state_dict(state["model"])

@@ -50,9 +50,16 @@ class CellHead(nn.Module):
         return torch.stack(losses).mean()
 
 
+def seeded_head(hidden: int, seed: int) -> CellHead:
+    """A throw-away `CellHead` drawn from its own seed, leaving the global RNG alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CellHead(hidden)
+
+
 def query_head(model, cells: torch.Tensor | None, seed: int) -> CellHead:
     """The throw-away head of `PretrainConfig.query_cell_weight`: query i of the Q-Former reads cell i,
-    so there must be a query for every cell. Drawn from its own seed, leaving the global RNG alone."""
+    so there must be a query for every cell."""
     if cells is None:
         raise FreeBenchError("query_cell_weight > 0 needs TrainData.cells: prepare(..., grid=...)")
     queries = model.config.num_query_tokens
@@ -61,9 +68,7 @@ def query_head(model, cells: torch.Tensor | None, seed: int) -> CellHead:
             f"query_cell_weight > 0 gives query i grid cell i: {queries} query tokens for {cells.shape[1]} "
             "cells; use at least as many queries as cells, or query_cell_weight=0"
         )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1)
-        return CellHead(model.config.qformer_config.hidden_size)
+    return seeded_head(model.config.qformer_config.hidden_size, seed + 1)
 
 
 def vision_loss(model, head: CellHead, pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
