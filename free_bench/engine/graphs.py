@@ -51,6 +51,28 @@ def compiled_image_features(backbone: Backbone) -> Callable[[torch.Tensor], torc
     return cached
 
 
+# dynamo keeps its compiled code per code object, and every segment of every decoder shares `run`'s:
+# at its default limit (8) the ninth segment compiled in a process fell back to eager code, silently
+# (session 11's bench: the third decoder's exit checks). Guards run only in warm-up and capture, never
+# in a replay, so a high limit costs nothing per token; past it, an error rather than eager code.
+_RECOMPILES = {
+    "recompile_limit": 4096,
+    "accumulated_recompile_limit": 4096,
+    "fail_on_recompile_limit_hit": True,
+}
+
+
+def _compiled(run: Callable[[], None], mode: str | None) -> Callable[[], None]:
+    """`run` through inductor, with room for one compiled entry per segment of every decoder."""
+    compiled = torch.compile(run, dynamic=False, mode=mode)
+
+    def call() -> None:
+        with torch._dynamo.config.patch(**_RECOMPILES):
+            compiled()
+
+    return call
+
+
 class GraphDecoder:
     """Decodes single rows with `method` (None: the full model), reusing its graphs across calls."""
 
@@ -127,7 +149,7 @@ class GraphDecoder:
             # kernels for batch 1; the graphs stay this decoder's own)
             mode = compile_segments if isinstance(compile_segments, str) else None
             for seg in self.step.segments:
-                seg.run = torch.compile(seg.run, dynamic=False, mode=mode)
+                seg.run = _compiled(seg.run, mode)
         self.prompts: dict[int, Pass] = {}  # prompt length P -> its pass, built on first use
         self.images: dict[tuple[int, ...], tuple[torch.Tensor, Graphed, list[torch.Tensor]]] = {}
 

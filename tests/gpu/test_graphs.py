@@ -9,7 +9,7 @@ import torch
 from free_bench.backbone import Backbone, from_hf, runner
 from free_bench.backbone.tiny import build_tiny_blip2, tiny_inputs
 from free_bench.engine import generate
-from free_bench.engine.generate import special_tokens
+from free_bench.engine.generate import GRAPHS_ENGINE, special_tokens
 from free_bench.engine.graphs import GraphDecoder
 from free_bench.methods import get_method
 
@@ -42,7 +42,7 @@ def _method(bb: Backbone, name: str):
 def _uncaptured(bb, m, policy, inputs, t) -> dict:
     eos, _ = special_tokens(bb)
     static = int(t) if m is not None and m.rule == "static" else None
-    decoder = GraphDecoder(bb, m, kv_policy=policy, capture=False, static_layer=static)
+    decoder = GraphDecoder(bb, m, kv_policy=policy, capture=False, static_layer=static, **GRAPHS_ENGINE)
     return decoder.decode(inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"),
                           max_new_tokens=N_NEW, threshold=t, eos_ids=eos)  # fmt: skip
 
@@ -103,17 +103,20 @@ def test_captured_prefix_follows_the_image(bb: Backbone) -> None:
     assert len(decoder.prompts) == 2
 
 
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("name", ["free", "deebert", "static"])
-def test_fused_layers_captured_decode_as_the_eager_engine(bb: Backbone, name: str) -> None:
+def test_fused_layers_captured_decode_as_the_eager_engine(bb: Backbone, name: str, compiled: bool) -> None:
     """`fuse=True` (q/k/v in one product, runner_fused): captured replays equal its uncaptured decode,
-    and the tokens and exits of the eager engine (fp32, no TF32)."""
+    and the tokens and exits of the eager engine (fp32, no TF32); `compiled`: each segment through
+    inductor first, as `engine="graphs"` runs it."""
     inputs, m = _inputs(bb), _method(bb, name)
     t = float(m.layers[0]) if m.rule == "static" else 0.5
     static = int(t) if m.rule == "static" else None
     eos, _ = special_tokens(bb)
     outs = []
     for capture in (True, False):
-        decoder = GraphDecoder(bb, m, kv_policy="propagate", capture=capture, static_layer=static, fuse=True)
+        decoder = GraphDecoder(bb, m, kv_policy="propagate", capture=capture, static_layer=static, fuse=True,
+                               compile_segments=compiled)  # fmt: skip
         outs.append(decoder.decode(inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"),
                                    max_new_tokens=N_NEW, threshold=t, eos_ids=eos))  # fmt: skip
     eager = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=t)

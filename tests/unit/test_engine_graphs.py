@@ -158,22 +158,47 @@ def test_compile_segments_passes_its_mode(bb: Backbone, monkeypatch, option, mod
 @pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor on CPU needs a C++ compiler"
 )
-@pytest.mark.parametrize("fuse", [False, True])
-def test_compiled_segments_decode_as_the_eager_engine(bb: Backbone, fuse: bool) -> None:
-    """`compile_segments` hands each segment to torch.compile (what the bench times against the floor):
-    same tokens and exits, and no recompiling once every segment has run; with the fused layers too."""
+@pytest.mark.parametrize("name, fuse", [("pabee", False), ("pabee", True), ("free", True)])
+def test_compiled_segments_decode_as_the_eager_engine(bb: Backbone, name: str, fuse: bool) -> None:
+    """`compile_segments` hands each segment to torch.compile (what the graphs engine runs on CUDA):
+    same tokens and exits, and no recompiling once every segment has run; with the fused layers too.
+    PABEE's patience carries state from segment to segment, FREE's generator layers their own K/V."""
     from torch._dynamo.utils import counters
 
-    m = _method(bb, "pabee")  # patience carries state from segment to segment
+    m = _method(bb, name)
     decoder = GraphDecoder(bb, m, kv_policy="propagate", capture=False, compile_segments=True, fuse=fuse)
     seen = []
     for seed, text_len in ((5, 4), (1, 9), (3, 3)):
         inputs = tiny_inputs(bb.model, 1, seed=seed, text_len=text_len)
-        got = _decode(decoder, inputs, 1.0)
-        want = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=1.0)
+        t = 1.0 if m.rule == "patience" else 0.5
+        got = _decode(decoder, inputs, t)
+        want = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=t)
         assert torch.equal(got["tokens"], want.tokens) and torch.equal(got["exit_layers"], want.exit_layers)
         seen.append(counters["stats"]["unique_graphs"])
     assert seen[1] == seen[2]  # prompts of another length reuse the compiled segments
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor on CPU needs a C++ compiler"
+)
+def test_every_decoders_segments_compile_past_dynamos_limit(bb: Backbone, monkeypatch) -> None:
+    """All segments share one code object, so dynamo's per-code limit on compiled entries (8 by default,
+    1 here) would leave later decoders' segments running eager code without a word: each decoder's first
+    decode must add compiled graphs, and decode as the eager engine."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    inputs = tiny_inputs(bb.model, 1, seed=6, text_len=4)
+    for name in ("deebert", "free", "pabee"):  # thresholds that never exit: every segment runs
+        m = _method(bb, name)
+        t = NEVER[m.rule]
+        decoder = GraphDecoder(bb, m, capture=False, compile_segments=True)
+        before = counters["stats"]["unique_graphs"]
+        got = _decode(decoder, inputs, t)
+        assert counters["stats"]["unique_graphs"] >= before + len(decoder.step.segments), name
+        want = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=t)
+        assert torch.equal(got["tokens"], want.tokens) and torch.equal(got["exit_layers"], want.exit_layers)
 
 
 @pytest.mark.skipif(
