@@ -4,7 +4,9 @@ graph each, as `torch.cuda.graphs` asks)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +40,22 @@ class Pass:
     captured: bool = False
 
 
+@contextmanager
+def no_collection() -> Iterator[None]:
+    """Python's garbage collector paused: a collection inside a capture would run the finalizers of
+    dead decoders (their CUDA graphs and memory pools), CUDA calls a capturing stream forbids; and
+    `torch.cuda.graph` no longer collects first (torch.compiler.config.force_cudagraph_gc is off).
+    Session 11's H200 tests: one capture failed "due to a previous error during capture" after many
+    compiled decoders had died (a likely cause, not a proven one)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def capture(parts: list[Graphed], warmups: int = 2) -> None:
     """Warm every part on a side stream (allocator, lazy init, compilation), then capture each."""
     side = torch.cuda.Stream()
@@ -49,6 +67,6 @@ def capture(parts: list[Graphed], warmups: int = 2) -> None:
     torch.cuda.current_stream().wait_stream(side)
     for part in parts:
         part.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(part.graph):
+        with no_collection(), torch.cuda.graph(part.graph):
             part.run()
     torch.cuda.synchronize()

@@ -181,22 +181,20 @@ def test_compiled_segments_decode_as_the_eager_engine(bb: Backbone, name: str, f
 @pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor on CPU needs a C++ compiler"
 )
-def test_every_decoders_segments_compile_past_dynamos_limit(bb: Backbone, monkeypatch) -> None:
+def test_every_decoders_segments_compile_past_dynamos_limit(bb: Backbone) -> None:
     """All segments share one code object, so dynamo's per-code limit on compiled entries (8 by default,
-    1 here) would leave later decoders' segments running eager code without a word: each decoder's first
-    decode must add compiled graphs, and decode as the eager engine."""
+    1 here) would leave later decoders' segments running eager code without a word (here, with
+    `fail_on_recompile_limit_hit`, with an error): three methods' decoders from an empty cache need
+    more than one entry, and each decodes as the eager engine."""
     import torch._dynamo
-    from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    torch._dynamo.reset()  # entries left by earlier tests would be reused, not recompiled
     inputs = tiny_inputs(bb.model, 1, seed=6, text_len=4)
     for name in ("deebert", "free", "pabee"):  # thresholds that never exit: every segment runs
         m = _method(bb, name)
         t = NEVER[m.rule]
-        decoder = GraphDecoder(bb, m, capture=False, compile_segments=True)
-        before = counters["stats"]["unique_graphs"]
-        got = _decode(decoder, inputs, t)
-        assert counters["stats"]["unique_graphs"] >= before + len(decoder.step.segments), name
+        with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+            got = _decode(GraphDecoder(bb, m, capture=False, compile_segments=True), inputs, t)
         want = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=t)
         assert torch.equal(got["tokens"], want.tokens) and torch.equal(got["exit_layers"], want.exit_layers)
 
@@ -237,3 +235,38 @@ def test_compiled_prefix_decodes_as_the_plain_one(bb: Backbone) -> None:
     got = _decode(compiled, inputs, 0.5)
     want = _decode(GraphDecoder(bb, m, capture=False), inputs, 0.5)
     assert torch.equal(got["tokens"], want["tokens"]) and torch.equal(got["exit_layers"], want["exit_layers"])
+
+
+def test_no_garbage_collection_inside_a_capture(monkeypatch) -> None:
+    """`graphs_capture.capture` pauses Python's collector while a stream captures (a finalizer of a
+    dead decoder's graph must not run then), only then, and restores it after, also on an error.
+    CUDA's stream and graph objects are stood in for: what is checked is the order of the calls."""
+    import contextlib
+    import gc
+
+    from free_bench.engine import graphs_capture as G
+
+    class Fake:
+        def __init__(self, *a, **k) -> None: ...
+        def wait_stream(self, other) -> None: ...
+
+    seen: list[tuple[str, bool]] = []
+
+    @contextlib.contextmanager
+    def graph(g):
+        seen.append(("begin", gc.isenabled()))
+        yield
+
+    for name, value in {"Stream": Fake, "CUDAGraph": Fake, "current_stream": Fake, "graph": graph,
+                        "stream": lambda s: contextlib.nullcontext(), "synchronize": lambda: None}.items():  # fmt: skip
+        monkeypatch.setattr(torch.cuda, name, value)
+    assert gc.isenabled()
+    G.capture([G.Graphed(lambda: seen.append(("run", gc.isenabled())))], warmups=1)
+    assert seen == [("run", True), ("begin", False), ("run", False)] and gc.isenabled()
+
+    def boom() -> None:
+        raise RuntimeError("capture failed")
+
+    with pytest.raises(RuntimeError, match="capture failed"):
+        G.capture([G.Graphed(boom)], warmups=0)
+    assert gc.isenabled()
