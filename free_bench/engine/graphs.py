@@ -133,6 +133,9 @@ class GraphDecoder:
         self._pat_token = torch.zeros(1, dtype=torch.long, device=dev)
         self._pat_count = torch.zeros(1, dtype=torch.long, device=dev)
         self.bounds = list(zip((0, *consulted), (*consulted, L), strict=True))
+        # each segment's last layer as a buffer, not a constant of its code: segments of equal length
+        # then trace to equal graphs, and inductor compiles one for all (its FX graph cache)
+        self._ends = [torch.full((1,), end, dtype=torch.long, device=dev) for _, end in self.bounds]
         self.width = backbone.layers[0].self_attn.embed_dim
         # q/k/v as one product and a direct attention call (runner_fused): fewer, larger kernels per layer
         self.fused = FusedOPT(backbone) if fuse else None
@@ -173,7 +176,7 @@ class GraphDecoder:
         new = fired & ~self.decided if i else fired
         self.token.copy_(torch.where(new, token, self.token))
         self.score.copy_(torch.where(new, score.float(), self.score))
-        self.layer.copy_(torch.where(new, end, self.layer))
+        self.layer.copy_(torch.where(new, self._ends[i], self.layer))
         self.decided.copy_(self.decided | new if i else new)
         self.status.copy_(torch.stack([self.decided.long()[0], self.token[0], self.layer[0]]))
         return hidden
