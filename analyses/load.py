@@ -26,6 +26,8 @@ from typing import Any
 
 import pandas as pd
 
+from analyses.sweep_cost import timing_rows
+
 EXIT_RUN = re.compile(r"^(?P<method>[a-z0-9_]+)-(?P<regime>[a-z0-9_]+?)(?:-s(?P<seed>\d+))?$")
 PER_EXIT = re.compile(r"^per_exit_(?P<split>val|test|test_novel)\.parquet$")
 CAPTION_SCORES = re.compile(r"^per_exit_caption_scores_(?P<split>val|test|test_novel)\.parquet$")
@@ -45,6 +47,7 @@ class Results:
     exit_runs: pd.DataFrame | None = None  # one row per exits run: method, regime, seed, seconds
     sweep: pd.DataFrame | None = None
     samples: pd.DataFrame | None = None
+    sweep_timings: pd.DataFrame | None = None  # simulated sweeps' seconds per task (analyses.sweep_cost)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -117,6 +120,8 @@ def _sweep(folder: Path, res: Results) -> None:
     }
     sweep = with_engine(pd.read_parquet(folder / "sweep.parquet").assign(**tags), spec.get("engine"))
     res.sweep = pd.concat([res.sweep, sweep], ignore_index=True)
+    if timed := timing_rows(folder.name, meta.get("timings")):
+        res.sweep_timings = pd.concat([res.sweep_timings, pd.DataFrame(timed)], ignore_index=True)
     path = folder / "samples.parquet"
     if not path.is_file():
         return

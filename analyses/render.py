@@ -8,6 +8,7 @@ import pandas as pd
 
 from analyses.built import MAX_DROP, Built, clean_test
 from analyses.fmt import ci as _ci
+from analyses.sweep_cost import TARGET, summary
 
 
 def _fmt(v: object) -> str:
@@ -151,7 +152,21 @@ def _speedup_md(b: Built) -> list[str]:
             ]
             out += [f"Mean quality over the {x}-speedup range shared by the methods (AUC / width):", ""]
             out += [md_table(d[keep + ["x_lo", "x_hi", "auc", "n_frontier"]]), ""]
-    return out + _projection_md(b)
+    return out + _sweep_cost_md(b) + _projection_md(b)
+
+
+def _sweep_cost_md(b: Built) -> list[str]:
+    """Simulated sweeps against their teacher-forced pass (`analyses.sweep_cost`)."""
+    if "simulated_sweep_cost" not in b.tables:
+        return [f"Simulated sweep cost: **missing** ({b.missing.get('sweep_cost', 'not computed')})", ""]
+    d = b.tables["simulated_sweep_cost"]
+    return [
+        f"Simulated sweep cost (the recording pass, then every threshold offline; target <= {TARGET}x the "
+        f"pass): {summary(d)}.",
+        "",
+        md_table(d.drop(columns=["within_target"])),
+        "",
+    ]
 
 
 def _live_engines(b: Built) -> list[str]:

@@ -35,6 +35,7 @@ from analyses.projection import compute_projection, costs_from_bench, projection
 from analyses.render import md_table, render_report
 from analyses.report_robustness import robustness_part
 from analyses.speedup import KEYS, best_at_drop, collapse_points, compute_auc, compute_curves
+from analyses.sweep_cost import compute_sweep_cost
 
 __all__ = [
     "MAX_DROP",
@@ -138,6 +139,14 @@ def _projection(b: Built) -> None:
         b.missing["projection"] = "no timed batch-1 VQA point with its consulted exits recorded"
         return
     b.tables["projection"] = compute_projection(points, costs)
+
+
+def _sweep_cost(b: Built) -> None:
+    """Each simulated sweep's seconds against its recording pass (issue 5's 1.2x)."""
+    if b.res.sweep_timings is None:
+        b.missing["sweep_cost"] = "no simulated sweep recorded its seconds (manifest `timings`)"
+        return
+    b.tables["simulated_sweep_cost"] = compute_sweep_cost(b.res.sweep_timings)
 
 
 def _oracle_rows(b: Built) -> pd.DataFrame:
@@ -246,6 +255,7 @@ def build_report(results: Path, *, n_boot: int = 1000, seed: int = 0) -> Path:
     _backbone_tables(b)
     b.attempt("speedup", _speedup)
     b.attempt("projection", _projection)
+    b.attempt("sweep_cost", _sweep_cost)
     _per_exit_parts(b)
     if res.exit_runs is not None:
         b.tables["exits_training"] = res.exit_runs
