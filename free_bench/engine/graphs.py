@@ -19,7 +19,6 @@ code runs eagerly, which is how the CPU tests check it; timings of that are not 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
@@ -39,16 +38,6 @@ from free_bench.methods.mue import cosine
 
 GRAPH_POLICIES = ("propagate", "full")
 _READS_LOGITS = ("max_prob", "entropy", "patience")
-
-
-def compiled_image_features(backbone: Backbone) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`runner.image_features` on `backbone`, compiled by inductor once per backbone: every decoder of
-    a sweep shares it, so its graphs compile once rather than once per decoder."""
-    cached = backbone.__dict__.get("_compiled_image_features")
-    if cached is None:
-        cached = torch.compile(functools.partial(runner.image_features, backbone), dynamic=False)
-        backbone.__dict__["_compiled_image_features"] = cached
-    return cached
 
 
 # dynamo keeps its compiled code per code object, and every segment of every decoder shares `run`'s:
@@ -87,7 +76,6 @@ class GraphDecoder:
         capture: bool | None = None,
         compile_segments: bool | str = False,
         fuse: bool = False,
-        compile_prefix: bool = False,
     ) -> None:
         if kv_policy not in GRAPH_POLICIES:
             raise FreeBenchError(
@@ -139,9 +127,6 @@ class GraphDecoder:
         self.width = backbone.layers[0].self_attn.embed_dim
         # q/k/v as one product and a direct attention call (runner_fused): fewer, larger kernels per layer
         self.fused = FusedOPT(backbone) if fuse else None
-        # the image side through inductor before capture: no exit skips it, so its time caps every
-        # measured speedup (about 22 % of a question on the H200 in session 10)
-        self._image_features = compiled_image_features(backbone) if compile_prefix else None
 
         def token_input() -> torch.Tensor:  # (1, 1, D): the token in flight at `masks.position`
             return self.masks.embed(self.bb.embed_tokens(self.ids), self.masks.position)
@@ -272,10 +257,7 @@ class GraphDecoder:
             out: list[torch.Tensor] = [torch.empty(0)]
 
             def run() -> None:
-                if self._image_features is not None:
-                    out[0] = self._image_features(pixels)
-                else:
-                    out[0] = runner.image_features(self.bb, pixels)
+                out[0] = runner.image_features(self.bb, pixels)
 
             graphed = Graphed(run)
             if self.capture:

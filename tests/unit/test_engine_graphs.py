@@ -220,24 +220,6 @@ def test_compiled_segments_write_kv_in_place(bb: Backbone, fuse: bool) -> None:
     assert not [a for a in allocations if any(s in a for s in shapes)]
 
 
-@pytest.mark.skipif(
-    shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor on CPU needs a C++ compiler"
-)
-def test_compiled_prefix_decodes_as_the_plain_one(bb: Backbone) -> None:
-    """`compile_prefix` runs the image side through inductor: the same features and tokens, and one
-    compiled function per backbone, shared by its decoders (compiled once per sweep, not per decoder)."""
-    m = _method(bb, "deebert")
-    compiled = GraphDecoder(bb, m, capture=False, compile_prefix=True)
-    other = GraphDecoder(bb, None, kv_policy="full", capture=False, compile_prefix=True)
-    assert compiled._image_features is other._image_features is not None
-    inputs = tiny_inputs(bb.model, 1, seed=4, text_len=5)
-    plain = runner.image_features(bb, inputs["pixel_values"])  # (1, Q, D')
-    torch.testing.assert_close(compiled.image_features(inputs["pixel_values"]), plain, rtol=1e-5, atol=1e-5)
-    got = _decode(compiled, inputs, 0.5)
-    want = _decode(GraphDecoder(bb, m, capture=False), inputs, 0.5)
-    assert torch.equal(got["tokens"], want["tokens"]) and torch.equal(got["exit_layers"], want["exit_layers"])
-
-
 def test_no_garbage_collection_inside_a_capture(monkeypatch) -> None:
     """`graphs_capture.capture` pauses Python's collector while a stream captures (a finalizer of a
     dead decoder's graph must not run then), only then, and restores it after, also on an error.
