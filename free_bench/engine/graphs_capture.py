@@ -57,7 +57,10 @@ def no_collection() -> Iterator[None]:
 
 
 def capture(parts: list[Graphed], warmups: int = 2) -> None:
-    """Warm every part on a side stream (allocator, lazy init, compilation), then capture each."""
+    """Warm every part on a side stream (allocator, lazy init, compilation), then capture each.
+
+    `thread_local`: only this thread's calls are checked during a capture, so a CUDA call another
+    thread makes meanwhile (none of ours reads or writes the captured buffers) cannot invalidate it."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -67,6 +70,6 @@ def capture(parts: list[Graphed], warmups: int = 2) -> None:
     torch.cuda.current_stream().wait_stream(side)
     for part in parts:
         part.graph = torch.cuda.CUDAGraph()
-        with no_collection(), torch.cuda.graph(part.graph):
+        with no_collection(), torch.cuda.graph(part.graph, capture_error_mode="thread_local"):
             part.run()
     torch.cuda.synchronize()

@@ -236,7 +236,8 @@ def test_no_garbage_collection_inside_a_capture(monkeypatch) -> None:
     seen: list[tuple[str, bool]] = []
 
     @contextlib.contextmanager
-    def graph(g):
+    def graph(g, capture_error_mode: str = "global"):
+        assert capture_error_mode == "thread_local"  # another thread's CUDA call must not void it
         seen.append(("begin", gc.isenabled()))
         yield
 
