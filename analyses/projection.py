@@ -76,6 +76,27 @@ def costs_from_bench(bench: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*COST_COLUMNS, "engine"])
 
 
+def physical_costs(costs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The cost rows a projection can rest on, and why each other one cannot. A row is dropped when
+    its static exit saved more than the layers it skipped (fixed cost per token below 0) or its exit
+    check came out negative: host-bound timings (the eager engine's) that vary more between regions
+    than the effect measured. Pricing tokens with such a row would project speedups no layer count
+    supports."""
+    require(costs, COST_COLUMNS, "costs")
+    bad = (
+        (costs["ms_per_skipped_layer"] <= 0)
+        | (costs["ms_fixed_per_token"] < 0)
+        | (costs["ms_per_exit_check"] < 0)
+    )
+    notes = []
+    for _, c in costs[bad].iterrows():
+        notes.append(
+            f"{c.get('engine', 'eager')} engine, {c['policy']}: per skipped layer {c['ms_per_skipped_layer']:.3f} "
+            f"ms, fixed {c['ms_fixed_per_token']:.3f} ms/token, check {c['ms_per_exit_check']:.3f} ms"
+        )
+    return costs[~bad].reset_index(drop=True), notes
+
+
 def _token_costs(hist: dict[str, int], exits: list[int], depth: int, target: int):
     """(tokens, summed layers run on the target, summed checks) of one exit-layer histogram."""
     tokens = layers = checks = 0.0

@@ -31,7 +31,7 @@ from analyses.fixed_cost import compute_fixed_share
 from analyses.load import load_results, write_csv, write_text
 from analyses.midcrisis import compute_dip, compute_dip_ci, compute_layer_curves
 from analyses.overthinking import compute_overthinking, compute_overthinking_by_layer
-from analyses.projection import compute_projection, costs_from_bench, projection_points
+from analyses.projection import compute_projection, costs_from_bench, physical_costs, projection_points
 from analyses.render import md_table, render_report
 from analyses.report_robustness import robustness_part
 from analyses.speedup import KEYS, best_at_drop, collapse_points, compute_auc, compute_curves
@@ -133,6 +133,15 @@ def _projection(b: Built) -> None:
     costs = pd.concat(costs, ignore_index=True) if costs else pd.DataFrame()
     if costs.empty or b.res.sweep is None:
         b.missing["projection"] = "no CUDA engine benchmark (engine/bench_engine_*.json) or no sweeps here"
+        return
+    costs, dropped = physical_costs(costs)
+    if dropped:
+        b.res.notes.append(
+            "projection: cost rows left out, their timings are not physical (a static exit saving more "
+            "than its layers, or a negative exit check): " + "; ".join(dropped)
+        )
+    if costs.empty:
+        b.missing["projection"] = "every engine benchmark's cost row was left out (see the notes)"
         return
     points = projection_points(b.res.sweep)
     if points.empty:

@@ -69,3 +69,17 @@ def test_projection_points_keep_timed_batch1_vqa_with_depth() -> None:
     ])  # fmt: skip
     pts = projection_points(sweep)
     assert pts["threshold"].tolist() == [0.5] and pts["depth"].tolist() == [24.0]
+
+
+def test_costs_that_are_not_physical_are_left_out_with_a_reason() -> None:
+    """A static exit that saved more than its layers (fixed cost < 0) or a negative exit check is
+    host-bound noise (session 12's eager engine on the H200): no projection may rest on it."""
+    from analyses.projection import physical_costs
+
+    bench = {"benchmarks": [_bench("propagate", 19.5, 9.5, 0.4), _bench("deferred", 10.0, 6.0, -0.2),
+                            _bench("full", 10.0, 6.0, 1.0)]}  # fmt: skip
+    costs = costs_from_bench(bench)
+    kept, notes = physical_costs(costs)
+    assert list(kept["policy"]) == ["full"]
+    assert len(notes) == 2 and "propagate" in notes[0] and "fixed -0.500" in notes[0]
+    assert "deferred" in notes[1] and "check -0.200" in notes[1]
