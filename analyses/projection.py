@@ -79,9 +79,10 @@ def costs_from_bench(bench: dict) -> pd.DataFrame:
 def physical_costs(costs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """The cost rows a projection can rest on, and why each other one cannot. A row is dropped when
     its static exit saved more than the layers it skipped (fixed cost per token below 0) or its exit
-    check came out negative: host-bound timings (the eager engine's) that vary more between regions
-    than the effect measured. Pricing tokens with such a row would project speedups no layer count
-    supports."""
+    check came out negative. The cost model (a fixed part, a price per layer, a price per check) does
+    not fit such a row, whatever the cause: on the eager engine, host-bound, a K/V fill costs launches
+    rather than FLOPs and the regions' timings vary from run to run (session 12, H200). Pricing tokens
+    with it would project speedups the model cannot support."""
     require(costs, COST_COLUMNS, "costs")
     bad = (
         (costs["ms_per_skipped_layer"] <= 0)
