@@ -59,6 +59,16 @@ class StaticKV:
         self.values[layer_idx].index_copy_(2, self.index, value_states)
         return self.keys[layer_idx], self.values[layer_idx]
 
+    def layer_buffers(self, layer_idx: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer_idx`'s whole (B, H, C, Dh) K and V buffers, allocated like `like` (B, H, q, Dh)
+        on first use; for code that writes them itself (`runner_fused.fused_layer`). Stacked, they are
+        views of the stack: fine eagerly, but compiled code would copy the stack back whole, so code
+        that torch.compile traces takes `separate` buffers."""
+        if self.keys is None:
+            self._allocate(like)
+        assert self.keys is not None and self.values is not None
+        return self.keys[layer_idx], self.values[layer_idx]
+
     def write_layers(self, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """K/V (n', B, H, q, Dh) of layers start..start+n'-1 at `index`, without running them."""
         if self.keys is None:

@@ -25,7 +25,7 @@ import torch
 
 from free_bench.backbone import runner
 from free_bench.backbone.base import Backbone
-from free_bench.backbone.runner_fused import FusedOPT
+from free_bench.backbone.runner_fused import FusedOPT, fused_layer
 from free_bench.backbone.runner_skip import kv_projection, stacked_kv
 from free_bench.backbone.runner_static import StaticKV, StaticMasks
 from free_bench.engine.cost import CostModel, cost_model
@@ -49,6 +49,23 @@ _RECOMPILES = {
     "accumulated_recompile_limit": 4096,
     "fail_on_recompile_limit_hit": True,
 }
+
+
+_SHARED_LAYERS: dict[str | None, Callable[..., torch.Tensor]] = {}
+
+
+def _shared_layer(mode: str | None) -> Callable[..., torch.Tensor]:
+    """`runner_fused.fused_layer` through inductor, one compiled function per mode for the process:
+    every layer of every decoder of one shape then runs the same compiled code (`compile_layers`)."""
+    if mode not in _SHARED_LAYERS:
+        compiled = torch.compile(fused_layer, dynamic=False, mode=mode)
+
+        def call(*args, **kwargs) -> torch.Tensor:
+            with torch._dynamo.config.patch(**_RECOMPILES):
+                return compiled(*args, **kwargs)
+
+        _SHARED_LAYERS[mode] = call
+    return _SHARED_LAYERS[mode]
 
 
 def _compiled(run: Callable[[], None], mode: str | None) -> Callable[[], None]:
@@ -76,11 +93,17 @@ class GraphDecoder:
         capture: bool | None = None,
         compile_segments: bool | str = False,
         fuse: bool = False,
+        compile_layers: bool | str = False,
     ) -> None:
         if kv_policy not in GRAPH_POLICIES:
             raise FreeBenchError(
                 f"the graphs engine runs the kv policies {list(GRAPH_POLICIES)}, not {kv_policy!r} "
                 "(deferred catches positions up in variable-length calls: use --engine eager)"
+            )
+        if compile_layers and (not fuse or compile_segments):
+            raise FreeBenchError(
+                "compile_layers compiles runner_fused's layer function: it needs fuse=True, and replaces "
+                "compile_segments"
             )
         self.masks = StaticMasks(backbone, capacity)  # checks OPT and the capacity
         self.bb, self.method, self.policy, self.capacity = backbone, method, kv_policy, capacity
@@ -103,7 +126,8 @@ class GraphDecoder:
         self.exits = consulted
         self.cost: CostModel = cost_model(backbone, method)
         self.generators = method.generators if isinstance(method, GeneratorMethod) else None
-        separate = bool(compile_segments)  # inductor writes whole buffers in place, views by copies
+        # inductor writes whole buffers in place, views by copies
+        separate = bool(compile_segments) or bool(compile_layers)
         self.kv = StaticKV(L, 1, capacity, dev, separate=separate)
         self.gen_kv = (
             None
@@ -126,7 +150,12 @@ class GraphDecoder:
         self._ends = [torch.full((1,), end, dtype=torch.long, device=dev) for _, end in self.bounds]
         self.width = backbone.layers[0].self_attn.embed_dim
         # q/k/v as one product and a direct attention call (runner_fused): fewer, larger kernels per layer
-        self.fused = FusedOPT(backbone) if fuse else None
+        # compile_layers: one compiled layer function for every layer of the token step (a string is
+        # torch.compile's mode), traced once per process and shape rather than once per segment
+        layer_fn = None
+        if compile_layers:
+            layer_fn = _shared_layer(compile_layers if isinstance(compile_layers, str) else None)
+        self.fused = FusedOPT(backbone, layer_fn=layer_fn) if fuse else None
 
         def token_input() -> torch.Tensor:  # (1, 1, D): the token in flight at `masks.position`
             return self.masks.embed(self.bb.embed_tokens(self.ids), self.masks.position)

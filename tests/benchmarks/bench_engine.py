@@ -130,6 +130,15 @@ def test_fused_graphs_near_the_floor(benchmark) -> None:
     graphs_near_the_floor(benchmark, "cuda", *_SHAPES["cuda"], engines=("fused", "graphs", "graphs-plain"))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the graphs engine captures CUDA graphs")
+def test_layer_compiled_graphs_near_the_floor(benchmark) -> None:
+    """A candidate: one compiled fused-layer function shared by every layer and decoder
+    (`GraphDecoder(fuse=True, compile_layers=True)`: compiled once per process and shape, where the
+    graphs engine compiles every segment of every decoder), timed interleaved with the graphs engine
+    and the captured HF layers. On CPU, five decoders' first decodes took 12.7 s against 41.6 s."""
+    graphs_near_the_floor(benchmark, "cuda", *_SHAPES["cuda"], engines=("layers", "graphs", "graphs-plain"))
+
+
 # variants of the graphs engine the benchmarks time (GraphDecoder options); "graphs" itself is
 # `generate(engine="graphs")` (generate.GRAPHS_ENGINE: fused and compiled), "graphs-plain" the captured
 # HF layers it ran until session 10
@@ -137,6 +146,7 @@ VARIANTS = {
     "graphs-plain": {},
     "compiled": {"compile_segments": True},
     "fused": {"fuse": True},
+    "layers": {"fuse": True, "compile_layers": True},
 }
 
 

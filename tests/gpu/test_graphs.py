@@ -103,20 +103,22 @@ def test_captured_prefix_follows_the_image(bb: Backbone) -> None:
     assert len(decoder.prompts) == 2
 
 
-@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("compiled", [False, True, "layers"])
 @pytest.mark.parametrize("name", ["free", "deebert", "static"])
-def test_fused_layers_captured_decode_as_the_eager_engine(bb: Backbone, name: str, compiled: bool) -> None:
+def test_fused_layers_captured_decode_as_the_eager_engine(bb: Backbone, name: str, compiled) -> None:
     """`fuse=True` (q/k/v in one product, runner_fused): captured replays equal its uncaptured decode,
     and the tokens and exits of the eager engine (fp32, no TF32); `compiled`: each segment through
-    inductor first, as `engine="graphs"` runs it."""
+    inductor first, as `engine="graphs"` runs it; "layers": one compiled layer function for every
+    layer instead (`compile_layers`)."""
     inputs, m = _inputs(bb), _method(bb, name)
     t = float(m.layers[0]) if m.rule == "static" else 0.5
     static = int(t) if m.rule == "static" else None
     eos, _ = special_tokens(bb)
     outs = []
     for capture in (True, False):
+        options = {"compile_layers": True} if compiled == "layers" else {"compile_segments": compiled}
         decoder = GraphDecoder(bb, m, kv_policy="propagate", capture=capture, static_layer=static, fuse=True,
-                               compile_segments=compiled)  # fmt: skip
+                               **options)  # fmt: skip
         outs.append(decoder.decode(inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"),
                                    max_new_tokens=N_NEW, threshold=t, eos_ids=eos))  # fmt: skip
     eager = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=t)

@@ -287,3 +287,47 @@ def test_segments_of_equal_length_trace_to_one_graph(bb: Backbone, monkeypatch) 
     assert codes[1] == codes[2] and codes[0] != codes[1] != codes[3]
     want = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=NEVER[m.rule])
     assert torch.equal(got["tokens"], want.tokens) and torch.equal(got["exit_layers"], want.exit_layers)
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor on CPU needs a C++ compiler"
+)
+def test_compiled_layers_decode_as_the_eager_engine_and_compile_once(bb: Backbone, monkeypatch) -> None:
+    """`compile_layers`: the token step's layers run one compiled `runner_fused.fused_layer` for every
+    layer, segment and decoder. Every method's tokens and exits equal the eager engine's, and dynamo
+    traces one graph for all of them, where `compile_segments` traces every segment of every decoder."""
+    import free_bench.engine.graphs as G
+
+    traced: list[int] = []
+
+    def count(gm, example_inputs):
+        traced.append(1)
+        return gm.forward
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend=count, dynamic=False))
+    monkeypatch.setattr(G, "_SHARED_LAYERS", {})
+    torch._dynamo.reset()
+    inputs = tiny_inputs(bb.model, 1, seed=6, text_len=4)
+    for name in ("deebert", "free", "pabee", "static"):
+        m = _method(bb, name)
+        t = _thresholds(bb, m, inputs)[0]
+        static = int(t) if m.rule == "static" else None
+        decoder = GraphDecoder(bb, m, capture=False, fuse=True, compile_layers=True, static_layer=static)
+        got = _decode(decoder, inputs, t)
+        want = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=t)
+        assert torch.equal(got["tokens"], want.tokens) and torch.equal(got["exit_layers"], want.exit_layers)
+    full = _decode(GraphDecoder(bb, None, kv_policy="full", capture=False, fuse=True, compile_layers=True),
+                   inputs, None)  # fmt: skip
+    assert torch.equal(full["tokens"], generate(bb, None, **inputs, max_new_tokens=N_NEW).tokens)
+    # one layer function and one shape, traced twice for all five decoders: the first layer's input is
+    # made under inference mode, the segment buffers outside it, and dynamo guards on that difference
+    assert len(traced) == 2
+
+
+def test_compile_layers_needs_the_fused_layers(bb: Backbone) -> None:
+    with pytest.raises(FreeBenchError, match="fuse=True"):
+        GraphDecoder(bb, None, kv_policy="full", capture=False, compile_layers=True)
+    with pytest.raises(FreeBenchError, match="replaces"):
+        GraphDecoder(bb, None, kv_policy="full", capture=False, fuse=True, compile_layers=True,
+                     compile_segments=True)  # fmt: skip
