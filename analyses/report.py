@@ -137,7 +137,7 @@ def _projection(b: Built) -> None:
     costs, dropped = physical_costs(costs)
     if dropped:
         b.res.notes.append(
-            "projection: cost rows left out, their timings are not physical (a static exit saving more "
+            "projection: cost rows left out, which its cost model does not fit (a static exit saving more "
             "than its layers, or a negative exit check): " + "; ".join(dropped)
         )
     if costs.empty:

@@ -270,9 +270,9 @@ PROFILES: dict[str, Profile] = {
         # the 20-minute budget on one H200 (measured: 16.9 min, session 10; 20.9, session 9; 21.1, session 8):
         # backbone 6.8 min, 3 seeds of 6 exit trainings with their evaluations and simulated sweeps 4.6
         # min six at a time (400 steps here; `train-exits` alone takes the profile's 600), sweeps 3.2
-        # (live on both engines 2.6), robustness riding along 1.5. Session 11's compiled graphs engine
-        # added 134 s of compilation to the live graphs sweeps (before equal segments shared one graph):
-        # the whole run with it is not yet timed
+        # (live on both engines 2.6), robustness riding along 1.5. With the query-cell loss and the
+        # compiled graphs engine: 19.3 min (session 12; the live graphs sweeps 159 s, 75 s before,
+        # most of it compiling)
         reproduce=ReproduceConfig(
             seeds=(0, 1, 2),
             exit_steps=400,

@@ -71,9 +71,8 @@ def fused_layer(
 class FusedOPT:
     """Callable like an `OPTDecoderLayer` at decode time: `fused(j, hidden, mask, cache)` runs layer j.
 
-    With `layer_fn` (`fused_layer`, typically compiled), single-position steps (q = 1, the token step)
-    run through it with the layer's K/V buffers of a `runner_static.StaticKV(separate=True)` cache;
-    other steps (prompts of any length) run the layer's modules as below."""
+    Every step runs `fused_layer`; with `layer_fn` (`fused_layer` compiled), single-position steps
+    (q = 1, the token step) run that instead, on a `runner_static.StaticKV(separate=True)` cache."""
 
     def __init__(self, backbone: Backbone, layer_fn: Callable[..., torch.Tensor] | None = None) -> None:
         if backbone.lm_type != "opt":

@@ -51,32 +51,20 @@ _RECOMPILES = {
 }
 
 
-_SHARED_LAYERS: dict[str | None, Callable[..., torch.Tensor]] = {}
+def _compiled(fn: Callable, mode: str | None = None) -> Callable:
+    """`fn` through inductor, with room for one compiled entry per segment of every decoder."""
+    compiled = torch.compile(fn, dynamic=False, mode=mode)
 
-
-def _shared_layer(mode: str | None) -> Callable[..., torch.Tensor]:
-    """`runner_fused.fused_layer` through inductor, one compiled function per mode for the process:
-    every layer of every decoder of one shape then runs the same compiled code (`compile_layers`)."""
-    if mode not in _SHARED_LAYERS:
-        compiled = torch.compile(fused_layer, dynamic=False, mode=mode)
-
-        def call(*args, **kwargs) -> torch.Tensor:
-            with torch._dynamo.config.patch(**_RECOMPILES):
-                return compiled(*args, **kwargs)
-
-        _SHARED_LAYERS[mode] = call
-    return _SHARED_LAYERS[mode]
-
-
-def _compiled(run: Callable[[], None], mode: str | None) -> Callable[[], None]:
-    """`run` through inductor, with room for one compiled entry per segment of every decoder."""
-    compiled = torch.compile(run, dynamic=False, mode=mode)
-
-    def call() -> None:
+    def call(*args, **kwargs):
         with torch._dynamo.config.patch(**_RECOMPILES):
-            compiled()
+            return compiled(*args, **kwargs)
 
     return call
+
+
+# `compile_layers`: `runner_fused.fused_layer` compiled once for the process, so every layer of every
+# decoder of one shape runs the same compiled code
+_SHARED_LAYERS: dict[str, Callable[..., torch.Tensor]] = {}
 
 
 class GraphDecoder:
@@ -93,7 +81,7 @@ class GraphDecoder:
         capture: bool | None = None,
         compile_segments: bool | str = False,
         fuse: bool = False,
-        compile_layers: bool | str = False,
+        compile_layers: bool = False,
     ) -> None:
         if kv_policy not in GRAPH_POLICIES:
             raise FreeBenchError(
@@ -150,11 +138,13 @@ class GraphDecoder:
         self._ends = [torch.full((1,), end, dtype=torch.long, device=dev) for _, end in self.bounds]
         self.width = backbone.layers[0].self_attn.embed_dim
         # q/k/v as one product and a direct attention call (runner_fused): fewer, larger kernels per layer
-        # compile_layers: one compiled layer function for every layer of the token step (a string is
-        # torch.compile's mode), traced once per process and shape rather than once per segment
+        # compile_layers: one compiled layer function for every layer of the token step, traced once
+        # per process and shape rather than once per segment
         layer_fn = None
         if compile_layers:
-            layer_fn = _shared_layer(compile_layers if isinstance(compile_layers, str) else None)
+            if "layer" not in _SHARED_LAYERS:
+                _SHARED_LAYERS["layer"] = _compiled(fused_layer)
+            layer_fn = _SHARED_LAYERS["layer"]
         self.fused = FusedOPT(backbone, layer_fn=layer_fn) if fuse else None
 
         def token_input() -> torch.Tensor:  # (1, 1, D): the token in flight at `masks.position`
