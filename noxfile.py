@@ -1,9 +1,8 @@
-"""Sessions of free-bench. pip/virtualenv only: uv ignores the local torch wheel and pulls CUDA builds.
+"""free-bench's nox entry points. pip/virtualenv only: uv ignores the local torch wheel and pulls CUDA builds.
 
 nox -s tests                      # default suite (CPU, tiny models, integration on smoke), then the
                                   # smoke bench against results/smoke/bench_baseline.json (CI runs this)
-nox -s tests -- --slow            # also the slower CPU tests
-nox -s lint                       # ruff
+nox -s lint                       # ruff, then the import-layer contract (import-linter)
 nox -s reproduce                  # the main job: profile gpu with CUDA, else cpu
 nox -s reproduce -- --profile smoke
 nox -s bench                      # pytest-benchmark suite in tests/benchmarks/
@@ -35,55 +34,53 @@ def tests(session: nox.Session) -> None:
     the whole suite (what CI runs) ends with the smoke bench in regression mode.
 
     nox -s tests
-    nox -s tests -- --slow               # include tests marked slow
     nox -s tests -- --no-bench           # without the bench regression check
     nox -s tests -- -k scenes -x         # any other pytest arguments pass through (and skip the bench)
     """
     _install(session, "[dev]")
     args = list(session.posargs)
-    marks = "not slow"
-    if "--slow" in args:
-        args.remove("--slow")
-        marks = ""
     bench = not args
     if "--no-bench" in args:
         args.remove("--no-bench")
         bench = False
     session.run(
-        "pytest", "tests/unit", "tests/integration", "tests/gpu", *(["-m", marks] if marks else []), *args
+        "pytest", "tests/unit", "tests/integration", "tests/gpu", *args
     )
     if bench:
         _smoke_bench_regression(session)
 
 
-# CI's regression check: the smoke bench on a shared 2-core machine. Measured speedups there vary by
-# about 2 % between runs (three runs, results/smoke/bench_baseline.json's machine), so a 20 % drop is
-# a regression and not noise; quality is deterministic on one CPU type, and 5 points (3 of 64
-# questions) leave room for another one.
-CI_SPEEDUP_TOLERANCE, CI_QUALITY_TOLERANCE = "0.2", "0.05"
+# CI's regression check: the smoke bench on a shared 2-core machine of either CPU vendor. It gates on
+# what is deterministic there: the quality and the layer-count (expected) speedup, with room for the
+# near-ties another CPU's rounding can flip (5 points = 3 of 64 questions; 5 % of the expected
+# speedup). The measured wall-clock speedups are printed in the table beside them, not gated: a shared
+# machine's clock says nothing dependable about a change.
+CI_SPEEDUP_TOLERANCE, CI_QUALITY_TOLERANCE = "0.05", "0.05"
 
 
 def _smoke_bench_regression(session: nox.Session) -> None:
     """Every exit method at its fixed operating point (tests/benchmarks/bench_methods.py), compared
-    with the committed smoke baseline by `free-bench regress` (a regression fails the session)."""
+    with the committed smoke baseline by `free-bench regress` (a regression fails the run)."""
     baseline = _bench_baseline(session, "smoke")
     current = Path(".benchmarks") / "ci_smoke.json"
     current.parent.mkdir(parents=True, exist_ok=True)
     session.run("pytest", "tests/benchmarks/bench_methods.py", "-o", "python_files=bench_*.py", "--benchmark-only",
                 "-p", "no:cacheprovider", "-q", "--benchmark-json", str(current))  # fmt: skip
-    session.run("free-bench", "regress", str(baseline), str(current), "--tolerance", CI_SPEEDUP_TOLERANCE,
-                "--quality-tolerance", CI_QUALITY_TOLERANCE)  # fmt: skip
+    session.run("free-bench", "regress", str(baseline), str(current), "--speedup-key", "expected_speedup",
+                "--tolerance", CI_SPEEDUP_TOLERANCE, "--quality-tolerance", CI_QUALITY_TOLERANCE)  # fmt: skip
 
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff over the package, analyses, tests and this file.
+    """ruff over the package, analyses, tests and this file; then import-linter's contracts
+    (pyproject.toml): each layer imports only the layers below it, analyses/ never imports torch.
 
     nox -s lint
     nox -s lint -- --fix
     """
-    session.install("ruff>=0.6")
+    _install(session, "[dev]")  # import-linter reads the installed package's import graph
     session.run("ruff", "check", "free_bench", "analyses", "tests", "noxfile.py", *session.posargs)
+    session.run("lint-imports", "--no-cache")
 
 
 @nox.session(python=PYTHON)
@@ -114,7 +111,7 @@ def _take_option(args: list[str], name: str) -> str | None:
 
 
 def _bench_baseline(session: nox.Session, profile: str) -> Path:
-    """results/<profile>/bench_baseline.json, or a session error saying how to record it."""
+    """results/<profile>/bench_baseline.json, or an error saying how to record it."""
     baseline = Path("results") / profile / "bench_baseline.json"
     if not baseline.is_file():
         session.error(

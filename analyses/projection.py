@@ -81,7 +81,7 @@ def physical_costs(costs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     its static exit saved more than the layers it skipped (fixed cost per token below 0) or its exit
     check came out negative. The cost model (a fixed part, a price per layer, a price per check) does
     not fit such a row, whatever the cause: on the eager engine, host-bound, a K/V fill costs launches
-    rather than FLOPs and the regions' timings vary from run to run (session 12, H200). Pricing tokens
+    rather than FLOPs and the regions' timings vary from run to run (commit 058e16a, H200). Pricing tokens
     with it would project speedups the model cannot support."""
     require(costs, COST_COLUMNS, "costs")
     bad = (

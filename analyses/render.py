@@ -277,7 +277,7 @@ def render_report(b: Built, made: str) -> str:
         f"- made: {made}, from `{b.res.root}`",
         f"- git commit: `{git}`{dirty}"
         + (
-            f"; source hash `{m['source_hash']}` (`free_bench.records.source_hash()`)"
+            f"; source hash `{m['source_hash']}` (`free_bench.core.records.source_hash()`)"
             if m.get("source_hash")
             else ""
         ),

@@ -151,7 +151,7 @@ def _projection(b: Built) -> None:
 
 
 def _sweep_cost(b: Built) -> None:
-    """Each simulated sweep's seconds against its recording pass (issue 5's 1.2x)."""
+    """Each simulated sweep's seconds against its recording pass (target: within 1.2x)."""
     if b.res.sweep_timings is None:
         b.missing["sweep_cost"] = "no simulated sweep recorded its seconds (manifest `timings`)"
         return

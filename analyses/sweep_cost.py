@@ -1,4 +1,4 @@
-"""What a simulated sweep costs against the teacher-forced pass it rests on (issue 5's target: 101
+"""What a simulated sweep costs against the teacher-forced pass it rests on (the target: 101
 thresholds for at most 1.2x one teacher-forced pass over the split).
 
 Each simulated sweep's manifest records, per task, the seconds of its recording pass (the backbone's

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from free_bench.errors import FreeBenchError
+from free_bench.core.errors import FreeBenchError
 
 __version__ = "0.1.0"
 
@@ -12,7 +12,7 @@ __all__ = ["FreeBenchError", "__version__", "load_backbone", "load_exits"]
 def __getattr__(name: str) -> Any:
     # Lazy: `import free_bench` (e.g. from analyses/) must not import torch.
     if name == "load_backbone":
-        from free_bench.backbone import load_backbone
+        from free_bench.models import load_backbone
 
         return load_backbone
     if name == "load_exits":

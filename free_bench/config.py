@@ -10,7 +10,26 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from free_bench.errors import check_choice
+from free_bench.core.errors import check_choice
+
+# --- what exists, as plain names ---------------------------------------------------------------
+# The CLI checks its flags against these before torch is imported; tests/unit/test_config.py checks
+# each list against the module that implements it.
+METHODS: tuple[str, ...] = ("free", "deebert", "pabee", "distill", "static", "oracle", "mue")  # paper's order
+SWEEP_METHODS: tuple[str, ...] = ("free", "deebert", "pabee", "distill", "static", "mue")  # with a threshold
+REGIMES: tuple[str, ...] = ("semi", "unsupervised")
+DATASETS: tuple[str, ...] = ("scenes", "coco-karpathy", "vqav2")
+SPLITS: tuple[str, ...] = ("train", "exit_train", "unlabeled", "val", "test", "test_novel")
+SWEEP_SPLITS: tuple[str, ...] = ("val", "test", "test_novel")
+TASKS: tuple[str, ...] = ("vqa", "caption")
+MODES: tuple[str, ...] = ("simulated", "live")
+KV_POLICIES: tuple[str, ...] = ("propagate", "deferred", "full")
+ENGINES: tuple[str, ...] = ("eager", "graphs")
+LM_TYPES: tuple[str, ...] = ("opt", "t5")
+PERTURBATIONS: tuple[str, ...] = (
+    "gaussian_noise", "blur", "brightness", "contrast", "jpeg", "occlusion", "typo", "word_drop",
+)  # fmt: skip
+SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 
 @dataclass(frozen=True)
@@ -218,7 +237,7 @@ PROFILES: dict[str, Profile] = {
             lm_ffn=512,
         ),
         pretrain=PretrainConfig(
-            # session 10 (all 577 test / 591 val questions): 800 + 1450 steps with the query-cell loss at
+            # commit b33db10 (all 577 test / 591 val questions): 800 + 1450 steps with the query-cell loss at
             # 0.3 give 70.6 / 73.6 % in 449 s; without it 68.2 / 66.4 %; 1500 + 1300 steps 66.6 / 65.1 %
             vision_steps=800,
             stage1_steps=100,
@@ -262,16 +281,16 @@ PROFILES: dict[str, Profile] = {
             lr_lm_stage2=5e-4,
             warmup_steps=100,
             # the cpu profile's query-cell loss (66.6 -> 70.6 % there); without it 82.3-86 % over 8 H200
-            # runs, 85 % reached in 2 (sessions 3-10)
+            # runs, 85 % reached in 2 (commits 0aff8fb-b33db10)
             query_cell_weight=0.3,
             checkpoint_every=500,
         ),
         exits=ExitTrainConfig(steps=600, batch_size=64, dense="every:2", sparse="4,8,12,16,20"),
-        # the 20-minute budget on one H200 (measured: 16.9 min, session 10; 20.9, session 9; 21.1, session 8):
+        # the 20-minute budget on one H200 (measured: 16.9 min at b33db10; 20.9 at 8c2b62a; 21.1 at cc101e5):
         # backbone 6.8 min, 3 seeds of 6 exit trainings with their evaluations and simulated sweeps 4.6
         # min six at a time (400 steps here; `train-exits` alone takes the profile's 600), sweeps 3.2
         # (live on both engines 2.6), robustness riding along 1.5. With the query-cell loss and the
-        # compiled graphs engine: 19.3 min (session 12; the live graphs sweeps 159 s, 75 s before,
+        # compiled graphs engine: 19.3 min (commit 058e16a; the live graphs sweeps 159 s, 75 s before,
         # most of it compiling)
         reproduce=ReproduceConfig(
             seeds=(0, 1, 2),
@@ -283,7 +302,7 @@ PROFILES: dict[str, Profile] = {
             live_engines=("eager", "graphs"),
             robustness_rows=64,
             robustness_batch_size=64,
-            # compaction loses on the H200 at this width (session 8: b8 1.09x compacted, 1.28x riding
+            # compaction loses on the H200 at this width (commit cc101e5: b8 1.09x compacted, 1.28x riding
             # along; b32 0.82x vs 0.97x; results/gpu/sweeps/live-free-*-b*), so the grid's rows ride along
             robustness_compact=False,
         ),  # fmt: skip
@@ -297,5 +316,9 @@ def get_profile(name: str) -> Profile:
 
 
 def cache_dir() -> Path:
-    """Where generated data and checkpoints live (never in git): $FREE_BENCH_CACHE or ./cache."""
-    return Path(os.environ.get("FREE_BENCH_CACHE", "cache")).resolve()
+    """Where generated data, backbones and work folders live (never in git): $FREE_BENCH_CACHE, else
+    $XDG_CACHE_HOME/free-bench, else ~/.cache/free-bench; never the folder the user happens to be in."""
+    if os.environ.get("FREE_BENCH_CACHE"):
+        return Path(os.environ["FREE_BENCH_CACHE"]).expanduser().resolve()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return (Path(base).expanduser() / "free-bench").resolve()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from free_bench.backbone import Backbone, from_hf
-from free_bench.backbone.tiny import build_tiny_blip2
+from free_bench.models import Backbone, from_hf
+from free_bench.models.tiny import build_tiny_blip2
 
 BENCH_DIR = Path(__file__).parent / "benchmarks"
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
+from free_bench.config import DATASETS
 from free_bench.data.schema import COLUMNS, SPLITS, features
-
-DATASETS: tuple[str, ...] = ("scenes", "coco-karpathy", "vqav2")
 
 __all__ = ["COLUMNS", "DATASETS", "SPLITS", "features"]

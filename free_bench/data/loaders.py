@@ -22,8 +22,8 @@ from typing import Any
 import datasets
 from PIL import Image
 
+from free_bench.core.errors import FreeBenchError, check_choice
 from free_bench.data import schema
-from free_bench.errors import FreeBenchError, check_choice
 
 #: our split -> the Karpathy split names whose images it takes.
 KARPATHY_SPLITS: dict[str, tuple[str, ...]] = {

@@ -32,9 +32,8 @@ import datasets
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from free_bench.errors import FreeBenchError, check_choice
-
-SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+from free_bench.config import SEVERITIES
+from free_bench.core.errors import FreeBenchError, check_choice
 
 NOISE_SIGMA = (0.04, 0.07, 0.10, 0.14, 0.20)
 BLUR_RADIUS_AT_224 = (1.0, 2.0, 3.0, 4.0, 6.0)

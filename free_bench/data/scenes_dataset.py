@@ -14,6 +14,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from free_bench.config import ScenesConfig, cache_dir, get_profile
@@ -137,7 +138,7 @@ def load_scenes(
 def dataset_hash(ds: datasets.DatasetDict) -> str:
     """Content hash of every split (ids, texts, answers, image bytes), for manifests. Image bytes go in
     as bytes (length-prefixed), not through repr(): on the gpu profile's 78k rows repr took ~11 s of the
-    data stage (session 9), this well under a second."""
+    data stage (commit 8c2b62a), this well under a second."""
     h = hashlib.sha256()
     for split in sorted(ds):
         table = ds[split].with_format("arrow")[:]  # pyarrow.Table, images as raw bytes
@@ -153,3 +154,12 @@ def scenes_hash(profile: str, seed: int = 0, root: Path | None = None) -> str | 
     """The content hash recorded when the cached dataset was written (None if not cached)."""
     meta = (root or cache_dir() / "data") / cache_key(profile, seed) / "meta.json"
     return json.loads(meta.read_text())["hash"] if meta.exists() else None
+
+
+def count_table(ds: datasets.DatasetDict) -> pd.DataFrame:
+    """Rows per split x question type, with totals."""
+    frames = [pd.DataFrame({"split": split, "question_type": ds[split]["question_type"]}) for split in ds]
+    df = pd.concat(frames, ignore_index=True)
+    table = pd.crosstab(df["split"], df["question_type"], margins=True, margins_name="total")
+    order = [s for s in SPLITS if s in table.index] + ["total"]
+    return table.loc[order]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datasets
 
-SPLITS: tuple[str, ...] = ("train", "exit_train", "unlabeled", "val", "test", "test_novel")
+from free_bench.config import SPLITS  # noqa: F401  (re-exported: the split names)
 
 COLUMNS: dict[str, str] = {
     "image": "the RGB image (datasets.Image)",

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from free_bench.backbone.base import Backbone
-from free_bench.methods.base import ExitMethod
+from free_bench.methods.protocol import ExitMethod
+from free_bench.models.base import Backbone
 
 
 def _params(modules: list[nn.Module]) -> int:

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import torch
 
-from free_bench.backbone import runner, runner_skip
-from free_bench.backbone.base import Backbone
+from free_bench.core.errors import FreeBenchError
+from free_bench.engine import skip as runner_skip
 from free_bench.engine.cost import cost_model
 from free_bench.engine.exit_runtime import ExitRuntime
 from free_bench.engine.kv_policies import POLICIES, Policy
-from free_bench.errors import FreeBenchError
-from free_bench.methods.base import ExitMethod
+from free_bench.methods.protocol import ExitMethod
 from free_bench.methods.storage import backbone_identity
+from free_bench.models import runner
+from free_bench.models.base import Backbone
 
 
 def check_pairing(backbone: Backbone, method: ExitMethod) -> None:

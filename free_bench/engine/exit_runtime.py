@@ -15,14 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
-from free_bench.backbone import runner_skip
-from free_bench.backbone.runner_kv import KVStore
-from free_bench.backbone.runner_state import DecodeState
-from free_bench.errors import FreeBenchError
+from free_bench.core.errors import FreeBenchError
+from free_bench.engine import skip as runner_skip
 from free_bench.methods import rules
-from free_bench.methods.base import ExitMethod
-from free_bench.methods.heads import GeneratorMethod
 from free_bench.methods.mue import cosine
+from free_bench.methods.protocol import ExitMethod
+from free_bench.models.runner_kv import KVStore
+from free_bench.models.runner_state import DecodeState
 
 LIVE_RULES = ("max_prob", "entropy", "patience", "static", "cosine")
 _READS_LOGITS = ("max_prob", "entropy", "patience")
@@ -72,7 +71,7 @@ class ExitRuntime:
         self.layers = tuple(k for k in method.layers if k < state.num_layers)  # consulted exits
         self.reads_logits = self.rule in _READS_LOGITS
         self.reads_previous = self.rule == "cosine"  # MuE compares layer k's input and output
-        self.generators = method.generators if isinstance(method, GeneratorMethod) else None
+        self.generators = method.generators  # FREE/distill decoder-layer exits, else None
         self.gen_kv = None  # one slot per trained generator: a restricted method consults some of them
         if self.generators is not None:
             self.gen_kv = KVStore(len(self.generators.layers), state.batch_size, state.max_len)

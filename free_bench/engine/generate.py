@@ -11,17 +11,15 @@ from typing import Any
 
 import torch
 
-from free_bench.backbone import runner
-from free_bench.backbone.base import Backbone
+from free_bench.config import ENGINES, KV_POLICIES
+from free_bench.core.errors import FreeBenchError, check_choice
 from free_bench.engine.cost import cost_model
 from free_bench.engine.decode_exits import check_pairing, decode_with_exits
-from free_bench.engine.graphs import GraphDecoder
-from free_bench.errors import FreeBenchError, check_choice
+from free_bench.engine.graphs.decoder import GraphDecoder
 from free_bench.methods import rules
-from free_bench.methods.base import ExitMethod
-
-KV_POLICIES = ("propagate", "deferred", "full")
-ENGINES = ("eager", "graphs")
+from free_bench.methods.protocol import ExitMethod, is_exit_method
+from free_bench.models import runner
+from free_bench.models.base import Backbone
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,7 +85,7 @@ def generate(
     if exits is None and threshold is not None:
         raise FreeBenchError("threshold needs exits: pass the exit method loaded with free_bench.load_exits")
     if exits is not None:
-        if not isinstance(exits, ExitMethod):
+        if not is_exit_method(exits):
             raise FreeBenchError(
                 f"exits must be an ExitMethod (free_bench.load_exits(dir)), got {type(exits).__name__}"
             )
@@ -154,7 +152,7 @@ def generate(
 
 # what `engine="graphs"` builds: q/k/v as one product, each segment compiled by inductor before
 # capture. 1.92x the weight-read floor per token on the H200 at OPT-2.7b's shape, against 2.57x for
-# the captured HF layers (session 11, bench_engine.py::test_fused_graphs_near_the_floor)
+# the captured HF layers (commit a1077b0, bench_engine.py::test_fused_graphs_near_the_floor)
 GRAPHS_ENGINE = {"fuse": True, "compile_segments": True}
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import torch
 
-from free_bench.backbone import runner, runner_skip
-from free_bench.backbone.runner_state import DecodeState
+from free_bench.engine import skip as runner_skip
 from free_bench.engine.cost import CostModel
 from free_bench.engine.exit_runtime import ExitRuntime
+from free_bench.models import runner
+from free_bench.models.runner_state import DecodeState
 
 
 class Policy:

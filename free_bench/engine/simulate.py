@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from free_bench.methods import rules
-from free_bench.methods.base import ExitMethod
-from free_bench.methods.mue import MuE, cosine
+from free_bench.methods.mue import cosine
+from free_bench.methods.protocol import ExitMethod
 
 
 @dataclass(eq=False)
@@ -69,7 +69,7 @@ def exit_scores(
         probs.append(rules.max_prob(logits)[0])
         ents.append(rules.entropy(logits)[0])
     similarity = None
-    if isinstance(method, MuE):
+    if method.rule == "cosine":  # MuE: reads consecutive hidden states, not logits
         h = hidden_states[:, rows, cols]  # (L+1, N, D)
         similarity = torch.stack([cosine(h[k - 1], h[k]) for k in layers])  # (E, N)
     empty = final_prob.new_zeros((0, len(final_prob)))

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from free_bench.errors import FreeBenchError
+from free_bench.core.errors import FreeBenchError
 
 
 @dataclass(frozen=True)

@@ -1,104 +1,121 @@
 """FREE exits: a generator decoder layer per exit, trained adversarially against a per-exit
 discriminator that tells final-layer features ("real") from exit features ("fake"), plus a task term.
 
-Training alternates two optimisers: `generator_parameters()` on `losses()` and
-`discriminator_parameters()` on `discriminator_loss()`; neither loss leaves gradients in the other's
-parameters (the generator step calls D through detached weights; the D step sees detached features).
+Training alternates two optimisers: `exit_parameters()` on `losses()` and the discriminators'
+parameters on `discriminator_loss()`; neither loss leaves gradients in the other's parameters (the
+generator step calls D through detached weights; the D step sees detached features).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch.func import functional_call
 
 from free_bench.methods import losses as L
-from free_bench.methods.heads import Discriminators, GeneratorMethod
+from free_bench.methods.exits import Exits
+from free_bench.methods.heads import Discriminators, Generators, features
+from free_bench.methods.protocol import ExitMethod
 from free_bench.methods.registry import register
+from free_bench.methods.spec import MethodSpec
+from free_bench.models.base import Backbone
 
 
-@register
-class FREE(GeneratorMethod):
-    """Loss: w_task * task + w_adv * non-saturating -log D(G(h_e)), both averaged over exits.
+def build_free(
+    spec: MethodSpec, backbone: Backbone, layers: tuple[int, ...], options: dict[str, Any]
+) -> Exits:
+    """Generator layers, then the discriminators (in this order: the seed draws D's init after G's copy)."""
+    generators = Generators(backbone, layers, options["init_layer"])
+    hidden = options["disc_hidden"]
+    discriminators = Discriminators(backbone, layers, None if hidden is None else int(hidden))
+    return Exits(spec, backbone, layers, options, generators, discriminators)
 
-    task: CE on targets (semi) or T^2 KL(final || exit) (unsupervised). Rule: max prob >= threshold.
-    Options: w_task (1.0), w_adv (0.1), temperature (1.0), init_layer ("same"), disc_hidden (None = D)."""
 
-    name = "free"
-    rule = "max_prob"
-    adversarial = True
-    defaults: ClassVar[dict[str, Any]] = {
-        **GeneratorMethod.defaults,
-        "w_task": 1.0,
-        "w_adv": 0.1,
-        "disc_hidden": None,
+def _discriminators(method: ExitMethod) -> Discriminators:
+    if method.discriminators is None:
+        raise ValueError(f"{method.name} has no discriminators")
+    return method.discriminators
+
+
+def _frozen_d(method: ExitMethod, k: int, feats: torch.Tensor) -> torch.Tensor:
+    """D_e(features) with D's weights detached: the generator step must not train D. -> (B, T)."""
+    mlp = _discriminators(method).mlps[str(k)]
+    params = {n: p.detach() for n, p in mlp.named_parameters()}
+    return functional_call(mlp, params, (feats,)).squeeze(-1)
+
+
+def free_losses(
+    method: ExitMethod,
+    hidden_states: torch.Tensor,
+    targets: torch.Tensor | None,
+    mask: torch.Tensor,
+    regime: str,
+    loss_mask: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """w_task * task + w_adv * non-saturating -log D(G(h_e)), both averaged over exits.
+
+    task: CE on targets (semi) or T^2 KL(final || exit) (unsupervised)."""
+    teacher = L.teacher_logits(method.backbone, hidden_states) if regime == "unsupervised" else None
+    temp = method.options["temperature"]
+    task, adv = [], []
+    for k in method.layers:
+        gen = method.exit_hidden(k, hidden_states[k].detach(), mask)  # (B, T, D)
+        logits = method.head_logits(k, gen)  # (B, T, V)
+        if teacher is None:
+            assert targets is not None  # the semi regime's inputs were checked
+            task.append(L.cross_entropy(logits, targets))
+        else:
+            task.append(L.kl_to_teacher(logits, teacher, loss_mask, temp))
+        adv.append(L.bce_with_logits(_frozen_d(method, k, features(method.backbone, gen)), True, loss_mask))
+    task_mean, adv_mean = torch.stack(task).mean(), torch.stack(adv).mean()
+    total = method.options["w_task"] * task_mean + method.options["w_adv"] * adv_mean
+    return {
+        "loss": total,
+        "task": task_mean.detach(),
+        "adv": adv_mean.detach(),
+        **L.per_exit("task", method.layers, task),
+        **L.per_exit("adv", method.layers, adv),
     }
 
-    def __init__(self, backbone: Any, layers: Any, **options: Any) -> None:
-        super().__init__(backbone, layers, **options)
-        hidden = self.options["disc_hidden"]
-        self.discriminators = Discriminators(backbone, self.layers, None if hidden is None else int(hidden))
 
-    def _frozen_d(self, k: int, features: torch.Tensor) -> torch.Tensor:
-        """D_e(features) with D's weights detached: the generator step must not train D. -> (B, T)."""
-        mlp = self.discriminators.mlps[str(k)]
-        params = {n: p.detach() for n, p in mlp.named_parameters()}
-        return functional_call(mlp, params, (features,)).squeeze(-1)
+def free_discriminator_loss(
+    method: ExitMethod, hidden_states: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """BCE: real = features of h_L, fake = features of G_e(h_e), both detached; masked token mean.
 
-    def losses(
-        self,
-        hidden_states: torch.Tensor,
-        targets: torch.Tensor | None,
-        mask: torch.Tensor,
-        regime: str,
-        loss_mask: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        loss_mask = self.check_inputs(hidden_states, targets, mask, regime, loss_mask)
-        teacher = self.teacher_logits(hidden_states) if regime == "unsupervised" else None
-        temp = self.options["temperature"]
-        task, adv = [], []
-        for k in self.layers:
-            gen = self.exit_hidden(k, hidden_states[k].detach(), mask)  # (B, T, D)
-            logits = self.head_logits(k, gen)  # (B, T, V)
-            if teacher is None:
-                task.append(L.cross_entropy(logits, targets))
-            else:
-                task.append(L.kl_to_teacher(logits, teacher, loss_mask, temp))
-            adv.append(L.bce_with_logits(self._frozen_d(k, self.features(gen)), True, loss_mask))
-        task_mean, adv_mean = torch.stack(task).mean(), torch.stack(adv).mean()
-        total = self.options["w_task"] * task_mean + self.options["w_adv"] * adv_mean
-        return {
-            "loss": total,
-            "task": task_mean.detach(),
-            "adv": adv_mean.detach(),
-            **self.per_exit_logs("task", task),
-            **self.per_exit_logs("adv", adv),
-        }
+    Returns {"loss": mean over exits, "disc": detached copy, "disc_acc": (E,) accuracy per exit
+    in [0, 1], "disc_acc@k": the same per exit}."""
+    disc = _discriminators(method)
+    with torch.no_grad():
+        real = features(method.backbone, hidden_states[-1])  # (B, T, F)
+        fakes = [
+            features(method.backbone, method.exit_hidden(k, hidden_states[k], mask)) for k in method.layers
+        ]
+    losses, accs = [], []
+    for k, fake in zip(method.layers, fakes, strict=True):
+        real_logits, fake_logits = disc(k, real), disc(k, fake)  # (B, T)
+        losses.append(
+            L.bce_with_logits(real_logits, True, loss_mask) + L.bce_with_logits(fake_logits, False, loss_mask)
+        )
+        accs.append(L.accuracy(real_logits, fake_logits, loss_mask))
+    total = torch.stack(losses).mean()
+    return {
+        "loss": total,
+        "disc": total.detach(),
+        "disc_acc": torch.stack(accs),
+        **L.per_exit("disc_acc", method.layers, accs),
+    }
 
-    def discriminator_loss(
-        self, hidden_states: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
-        """BCE: real = features of h_L, fake = features of G_e(h_e), both detached; masked token mean.
 
-        Returns {"loss": mean over exits, "disc": detached copy, "disc_acc": (E,) accuracy per exit
-        in [0, 1], "disc_acc@k": the same per exit}."""
-        loss_mask = mask if loss_mask is None else loss_mask
-        with torch.no_grad():
-            real = self.features(hidden_states[-1])  # (B, T, F)
-            fakes = [self.features(self.exit_hidden(k, hidden_states[k], mask)) for k in self.layers]
-        losses, accs = [], []
-        for k, fake in zip(self.layers, fakes, strict=True):
-            real_logits, fake_logits = self.discriminators(k, real), self.discriminators(k, fake)  # (B, T)
-            losses.append(
-                L.bce_with_logits(real_logits, True, loss_mask)
-                + L.bce_with_logits(fake_logits, False, loss_mask)
-            )
-            accs.append(L.accuracy(real_logits, fake_logits, loss_mask))
-        total = torch.stack(losses).mean()
-        return {
-            "loss": total,
-            "disc": total.detach(),
-            "disc_acc": torch.stack(accs),
-            **self.per_exit_logs("disc_acc", accs),
-        }
+FREE = register(
+    MethodSpec(
+        name="free",
+        rule="max_prob",  # exit when max prob >= t
+        build=build_free,
+        # disc_hidden None: D's hidden width = the feature width
+        defaults={"temperature": 1.0, "init_layer": "same", "w_task": 1.0, "w_adv": 0.1, "disc_hidden": None},
+        losses=free_losses,
+        discriminator_loss=free_discriminator_loss,
+    )
+)

@@ -1,21 +1,40 @@
-"""Exit modules shared by several methods: light adapter heads, generator layers, discriminators.
+"""Exit components shared by several methods: light adapter heads, generator layers, discriminators.
 
 Each container holds one module per exit layer `k` (keys `str(k)`), created on the backbone's device
-and dtype so its output can go straight into the backbone's frozen final norm and LM head.
+and dtype so its output can go straight into the backbone's frozen final norm and LM head. The exit
+modules (`LightHeads`, `Generators`) share one small interface, `ExitModule`, which is all `Exits`
+calls; the logit lens is the absence of one.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar
+from typing import Protocol
 
 import torch
 from torch import nn
 from transformers.masking_utils import create_causal_mask
 
-from free_bench.backbone.base import Backbone
-from free_bench.errors import FreeBenchError
-from free_bench.methods.base import ExitMethod
+from free_bench.core.errors import FreeBenchError
+from free_bench.models.base import Backbone
+
+
+class ExitModule(Protocol):
+    """What an exit module adds between LM layer k's output and the logits."""
+
+    def exit_hidden(
+        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Hidden-to-hidden part of exit k. (B, T, D) -> (B, T, D)."""
+        ...
+
+    def head_logits(self, backbone: Backbone, k: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Exit k's output (B, T, D) -> logits (B, T, V)."""
+        ...
+
+    def modules_at(self, k: int) -> list[nn.Module]:
+        """The modules exit k adds on top of the shared frozen head (what its cost counts)."""
+        ...
 
 
 def head_width(backbone: Backbone) -> int:
@@ -66,11 +85,20 @@ class LightHeads(nn.Module):
                         head.bias.copy_(src.bias)
                 self.heads[str(k)] = head
 
-    def logits(self, backbone: Backbone, k: int, hidden: torch.Tensor) -> torch.Tensor:
+    def exit_hidden(
+        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.adapters[str(k)](hidden)  # (B, T, D)
+
+    def head_logits(self, backbone: Backbone, k: int, hidden: torch.Tensor) -> torch.Tensor:
         """Adapter output (B, T, D) at exit k -> (B, T, V) through the frozen final norm and the head."""
         features = backbone.apply_final_norm(hidden)  # (B, T, D_out)
         head = self.heads[str(k)] if str(k) in self.heads else backbone.lm_head
         return head(features)
+
+    def modules_at(self, k: int) -> list[nn.Module]:
+        own = [self.heads[str(k)]] if str(k) in self.heads else []
+        return [self.adapters[str(k)], *own]
 
 
 def _source_layer(backbone: Backbone, k: int, init_layer: str) -> int:
@@ -120,6 +148,18 @@ class Generators(nn.Module):
             mask4d = self.causal_mask(hidden, attention_mask)
         return self.layers[str(k)](hidden, attention_mask=mask4d, cache=cache)
 
+    def exit_hidden(
+        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self(k, hidden, attention_mask)  # (B, T, D)
+
+    def head_logits(self, backbone: Backbone, k: int, hidden: torch.Tensor) -> torch.Tensor:
+        """The shared frozen final norm + LM head. (B, T, D) -> (B, T, V)."""
+        return backbone.logits_from_hidden(hidden)
+
+    def modules_at(self, k: int) -> list[nn.Module]:
+        return [self.layers[str(k)]]
+
 
 class Discriminators(nn.Module):
     """FREE's per-exit D_e: MLP (F -> H -> 1, LeakyReLU) on token features, logit > 0 means "real"."""
@@ -145,49 +185,9 @@ class Discriminators(nn.Module):
         return self.mlps[str(k)](features).squeeze(-1)
 
 
-class LightHeadMethod(ExitMethod):
-    """Base of DeeBERT/PABEE: a `LightHeads` exit module; losses are defined by the subclass."""
+def features(backbone: Backbone, hidden: torch.Tensor) -> torch.Tensor:
+    """What the LM head reads: the frozen final norm of a hidden state. (B, T, D) -> (B, T, F).
 
-    defaults: ClassVar[dict[str, Any]] = {"own_head": False, "temperature": 1.0}
-
-    def __init__(self, backbone: Backbone, layers: Any, **options: Any) -> None:
-        super().__init__(backbone, layers, **options)
-        self.light = LightHeads(backbone, self.layers, self.options["own_head"])
-
-    def exit_hidden(
-        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self.light.adapters[str(k)](hidden)  # (B, T, D)
-
-    def head_logits(self, k: int, hidden: torch.Tensor) -> torch.Tensor:
-        return self.light.logits(self.backbone, k, hidden)  # (B, T, V)
-
-    def exit_modules(self, k: int) -> list[nn.Module]:
-        own = [self.light.heads[str(k)]] if str(k) in self.light.heads else []
-        return [self.light.adapters[str(k)], *own]
-
-
-class GeneratorMethod(ExitMethod):
-    """Base of FREE/distillation: a `Generators` exit module (one decoder layer per exit) followed by
-    the frozen final norm + shared LM head."""
-
-    defaults: ClassVar[dict[str, Any]] = {"temperature": 1.0, "init_layer": "same"}
-
-    def __init__(self, backbone: Backbone, layers: Any, **options: Any) -> None:
-        super().__init__(backbone, layers, **options)
-        self.generators = Generators(backbone, self.layers, self.options["init_layer"])
-
-    def exit_hidden(
-        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self.generators(k, hidden, attention_mask)  # (B, T, D)
-
-    def exit_modules(self, k: int) -> list[nn.Module]:
-        return [self.generators.layers[str(k)]]
-
-    def features(self, hidden: torch.Tensor) -> torch.Tensor:
-        """What the LM head reads: the frozen final norm of a hidden state. (B, T, D) -> (B, T, F).
-
-        Discriminator and feature-MSE inputs: the raw residual stream of large OPTs has outlier
-        dimensions in the hundreds that would dominate an MLP or an MSE; normed features do not."""
-        return self.backbone.apply_final_norm(hidden)
+    Discriminator and feature-MSE inputs: the raw residual stream of large OPTs has outlier
+    dimensions in the hundreds that would dominate an MLP or an MSE; normed features do not."""
+    return backbone.apply_final_norm(hidden)

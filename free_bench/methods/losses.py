@@ -1,4 +1,5 @@
-"""Token-level loss terms shared by the exit methods, always computed in float32 and masked.
+"""Loss terms shared by the exit methods: token-level terms, always computed in float32 and masked,
+and the per-exit task terms several methods' loss functions are built from.
 
 Logits are (B, T, V) with position t predicting token t+1; `targets` (B, T) hold that next token
 or -100 (ignored); masks (B, T) are 1 at the positions a term averages over.
@@ -6,8 +7,14 @@ or -100 (ignored); masks (B, T) are 1 at the positions a term averages over.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from free_bench.methods.protocol import ExitMethod
+    from free_bench.models.base import Backbone
 
 IGNORE = -100
 
@@ -54,3 +61,36 @@ def accuracy(real_logits: torch.Tensor, fake_logits: torch.Tensor, mask: torch.T
     """Fraction of (real classified real) and (fake classified fake) over masked positions, in [0, 1]."""
     hits = (real_logits > 0).float() + (fake_logits <= 0).float()  # (B, T) in {0, 1, 2}
     return masked_mean(hits, mask).detach() / 2
+
+
+# --- per-exit terms, on a method ------------------------------------------------------------------
+@torch.no_grad()
+def teacher_logits(backbone: Backbone, hidden_states: torch.Tensor) -> torch.Tensor:
+    """The full model's logits (B, T, V) from the last layer, detached: the unsupervised target."""
+    return backbone.logits_from_hidden(hidden_states[-1]).float()
+
+
+def task_terms(
+    method: ExitMethod,
+    hidden_states: torch.Tensor,
+    targets: torch.Tensor | None,
+    mask: torch.Tensor,
+    regime: str,
+    loss_mask: torch.Tensor,
+) -> list[torch.Tensor]:
+    """Per exit: CE on targets (semi) or KL(final || exit) at the temperature (unsupervised)."""
+    teacher = teacher_logits(method.backbone, hidden_states) if regime == "unsupervised" else None
+    terms = []
+    for k in method.layers:
+        logits = method.exit_logits(k, hidden_states[k].detach(), mask)  # (B, T, V)
+        if teacher is None:
+            assert targets is not None  # the semi regime's inputs were checked
+            terms.append(cross_entropy(logits, targets))
+        else:
+            terms.append(kl_to_teacher(logits, teacher, loss_mask, method.options["temperature"]))
+    return terms
+
+
+def per_exit(prefix: str, layers: tuple[int, ...], terms: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{"prefix@k": detached term of exit k} for logging."""
+    return {f"{prefix}@{k}": t.detach() for k, t in zip(layers, terms, strict=True)}

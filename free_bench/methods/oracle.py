@@ -1,26 +1,13 @@
 """Oracle exit: the earliest exit whose logit-lens token equals the full model's (or the correct
-token): the ceiling any causal exit rule is measured against. A reference point."""
+token): the ceiling any causal exit rule is measured against. A reference point.
+
+No parameters; exit logits = raw logit lens. It has no threshold: use
+`exit_index_oracle(logits, final_tokens, labels)`."""
 
 from __future__ import annotations
 
-import torch
-
-from free_bench.errors import FreeBenchError
-from free_bench.methods.base import ExitMethod
+from free_bench.methods.exits import logit_lens
 from free_bench.methods.registry import register
+from free_bench.methods.spec import MethodSpec
 
-
-@register
-class Oracle(ExitMethod):
-    """No parameters; exit logits = raw logit lens. Use `exit_index_oracle(logits, final_tokens, labels)`."""
-
-    name = "oracle"
-    rule = "oracle"
-    trainable = False
-    needs_labels_in_semi = False
-
-    def exit_index(self, logits: torch.Tensor, threshold: float) -> torch.Tensor:
-        raise FreeBenchError(
-            "the oracle rule has no threshold: it needs the full model's tokens; "
-            "call exit_index_oracle(logits, final_tokens, labels=None)"
-        )
+ORACLE = register(MethodSpec(name="oracle", rule="oracle", build=logit_lens, needs_labels_in_semi=False))

@@ -9,27 +9,39 @@ identical per-exit accuracies) and differ in their exit rule alone. Kept as PABE
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import torch
 
-from free_bench.methods.deebert import DeeBERT
+from free_bench.methods.deebert import DEEBERT, build_light_heads, weighted_task_losses
+from free_bench.methods.protocol import ExitMethod
 from free_bench.methods.registry import register
+from free_bench.methods.spec import MethodSpec
 
 
-@register
-class PABEE(DeeBERT):
-    """Loss: depth-weighted CE / KL. Rule: `rules.patience_exit` (threshold = patience, PABEE's counter).
+def depth_weights(layers: tuple[int, ...]) -> list[float]:
+    """Exit at layer k weighted k / sum(layers)."""
+    total = float(sum(layers))
+    return [k / total for k in layers]
 
-    Option `patience` is the default threshold when `exit_index` is given threshold=None."""
 
-    name = "pabee"
-    rule = "patience"
-    defaults: ClassVar[dict[str, Any]] = {**DeeBERT.defaults, "patience": 2}
+def pabee_losses(
+    method: ExitMethod,
+    hidden_states: torch.Tensor,
+    targets: torch.Tensor | None,
+    mask: torch.Tensor,
+    regime: str,
+    loss_mask: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Depth-weighted CE (semi) or KL to the final layer (unsupervised)."""
+    weights = depth_weights(method.layers)
+    return weighted_task_losses(method, weights, hidden_states, targets, mask, regime, loss_mask)
 
-    def exit_weights(self) -> list[float]:
-        total = float(sum(self.layers))
-        return [k / total for k in self.layers]
 
-    def exit_index(self, logits: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
-        return super().exit_index(logits, self.options["patience"] if threshold is None else threshold)
+PABEE = register(
+    MethodSpec(
+        name="pabee",
+        rule="patience",  # `rules.patience_exit`; threshold None = the `patience` option
+        build=build_light_heads,
+        defaults={**DEEBERT.defaults, "patience": 2},
+        losses=pabee_losses,
+    )
+)

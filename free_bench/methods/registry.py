@@ -1,28 +1,30 @@
-"""Method registry: names the CLI and configs use -> `ExitMethod` subclasses.
+"""Method registry: names the CLI and configs use -> `MethodSpec`s (each one method file's spec).
 
-Methods register themselves on import (`@register`); importing `free_bench.methods` imports them all.
+Method files register their spec on import; importing `free_bench.methods` imports them all. The
+order is the paper's, `free_bench.config.METHODS`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from free_bench.errors import check_choice
+from free_bench.config import METHODS as ORDER
+from free_bench.core.errors import check_choice
+from free_bench.methods.spec import MethodSpec
 
 if TYPE_CHECKING:
-    from free_bench.backbone.base import Backbone
-    from free_bench.methods.base import ExitMethod
+    from free_bench.methods.protocol import ExitMethod
+    from free_bench.models.base import Backbone
 
-ORDER = ("free", "deebert", "pabee", "distill", "static", "oracle", "mue")
-_METHODS: dict[str, type[ExitMethod]] = {}
+_METHODS: dict[str, MethodSpec] = {}
 
 
-def register(cls: type[ExitMethod]) -> type[ExitMethod]:
-    """Class decorator: make `cls` available under `cls.name`."""
-    if cls.name not in ORDER:
-        raise ValueError(f"method name {cls.name!r} missing from registry.ORDER")
-    _METHODS[cls.name] = cls
-    return cls
+def register(spec: MethodSpec) -> MethodSpec:
+    """Make `spec` available under `spec.name` (which must be one of config.METHODS)."""
+    if spec.name not in ORDER:
+        raise ValueError(f"method name {spec.name!r} missing from free_bench.config.METHODS")
+    _METHODS[spec.name] = spec
+    return spec
 
 
 def available() -> list[str]:
@@ -30,8 +32,8 @@ def available() -> list[str]:
     return [name for name in ORDER if name in _METHODS]
 
 
-def get_method(name: str) -> type[ExitMethod]:
-    """The class registered as `name`; FreeBenchError listing the valid names otherwise."""
+def get_method(name: str) -> MethodSpec:
+    """The spec registered as `name` (call it to build); FreeBenchError listing the valid names otherwise."""
     check_choice("exit method", name, available())
     return _METHODS[name]
 

@@ -9,8 +9,9 @@ ceiling no causal rule can beat.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from free_bench.errors import FreeBenchError
+from free_bench.core.errors import FreeBenchError
 
 RULES = ("max_prob", "entropy", "patience", "static", "oracle", "cosine")
 NO_EXIT_LABEL = -100  # label ids equal to this (ignored targets) never count as "correct"
@@ -40,6 +41,11 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     logp = logits.float().log_softmax(dim=-1)
     p = logp.exp()
     return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(dim=-1)
+
+
+def cosine(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """(..., D) input and output of layer k -> (...) cosine similarity, in float32 (MuE's score)."""
+    return F.cosine_similarity(previous.float(), current.float(), dim=-1)
 
 
 def max_prob_exit(logits: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -147,3 +153,28 @@ def cosine_exit(similarity: torch.Tensor, threshold: float) -> torch.Tensor:
     if similarity.dim() != 2:
         raise FreeBenchError(f"MuE scores must be (E, N) similarities, got shape {tuple(similarity.shape)}")
     return first_fired(similarity >= threshold)
+
+
+def exit_index(rule: str, scores: torch.Tensor, threshold: float, layers: tuple[int, ...]) -> torch.Tensor:
+    """Exit index (N,) under `rule` at `threshold`, E = none fired. `scores` are per-exit logits
+    (E, N, V), or for "cosine" the (E, N) similarities; `layers` is the placement (for "static")."""
+    if rule == "max_prob":
+        return max_prob_exit(scores, threshold)
+    if rule == "entropy":
+        return entropy_exit(scores, threshold)
+    if rule == "patience":
+        return patience_exit(scores, threshold)
+    if rule == "static":
+        return static_exit(layers, threshold, scores.shape[0], scores.shape[1]).to(scores.device)
+    if rule == "cosine":
+        if scores.dim() != 2:
+            raise FreeBenchError(
+                f"the cosine rule decides on (E, N) similarities from similarities(), got shape {tuple(scores.shape)}"
+            )
+        return cosine_exit(scores, threshold)
+    if rule == "oracle":
+        raise FreeBenchError(
+            "the oracle rule has no threshold: it needs the full model's tokens; "
+            "call exit_index_oracle(logits, final_tokens, labels=None)"
+        )
+    raise FreeBenchError(f"rule {rule!r} is not one of {', '.join(RULES)}")

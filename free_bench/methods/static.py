@@ -1,16 +1,11 @@
-"""Static exit: always leave at layer k (k swept), through the raw logit lens. A reference point."""
+"""Static exit: always leave at layer k (k swept), through the raw logit lens. A reference point.
+
+No parameters, nothing to train; `exit_index(logits, k)` -> the exit at layer k."""
 
 from __future__ import annotations
 
-from free_bench.methods.base import ExitMethod
+from free_bench.methods.exits import logit_lens
 from free_bench.methods.registry import register
+from free_bench.methods.spec import MethodSpec
 
-
-@register
-class Static(ExitMethod):
-    """No parameters; exit logits = final norm + LM head on h_k; `exit_index(logits, k)` -> exit at k."""
-
-    name = "static"
-    rule = "static"
-    trainable = False
-    needs_labels_in_semi = False
+STATIC = register(MethodSpec(name="static", rule="static", build=logit_lens, needs_labels_in_semi=False))

@@ -1,5 +1,8 @@
 """Saving and loading trained exits: safetensors weights + config.json naming the backbone they fit.
 
+`save_method(method, folder)` and `load_exits(folder, backbone)` are free functions: storage imports
+the registry and the protocol, and no method module imports storage (no import cycle).
+
 The backbone identity includes a fingerprint of a few of its weights, because exits trained on one
 checkpoint load without any shape error onto another checkpoint of the same architecture and then
 silently produce garbage.
@@ -18,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from free_bench.backbone.base import Backbone
-from free_bench.errors import FreeBenchError
+from free_bench.core.errors import FreeBenchError
+from free_bench.methods.registry import get_method
+from free_bench.models.base import Backbone
 
 if TYPE_CHECKING:
-    from free_bench.methods.base import ExitMethod
+    from free_bench.methods.protocol import ExitMethod
 
 FORMAT = 1
 CONFIG = "config.json"
@@ -46,6 +50,7 @@ def backbone_identity(backbone: Backbone) -> dict[str, Any]:
     cfg = backbone.lm_config
     return {
         "spec": backbone.spec,
+        "seed": backbone.seed,
         "lm_type": backbone.lm_type,
         "num_layers": backbone.num_layers,
         "hidden_size": int(cfg.hidden_size),
@@ -54,8 +59,10 @@ def backbone_identity(backbone: Backbone) -> dict[str, Any]:
     }
 
 
-def save_method(method: ExitMethod, folder: Path) -> Path:
-    """Write into a temp folder beside `folder`, then swap it in (an old folder is replaced whole)."""
+def save_method(method: ExitMethod, folder: str | Path) -> Path:
+    """Write the exit weights (safetensors) and config.json into `folder`, atomically: into a temp
+    folder beside it, then swapped in (an old folder is replaced whole). Returns `folder`."""
+    folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     config = {
         "format": FORMAT,
@@ -80,6 +87,12 @@ def save_method(method: ExitMethod, folder: Path) -> Path:
     return folder
 
 
+def _named(identity: dict[str, Any]) -> str:
+    """A backbone as a reader tells two apart: its spec and, for embedded ones, its pretraining seed."""
+    spec = str(identity.get("spec"))
+    return f"{spec!r} (seed {identity.get('seed', 0)})" if spec.startswith("embedded:") else repr(spec)
+
+
 def _mismatch(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
     keys = ("lm_type", "num_layers", "hidden_size", "vocab_size", "fingerprint")
     return [k for k in keys if saved.get(k) != given[k]]
@@ -88,14 +101,12 @@ def _mismatch(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
 def load_exits(folder: str | Path, backbone: Backbone | None = None, **load_kw: Any) -> ExitMethod:
     """Rebuild a saved method on `backbone` (default: the backbone the exits name, loaded with
     `load_backbone(spec, **load_kw)`); FreeBenchError if the exits were trained on another one."""
-    from free_bench.methods.registry import get_method
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FreeBenchError(f"exit folder {str(folder)!r} does not exist")
     cfg_path = folder / CONFIG
     if not cfg_path.is_file():
-        raise FreeBenchError(f"{str(folder)!r} has no {CONFIG}: not a folder written by ExitMethod.save")
+        raise FreeBenchError(f"{str(folder)!r} has no {CONFIG}: not a folder written by save_method")
     try:
         config = json.loads(cfg_path.read_text())
         name, layers, options, saved = (
@@ -107,16 +118,16 @@ def load_exits(folder: str | Path, backbone: Backbone | None = None, **load_kw: 
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise FreeBenchError(f"{str(cfg_path)!r} is not a valid exit config: {exc}") from None
     if backbone is None:
-        from free_bench.backbone.load import load_backbone
+        from free_bench.models.load import load_backbone
 
-        backbone = load_backbone(saved.get("spec"), **load_kw)
+        backbone = load_backbone(saved.get("spec"), seed=int(saved.get("seed", 0)), **load_kw)
     given = backbone_identity(backbone)
     bad = _mismatch(saved, given)
     if bad:
         diffs = ", ".join(f"{k} {saved.get(k)!r} vs {given[k]!r}" for k in bad)
         raise FreeBenchError(
-            f"exits in {str(folder)!r} were trained on backbone {saved.get('spec')!r} "
-            f"(fingerprint {saved.get('fingerprint')}), not on the given backbone {given['spec']!r} "
+            f"exits in {str(folder)!r} were trained on backbone {_named(saved)} "
+            f"(fingerprint {saved.get('fingerprint')}), not on the given backbone {_named(given)} "
             f"(fingerprint {given['fingerprint']}): {diffs}"
         )
     method = get_method(name)(backbone, tuple(layers), **options)

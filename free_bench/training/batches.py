@@ -14,12 +14,13 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from free_bench.backbone import examples as E
-from free_bench.backbone.base import Backbone
-from free_bench.backbone.quality import pixel_values, prompt_batch
-from free_bench.backbone.runner import teacher_forced_hidden_states
+from free_bench.config import TASKS
+from free_bench.core.errors import FreeBenchError, check_choice
+from free_bench.data import examples as E
+from free_bench.data.inputs import pixel_values, prompt_batch
 from free_bench.engine import generate
-from free_bench.errors import FreeBenchError, check_choice
+from free_bench.models.base import Backbone
+from free_bench.models.runner import teacher_forced_hidden_states
 from free_bench.training.distributed import SINGLE, Dist, check_batch
 
 IGNORE = -100
@@ -69,7 +70,7 @@ def teacher_forced_batches(
     return out
 
 
-TASKS = ("vqa", "caption")
+
 MAX_NEW = {"vqa": 6, "caption": 30}
 
 

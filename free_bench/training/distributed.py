@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from free_bench.errors import FreeBenchError
+from free_bench.core.errors import FreeBenchError
 
 
 @dataclass(frozen=True)

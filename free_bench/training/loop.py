@@ -16,10 +16,10 @@ import torch
 from tqdm.auto import tqdm
 
 from free_bench.config import ExitTrainConfig
-from free_bench.errors import FreeBenchError
-from free_bench.interrupt import StopRequest, deferred_stop
-from free_bench.methods.base import ExitMethod
-from free_bench.records import atomic_path
+from free_bench.core.errors import FreeBenchError
+from free_bench.core.interrupt import StopRequest, deferred_stop
+from free_bench.core.records import atomic_path
+from free_bench.methods.protocol import ExitMethod
 from free_bench.training.batches import TFBatch
 from free_bench.training.distributed import SINGLE, Dist, average_gradients, average_scalars, barrier
 
@@ -44,7 +44,7 @@ def train_exits(
     rank 0 writes checkpoints."""
     if not method.trainable:
         raise FreeBenchError(f"method {method.name!r} has nothing to train")
-    # one process: a time limit or Ctrl-C ends the step, checkpoints it and leaves (`free_bench.interrupt`);
+    # one process: a time limit or Ctrl-C ends the step, checkpoints it and leaves (`free_bench.core.interrupt`);
     # several ranks must stop together, so there signals keep their usual effect
     with deferred_stop(enabled=dist.world == 1) as stop:
         return _loop(
@@ -124,11 +124,14 @@ def _loop(method: ExitMethod, batches: list[TFBatch], cfg: ExitTrainConfig, regi
     return log
 
 
+def _disc_params(method: ExitMethod) -> list[torch.nn.Parameter]:
+    """The adversary's parameters (FREE's discriminators), trained by their own optimiser; else none."""
+    return [] if method.discriminators is None else list(method.discriminators.parameters())
+
+
 def _optimizers(method: ExitMethod, cfg: ExitTrainConfig, scale: float):
-    gen = torch.optim.AdamW(
-        list(method.generator_parameters()), lr=cfg.lr * scale, weight_decay=cfg.weight_decay
-    )
-    disc_params = list(method.discriminator_parameters())
+    gen = torch.optim.AdamW(method.exit_parameters(), lr=cfg.lr * scale, weight_decay=cfg.weight_decay)
+    disc_params = _disc_params(method)
     disc = torch.optim.AdamW(disc_params, lr=cfg.lr_disc * scale) if disc_params else None
     return gen, disc
 
@@ -141,16 +144,16 @@ def _step(
         d = method.discriminator_loss(b.hidden, b.mask, b.loss_mask)
         disc_opt.zero_grad(set_to_none=True)
         d["loss"].backward()
-        average_gradients(list(method.discriminator_parameters()), dist)
-        torch.nn.utils.clip_grad_norm_(list(method.discriminator_parameters()), cfg.grad_clip)
+        average_gradients(_disc_params(method), dist)
+        torch.nn.utils.clip_grad_norm_(_disc_params(method), cfg.grad_clip)
         disc_opt.step()
         entry["disc"] = float(d["disc"])
         entry.update({k: float(v) for k, v in d.items() if k.startswith("disc_acc@")})
     g = method.losses(b.hidden, b.targets if regime == "semi" else None, b.mask, regime, b.loss_mask)
     gen_opt.zero_grad(set_to_none=True)
     g["loss"].backward()
-    average_gradients(list(method.generator_parameters()), dist)
-    torch.nn.utils.clip_grad_norm_(list(method.generator_parameters()), cfg.grad_clip)
+    average_gradients(method.exit_parameters(), dist)
+    torch.nn.utils.clip_grad_norm_(method.exit_parameters(), cfg.grad_clip)
     gen_opt.step()
     entry.update({k: float(v.detach()) for k, v in g.items() if v.dim() == 0})
     return entry

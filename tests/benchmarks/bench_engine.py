@@ -19,14 +19,14 @@ import pytest
 import torch
 from bench_runner import NEW_TOKENS, OPT_2_7B  # same folder (tests/benchmarks is no package)
 
-from free_bench.backbone import from_hf
-from free_bench.backbone.tiny import build_tiny_blip2, tiny_inputs
+from free_bench.core.records import device_name
 from free_bench.engine import generate, time_region
 from free_bench.engine.generate import special_tokens
-from free_bench.engine.graphs import GraphDecoder
+from free_bench.engine.graphs.decoder import GraphDecoder
 from free_bench.engine.timing import Timing
 from free_bench.methods import get_method
-from free_bench.records import device_name
+from free_bench.models import from_hf
+from free_bench.models.tiny import build_tiny_blip2, tiny_inputs
 
 _SHAPES = {
     "cuda": ("random-init OPT-2.7b LM shape", torch.bfloat16, OPT_2_7B),
@@ -109,7 +109,7 @@ def _weight_floor_ms(bb, device: str) -> tuple[float, float]:
 def test_graphs_engine_near_the_floor(benchmark) -> None:
     """Full-depth decoding through the graphs engine (`engine="graphs"`: fused layers compiled by
     inductor, then captured) against the weight-read floor, one exit check's cost, and a static exit's
-    measured speedup, with the captured HF layers (sessions 6-10's engine), the eager engine and HF
+    measured speedup, with the captured HF layers (the engine up to commit b33db10), the eager engine and HF
     timed in the same run. Per-token times are (32 tokens - 1 token) / 31: the prefix and prompt pass
     drop out."""
     graphs_near_the_floor(benchmark, "cuda", *_SHAPES["cuda"], engines=("graphs", "graphs-plain", "eager"))
@@ -126,7 +126,7 @@ def test_compiled_graphs_near_the_floor(benchmark) -> None:
 def test_fused_graphs_near_the_floor(benchmark) -> None:
     """An ablation: runner_fused's layers (q/k/v as one product: `GraphDecoder(fuse=True)`) captured
     without inductor, timed interleaved with the graphs engine (fused and compiled) and the captured HF
-    layers. Until session 10 this benchmark's first engine was the fused and compiled one."""
+    layers. Until commit b33db10 this benchmark's first engine was the fused and compiled one."""
     graphs_near_the_floor(benchmark, "cuda", *_SHAPES["cuda"], engines=("fused", "graphs", "graphs-plain"))
 
 
@@ -141,7 +141,7 @@ def test_layer_compiled_graphs_near_the_floor(benchmark) -> None:
 
 # variants of the graphs engine the benchmarks time (GraphDecoder options); "graphs" itself is
 # `generate(engine="graphs")` (generate.GRAPHS_ENGINE: fused and compiled), "graphs-plain" the captured
-# HF layers it ran until session 10
+# HF layers it ran until commit b33db10
 VARIANTS = {
     "graphs-plain": {},
     "compiled": {"compile_segments": True},

@@ -27,8 +27,8 @@ import torch
 
 from free_bench.cli import main
 from free_bench.config import cache_dir, get_profile
-from free_bench.engine.sweep import SweepSpec, run_sweep
-from free_bench.records import device_name
+from free_bench.core.records import device_name
+from free_bench.evaluation.sweep import SweepSpec, run_sweep
 
 PROFILE = os.environ.get("FREE_BENCH_BENCH_PROFILE", "smoke")
 DEVICE = "cuda" if PROFILE == "gpu" else "cpu"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from free_bench.backbone import Backbone, from_hf
-from free_bench.backbone.tiny import build_tiny_blip2, tiny_inputs
 from free_bench.engine import generate, time_region
+from free_bench.models import Backbone, from_hf
+from free_bench.models.tiny import build_tiny_blip2, tiny_inputs
 
 _NO_CUDA = not torch.cuda.is_available()
 
@@ -101,11 +101,11 @@ def test_runner_vs_hf_generate(benchmark, opt27_backbone: Backbone, batch_size: 
 
 @pytest.fixture(scope="module")
 def embedded_gpu_backbone() -> Backbone:
-    from free_bench.backbone import load_backbone
-    from free_bench.errors import FreeBenchError
+    from free_bench.core.errors import FreeBenchError
+    from free_bench.models import load_backbone
 
     try:
-        return load_backbone("embedded:gpu", device="cuda", dtype=torch.bfloat16, pretrain_if_missing=False)
+        return load_backbone("embedded:gpu", device="cuda", dtype=torch.bfloat16)
     except FreeBenchError as e:
         pytest.skip(str(e))
 
@@ -116,8 +116,8 @@ def test_embedded_gpu_runner_vs_hf_generate(
     benchmark, embedded_gpu_backbone: Backbone, batch_size: int
 ) -> None:
     """The same comparison on the embedded gpu profile, on real `scenes` VQA prompts."""
-    from free_bench.backbone import examples as E
-    from free_bench.backbone.quality import pixel_values, prompt_batch
+    from free_bench.data import examples as E
+    from free_bench.data.inputs import pixel_values, prompt_batch
     from free_bench.data.scenes_dataset import load_scenes
 
     bb = embedded_gpu_backbone

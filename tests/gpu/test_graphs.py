@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from free_bench.backbone import Backbone, from_hf, runner
-from free_bench.backbone.tiny import build_tiny_blip2, tiny_inputs
 from free_bench.engine import generate
 from free_bench.engine.generate import GRAPHS_ENGINE, special_tokens
-from free_bench.engine.graphs import GraphDecoder
+from free_bench.engine.graphs.decoder import GraphDecoder
 from free_bench.methods import get_method
+from free_bench.models import Backbone, from_hf, runner
+from free_bench.models.tiny import build_tiny_blip2, tiny_inputs
 
 N_NEW = 8
 NEVER = {"max_prob": 1.0, "entropy": 0.0, "patience": 9, "cosine": 1.0}
@@ -129,9 +129,9 @@ def test_fused_layers_captured_decode_as_the_eager_engine(bb: Backbone, name: st
 def test_thresholds_evaluate_alike_on_the_host(bb: Backbone) -> None:
     """`record` hands its scores to the host (`ExitScores.cpu`: a threshold is then a few CPU ops, no GPU
     sync); each threshold's choices and costs equal those computed from scores left on the GPU."""
-    from free_bench.engine import sweep_eval as S
     from free_bench.engine.cost import cost_model
     from free_bench.engine.simulate import choose
+    from free_bench.evaluation import sweep_eval as S
 
     m = _method(bb, "deebert")
     scores = torch.rand(len(m.layers), 40, device="cuda")

@@ -1,4 +1,4 @@
-"""Shared by the CLI integration tests: one pretrained smoke backbone per session, and the CLI."""
+"""Shared by the CLI integration tests: one pretrained smoke backbone per test run, and the CLI."""
 
 from __future__ import annotations
 

@@ -30,8 +30,8 @@ def test_data_smoke_writes_dataset_and_counts(tmp_path):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["--dataset", "mnist"], "valid datasets: coco-karpathy, scenes, vqav2"),
-        (["--profile", "huge"], "valid profiles: cpu, gpu, smoke"),
+        (["--dataset", "mnist"], "invalid choice: 'mnist' (choose from 'scenes', 'coco-karpathy', 'vqav2')"),
+        (["--profile", "huge"], "invalid choice: 'huge' (choose from 'smoke', 'cpu', 'gpu')"),
         (["--dataset", "vqav2"], "--images"),
     ],
 )

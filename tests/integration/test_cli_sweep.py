@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from clitools import cli
 
-from free_bench.records import SWEEP, SWEEP_SAMPLES
+from free_bench.core.records import SWEEP, SWEEP_SAMPLES
 
 pytestmark = pytest.mark.integration
 
@@ -63,14 +63,14 @@ def test_simulated_sweep_and_resume(trained, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert point.exists() and all(p.stat().st_mtime_ns == t for p, t in others.items())
     res = _sweep(env, exits, out, "--mode", "simulated", "--thresholds", "0.7")
-    assert res.returncode != 0 and "holds another sweep" in res.stderr
+    assert res.returncode != 0 and "made with other settings" in res.stderr
     saved = json.loads((out / "sweep_spec.json").read_text())
-    del saved["engine"]  # a folder from before sweeps recorded their engine
+    del saved["spec"]["engine"]  # a folder from before sweeps recorded their engine
     (out / "sweep_spec.json").write_text(json.dumps(saved))
     res = _sweep(
         env, exits, out, "--mode", "simulated", "--thresholds", "0", "0.5", "1", "--tasks", "vqa", "caption"
     )
-    assert res.returncode != 0 and "before sweeps recorded their decode engine" in res.stderr
+    assert res.returncode != 0 and 'spec.engine: (absent) recorded, "eager" asked' in res.stderr
 
 
 def test_live_sweep_times_against_the_full_model(trained, tmp_path):
@@ -126,7 +126,7 @@ def _samples_agree_with_points(df: pd.DataFrame, out) -> pd.DataFrame:
     "extra, message",
     [
         (["--mode", "live", "--thresholds", "1.5"], "probability in \\[0, 1\\]"),
-        (["--mode", "live", "--thresholds", "0.5", "--kv-policy", "lazy"], "kv_policy"),
+        (["--mode", "live", "--thresholds", "0.5", "--kv-policy", "lazy"], "--kv-policy"),
         (["--mode", "fast", "--thresholds", "0.5"], "mode"),
         (["--mode", "live", "--thresholds", "0.5", "--perturb", "blur:7"], "severity"),
         (["--mode", "live", "--thresholds", "0.5", "--engine", "jit"], "engine"),
@@ -189,8 +189,9 @@ def test_planned_live_sweeps_share_one_backbone(trained, tmp_path, monkeypatch):
     """reproduce's live sweeps load their exits onto one backbone, loaded on first need: the full
     model's captured decoders and warmed shapes live on it and carry over from sweep to sweep; a
     finished sweep loads nothing."""
-    from free_bench.backbone import load as L
-    from free_bench.commands import reproduce_stages as R
+    from free_bench.models import load as L
+    from free_bench.pipeline import plans as P
+    from free_bench.pipeline import stages as R
 
     env, exits = trained
     monkeypatch.setenv("FREE_BENCH_CACHE", env["FREE_BENCH_CACHE"])
@@ -204,10 +205,10 @@ def test_planned_live_sweeps_share_one_backbone(trained, tmp_path, monkeypatch):
         return {"name": name, "seed": 0, "spec": spec, "work": str(tmp_path / name), "dst": None}
 
     shared = R.shared_backbone(exits)
-    first = R.run_planned(plan("free", "free", 0.5), backbone=shared)
-    R.run_planned(plan("static", "static", 2.0), backbone=shared)
+    first = P.run_planned(plan("free", "free", 0.5), backbone=shared)
+    P.run_planned(plan("static", "static", 2.0), backbone=shared)
     assert len(loads) == 1 and set(first["method"]) == {"free", "full"}
     warmed = shared().__dict__["_warmed_shapes"][("eager",)]
     assert warmed  # the shapes the first sweep warmed, which the second found warmed
-    R.run_planned(plan("free", "free", 0.5), backbone=R.shared_backbone(exits))  # finished: no load
+    P.run_planned(plan("free", "free", 0.5), backbone=R.shared_backbone(exits))  # finished: no load
     assert len(loads) == 1

@@ -58,7 +58,7 @@ def test_train_save_and_load(env, tmp_path, method, regime):
     old = os.environ.get("FREE_BENCH_CACHE")
     os.environ["FREE_BENCH_CACHE"] = env["FREE_BENCH_CACHE"]
     try:  # free_bench.load_exits(dir) finds the backbone the exits name
-        exits = free_bench.load_exits(out, pretrain_if_missing=False)
+        exits = free_bench.load_exits(out)
     finally:
         os.environ.pop("FREE_BENCH_CACHE") if old is None else os.environ.__setitem__("FREE_BENCH_CACHE", old)
     bb = exits.backbone
@@ -75,7 +75,7 @@ def test_train_save_and_load(env, tmp_path, method, regime):
         (["--method", "pabee", "--regime", "semi", "--patience", "0"], "patience"),
         (["--method", "distill", "--regime", "semi", "--temperature", "0"], "temperature"),
         (["--method", "free", "--regime", "semi", "--split", "unlabeled"], "labelled split"),
-        (["--method", "nope", "--regime", "semi"], "valid methods"),
+        (["--method", "nope", "--regime", "semi"], "invalid choice: 'nope'"),
         (["--method", "free", "--regime", "weak"], "regime"),
     ],
 )
@@ -90,10 +90,10 @@ def test_bad_input_fails_cleanly_and_writes_nothing(env, tmp_path, args, message
 
 def test_exits_on_another_backbone_are_refused(env, tmp_path):
     """Exits remember their backbone: loading them onto a different one names both."""
-    from free_bench.backbone.embedded import build_model
-    from free_bench.backbone.hf import backbone_from_model
-    from free_bench.errors import FreeBenchError
+    from free_bench.core.errors import FreeBenchError
     from free_bench.methods import load_exits
+    from free_bench.models.embedded import build_model
+    from free_bench.models.hf import backbone_from_model
 
     out = tmp_path / "deebert"
     res = _cli(

@@ -34,7 +34,7 @@ FIGURES = ["speedup_measured_vqa", "speedup_expected_vqa", "speedup_expected_cap
 
 
 def test_reproduce_smoke_writes_every_artefact_and_reuses_stages(tmp_path):
-    from free_bench.records import SWEEP, SWEEP_SAMPLES
+    from free_bench.core.records import SWEEP, SWEEP_SAMPLES
 
     first = _reproduce(tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -70,7 +70,7 @@ def test_reproduce_smoke_writes_every_artefact_and_reuses_stages(tmp_path):
     assert report.count("verdict **") >= 4 and "figures/speedup_measured_vqa.png" in report
     assert (out / "tables" / "speedup_best_measured.csv").exists()
     second = _reproduce(tmp_path)
-    assert second.returncode == 0 and second.stdout.count("reused") == len(STAGES)
+    assert second.returncode == 0 and second.stderr.count("reused") == len(STAGES)
 
 
 def test_reproduce_unknown_profile(tmp_path):
@@ -82,7 +82,7 @@ def test_reproduce_unknown_profile(tmp_path):
         env=env,
         cwd=tmp_path,
     )
-    assert res.returncode == 2 and "valid profiles" in res.stderr
+    assert res.returncode == 2 and "invalid choice: 'xl'" in res.stderr
     assert not (tmp_path / "results").exists()
 
 
@@ -121,12 +121,12 @@ def test_reproduce_with_several_exit_seeds_keeps_one_backbone(tmp_path):
 
 def test_exit_workers_fail_loudly_and_name_the_log(tmp_path, monkeypatch):
     """A chain that fails in a worker stops the stage with the worker's log tail, and no done marker."""
-    from free_bench.commands.reproduce_runs import run_chains
-    from free_bench.errors import FreeBenchError
+    from free_bench.core.errors import FreeBenchError
+    from free_bench.pipeline.runs import run_chains
 
     monkeypatch.setenv("FREE_BENCH_CACHE", str(tmp_path / "cache"))
     plans = [{"name": f"bad-{k}", "work": str(tmp_path / f"w{k}"), "weight": 1, "sweeps": [], "eval": [], "eval_outputs": [],
-              "train": ["train-exits", "--method", "nope", "--backbone", "embedded:smoke", "--regime", "semi", "--out", str(tmp_path)]}
+              "train": {"out": str(tmp_path / f"w{k}"), "method": "nope", "backbone": "embedded:smoke", "regime": "semi"}}
              for k in range(2)]  # fmt: skip
     with pytest.raises(FreeBenchError, match=r"(?s)exit worker \d failed .*worker-\d\.log.*nope"):
         run_chains(plans, 2, tmp_path / "workers")

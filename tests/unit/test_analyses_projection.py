@@ -73,7 +73,7 @@ def test_projection_points_keep_timed_batch1_vqa_with_depth() -> None:
 
 def test_costs_that_are_not_physical_are_left_out_with_a_reason() -> None:
     """A static exit that saved more than its layers (fixed cost < 0) or a negative exit check is
-    host-bound noise (session 12's eager engine on the H200): no projection may rest on it."""
+    host-bound noise (the eager engine on the H200 at commit 058e16a): no projection may rest on it."""
     from analyses.projection import physical_costs
 
     bench = {"benchmarks": [_bench("propagate", 19.5, 9.5, 0.4), _bench("deferred", 10.0, 6.0, -0.2),

@@ -7,13 +7,13 @@ import dataclasses
 import pytest
 import torch
 
-from free_bench.backbone import examples as E
-from free_bench.backbone import pretrain as P
-from free_bench.backbone.embedded import build_model, parse_spec
-from free_bench.backbone.tokenizer import build_processor, build_tokenizer
 from free_bench.config import get_profile
+from free_bench.core.errors import FreeBenchError
+from free_bench.data import examples as E
 from free_bench.data.scenes_dataset import load_scenes
-from free_bench.errors import FreeBenchError
+from free_bench.models.embedded import build_model, parse_spec
+from free_bench.models.tokenizer import build_processor, build_tokenizer
+from free_bench.training.pretrain import stages as P
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +166,9 @@ def test_stage2_frozen_lm_keeps_lm_weights(smoke_ds, tmp_path):
 @pytest.mark.parametrize("lm", ["opt", "t5"])
 def test_embedded_runner_equals_hf_generate(smoke_ds, lm):
     """The embedded models go through the same invariant as the tiny ones: runner tokens == generate()."""
-    from free_bench.backbone import from_hf
-    from free_bench.backbone.quality import pixel_values, prompt_batch
+    from free_bench.data.inputs import pixel_values, prompt_batch
     from free_bench.engine import generate
+    from free_bench.models import from_hf
 
     model = build_model("smoke", lm, seed=3)
     bb = from_hf(model)
@@ -188,7 +188,7 @@ def test_cell_labels_follow_the_scene(smoke_ds):
     """Stage 0's targets: each object's shape/colour/size in its own grid cell, every other cell empty."""
     import json
 
-    from free_bench.backbone.vision_stage import ATTRIBUTES, cell_labels
+    from free_bench.training.pretrain.vision import ATTRIBUTES, cell_labels
 
     split = smoke_ds["val"].select(range(6))
     pixels, index = E.images_tensor(split)
@@ -236,7 +236,7 @@ def test_stale_cached_backbone_is_an_error(tmp_path):
     """A cache folder pretrained by another recipe (say, an older generator) must not load silently."""
     import json
 
-    from free_bench.backbone.pretrain_run import check_current, recipe
+    from free_bench.models.embedded_cache import check_current, recipe
 
     (tmp_path / "manifest.json").write_text(json.dumps({"config": recipe("smoke", "opt")}))
     check_current(tmp_path, "smoke", "opt")  # same recipe: fine

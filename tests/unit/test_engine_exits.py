@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from free_bench.backbone import Backbone, from_hf
-from free_bench.backbone.runner import teacher_forced_hidden_states
-from free_bench.backbone.tiny import build_tiny_blip2, tiny_inputs
+from free_bench.core.errors import FreeBenchError
 from free_bench.engine import KV_POLICIES, generate
 from free_bench.engine.simulate import choose, exit_scores
-from free_bench.errors import FreeBenchError
 from free_bench.methods import ExitMethod, get_method
+from free_bench.models import Backbone, from_hf
+from free_bench.models.runner import teacher_forced_hidden_states
+from free_bench.models.tiny import build_tiny_blip2, tiny_inputs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 N_NEW = 8
@@ -221,7 +221,7 @@ def test_a_restricted_dense_placement_decodes_as_the_sparse_one(bb: Backbone) ->
 def test_simulated_costs_price_steps_as_the_engine_does(bb: Backbone, policy: str) -> None:
     """Where the simulation's choices are the engine's (batch 1, the first step), so are the costs."""
     from free_bench.engine.cost import cost_model
-    from free_bench.engine.sweep_eval import Recorded, step_costs
+    from free_bench.evaluation.sweep_eval import Recorded, step_costs
 
     inputs = {k: v[:1] for k, v in _inputs(bb, 1).items()}
     for name in _methods(bb):
@@ -243,7 +243,7 @@ def test_simulated_costs_price_steps_as_the_engine_does(bb: Backbone, policy: st
 
 def test_stacked_kv_equals_each_layers_projection(bb: Backbone) -> None:
     """Propagation's one-matmul K/V (norm scales folded into k/v weights) = each layer's own."""
-    from free_bench.backbone.runner_skip import StackedKV, kv_projection
+    from free_bench.engine.skip import StackedKV, kv_projection
 
     hidden = torch.randn(2, 3, bb.lm_config.hidden_size if bb.lm_type == "opt" else bb.lm_config.d_model)
     stacked = StackedKV(bb.lm_type, list(bb.layers))

@@ -12,13 +12,13 @@ import pytest
 import torch
 from test_engine_exits import _method  # same folder: exits nudged off their init, as the eager tests use
 
-from free_bench.backbone import Backbone, from_hf, runner
-from free_bench.backbone.tiny import build_tiny_blip2, tiny_inputs
+from free_bench.core.errors import FreeBenchError
 from free_bench.engine import generate
 from free_bench.engine.generate import special_tokens
-from free_bench.engine.graphs import GraphDecoder
-from free_bench.errors import FreeBenchError
+from free_bench.engine.graphs.decoder import GraphDecoder
 from free_bench.methods import ExitMethod
+from free_bench.models import Backbone, from_hf, runner
+from free_bench.models.tiny import build_tiny_blip2, tiny_inputs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 N_NEW = 8
@@ -227,7 +227,7 @@ def test_no_garbage_collection_inside_a_capture(monkeypatch) -> None:
     import contextlib
     import gc
 
-    from free_bench.engine import graphs_capture as G
+    from free_bench.engine.graphs import capture as G
 
     class Fake:
         def __init__(self, *a, **k) -> None: ...
@@ -296,7 +296,7 @@ def test_compiled_layers_decode_as_the_eager_engine_and_compile_once(bb: Backbon
     """`compile_layers`: the token step's layers run one compiled `runner_fused.fused_layer` for every
     layer, segment and decoder. Every method's tokens and exits equal the eager engine's, and dynamo
     traces one graph for all of them, where `compile_segments` traces every segment of every decoder."""
-    import free_bench.engine.graphs as G
+    import free_bench.engine.graphs.decoder as G
 
     traced: list[int] = []
 

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from free_bench.interrupt import deferred_stop
+from free_bench.core.interrupt import deferred_stop
 
 
 def test_sigterm_waits_for_the_block_then_exits_143():

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from free_bench.backbone.embedded import build_model
-from free_bench.backbone.hf import backbone_from_model
-from free_bench.backbone.tokenizer import build_processor
 from free_bench.config import get_profile
 from free_bench.data.scenes_dataset import load_scenes
-from free_bench.engine import sweep_eval as S
+from free_bench.evaluation import sweep_eval as S
 from free_bench.methods.registry import get_method
+from free_bench.models.embedded import build_model
+from free_bench.models.hf import backbone_from_model
+from free_bench.models.tokenizer import build_processor
 
 
 @pytest.mark.parametrize(

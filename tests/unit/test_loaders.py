@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from free_bench.core.errors import FreeBenchError
 from free_bench.data import schema
 from free_bench.data.loaders import load_coco_karpathy, load_vqav2
-from free_bench.errors import FreeBenchError
 
 
 def _write_image(path: Path, mode: str = "RGB", color: Any = (200, 30, 30)) -> Path:

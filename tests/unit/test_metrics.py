@@ -10,15 +10,15 @@ from pathlib import Path
 import pycocoevalcap.spice.spice as spice_mod
 import pytest
 
-from free_bench.errors import FreeBenchError
-from free_bench.metrics import (
+from free_bench.core.errors import FreeBenchError
+from free_bench.evaluation.metrics import (
     MetricUnavailable,
     caption_scores,
     normalize_answer,
     vqa_accuracy,
     vqa_accuracy_batch,
 )
-from free_bench.metrics import captions as captions_mod
+from free_bench.evaluation.metrics import captions as captions_mod
 
 HAS_JAVA = shutil.which("java") is not None
 needs_java = pytest.mark.skipif(not HAS_JAVA, reason="needs a Java runtime on PATH")
@@ -244,7 +244,7 @@ def test_skip_meteor_and_single_caption(scored: tuple[dict[str, float], list[str
 
 
 def test_grouped_caption_scores_equal_one_call_per_group() -> None:
-    from free_bench.metrics.captions import caption_scores_by_group
+    from free_bench.evaluation.metrics.captions import caption_scores_by_group
 
     refs = {"a": ["a red cube left of a ball", "a cube"], "b": ["two blue balls", "blue balls on the floor"],
             "c": ["a green cone", "one green cone"]}  # fmt: skip

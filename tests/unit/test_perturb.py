@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from free_bench.core.errors import FreeBenchError
 from free_bench.data import perturb as P
-from free_bench.errors import FreeBenchError
 
 IMAGE_NAMES = [n for n, p in P.PERTURBATIONS.items() if p.target == "image"]
 QUESTION_NAMES = [n for n, p in P.PERTURBATIONS.items() if p.target == "question"]

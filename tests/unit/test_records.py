@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from free_bench.errors import FreeBenchError
-from free_bench.records import SWEEP, Manifest, atomic_path, write_json, write_parquet
+from free_bench.core.errors import FreeBenchError
+from free_bench.core.records import SWEEP, Manifest, atomic_path, write_json, write_parquet
 
 
 def _row(**over):
@@ -84,7 +84,7 @@ def test_manifest_fields(tmp_path):
 
 
 def test_source_hash_names_the_code(tmp_path):
-    from free_bench.records import source_hash
+    from free_bench.core.records import source_hash
 
     (tmp_path / "free_bench" / "sub").mkdir(parents=True)
     (tmp_path / "analyses").mkdir()

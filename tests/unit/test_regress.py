@@ -209,3 +209,16 @@ def test_malformed_or_missing_baseline_exits_2(tmp_path: Path, capsys: pytest.Ca
 def test_negative_tolerance_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert _run(tmp_path, _baseline(), "--tolerance", "-0.1") == 2
     assert "--tolerance must be >= 0" in capsys.readouterr().err
+
+
+def test_judging_the_expected_speedup_reports_the_clock_without_gating_it(tmp_path, capsys):
+    """CI's mode on a shared machine: a halved measured speedup passes while the layer-count estimate
+    holds, and a drop of the estimate itself fails; the measured value is still in the table."""
+    noisy = _baseline()
+    noisy["benchmarks"][0]["extra_info"]["measured_speedup"] = 0.90
+    assert _run(tmp_path, noisy, "--speedup-key", "expected_speedup") == 0
+    assert "0.9" in capsys.readouterr().out
+    assert _run(tmp_path, noisy) == 1  # the default still judges the clock
+    fewer = _baseline()
+    fewer["benchmarks"][0]["extra_info"]["expected_speedup"] = 1.50
+    assert _run(tmp_path, fewer, "--speedup-key", "expected_speedup") == 1

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from free_bench.commands.reproduce import Context
-from free_bench.commands.reproduce_stages import chain_plan, live_grid, run_names
+from free_bench.pipeline.context import Context
+from free_bench.pipeline.stages import chain_plan, live_grid, run_names
 
 
 def test_gpu_chains_heaviest_first_and_captions_on_test_only(tmp_path: Path) -> None:
@@ -19,8 +19,7 @@ def test_gpu_chains_heaviest_first_and_captions_on_test_only(tmp_path: Path) -> 
     assert order.index("distill-semi-s0") < order.index("free-semi-s1")  # its first seed outweighs FREE's
     assert set(order[-4:]) == {"deebert-semi-s1", "deebert-semi-s2", "pabee-semi-s1", "pabee-semi-s2"}
     for p in plans:
-        evals = [argv[argv.index("--split") + 1 : argv.index("--tasks")] + argv[argv.index("--tasks") + 1 :][:1]
-                 for argv in p["eval"]]  # fmt: skip
+        evals = [[*job["splits"], *job["tasks"]] for job in p["eval"]]
         outputs = {Path(f).name for f in p["eval_outputs"]}
         assert evals[0] == ["val", "test", "vqa"]
         assert {"per_exit_val.parquet", "per_exit_test.parquet"} <= outputs

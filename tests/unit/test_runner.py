@@ -8,12 +8,12 @@ import pytest
 import torch
 from transformers import Blip2Config, Blip2ForConditionalGeneration, LlamaConfig
 
-from free_bench.backbone import Backbone, from_hf
-from free_bench.backbone import runner as R
-from free_bench.backbone.tiny import build_tiny_blip2, tiny_blip2_config, tiny_inputs
+from free_bench.core.errors import FreeBenchError
 from free_bench.engine import generate
 from free_bench.engine.cost import cost_model
-from free_bench.errors import FreeBenchError
+from free_bench.models import Backbone, from_hf
+from free_bench.models import runner as R
+from free_bench.models.tiny import build_tiny_blip2, tiny_blip2_config, tiny_inputs
 
 N_NEW = 12
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from free_bench.backbone import from_hf
-from free_bench.backbone.runner_fused import FusedOPT
-from free_bench.backbone.runner_static import StaticKV, StaticMasks
-from free_bench.backbone.tiny import build_tiny_blip2
-from free_bench.errors import FreeBenchError
+from free_bench.core.errors import FreeBenchError
+from free_bench.engine.graphs.fused import FusedOPT
+from free_bench.engine.graphs.static import StaticKV, StaticMasks
+from free_bench.models import from_hf
+from free_bench.models.tiny import build_tiny_blip2
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

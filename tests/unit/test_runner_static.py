@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from free_bench.backbone.runner_static import StaticKV
+from free_bench.engine.graphs.static import StaticKV
 
 
 def test_separate_buffers_hold_what_the_stack_holds() -> None:

@@ -123,7 +123,7 @@ def test_answer_lists_contain_harmless_variants(smoke):
 
 
 def test_official_normalisation_accepts_every_variant(smoke):
-    from free_bench.metrics import vqa_accuracy
+    from free_bench.evaluation.metrics import vqa_accuracy
 
     for r in smoke["test"]:
         assert vqa_accuracy(r["answer"], r["answers"]) == 1.0, r["answers"]
@@ -163,7 +163,7 @@ def test_hash_follows_the_content(tmp_path):
 
 
 def test_unknown_profile_lists_valid():
-    from free_bench.errors import FreeBenchError
+    from free_bench.core.errors import FreeBenchError
 
     with pytest.raises(FreeBenchError, match="valid profiles: cpu, gpu, smoke"):
         build_scenes("tiny")

@@ -10,7 +10,7 @@ from PIL import Image
 
 from free_bench.data import perturb as P
 from free_bench.data.schema import features
-from free_bench.engine.sweep import SweepSpec, _rows
+from free_bench.evaluation.sweep import SweepSpec, _rows
 
 
 def _split(n: int) -> datasets.Dataset:

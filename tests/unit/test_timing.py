@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
+from free_bench.core.errors import FreeBenchError
 from free_bench.engine.timing import Timing, time_region
-from free_bench.errors import FreeBenchError
 
 
 def test_cpu_timing_counts_and_stats() -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from free_bench.backbone.embedded import build_model
-from free_bench.backbone.hf import backbone_from_model
-from free_bench.backbone.tokenizer import build_processor
 from free_bench.config import get_profile
+from free_bench.core.errors import FreeBenchError
 from free_bench.data.scenes_dataset import load_scenes
-from free_bench.errors import FreeBenchError
 from free_bench.methods.registry import get_method
+from free_bench.models.embedded import build_model
+from free_bench.models.hf import backbone_from_model
+from free_bench.models.tokenizer import build_processor
 from free_bench.training import ExitTrainConfig, GanCollapse, teacher_forced_batches, train_exits
 from free_bench.training import loop as loop_mod
 
@@ -176,8 +176,8 @@ def test_untrainable_method_is_an_error(smoke_backbone, semi_batches, tmp_path):
 
 def test_per_exit_eval_of_static_exits_is_the_logit_lens(smoke_backbone, smoke_ds):
     """Static exits are the raw logit lens: the per-exit table must reproduce backbone.quality's lens."""
-    from free_bench.backbone.quality import logit_lens
-    from free_bench.training.evaluate import accuracy_table, per_exit_vqa
+    from free_bench.evaluation.per_exit import accuracy_table, per_exit_vqa
+    from free_bench.evaluation.quality import logit_lens
 
     split = smoke_ds["val"]
     method = get_method("static")(smoke_backbone, (1, 2, 3, 4))
@@ -192,8 +192,8 @@ def test_per_exit_eval_of_static_exits_is_the_logit_lens(smoke_backbone, smoke_d
 
 
 def test_per_exit_captions_final_layer_is_the_full_models_caption(smoke_backbone, smoke_ds):
-    from free_bench.backbone.quality import caption_predictions
-    from free_bench.training.evaluate import caption_score_table, per_exit_captions
+    from free_bench.evaluation.per_exit import caption_score_table, per_exit_captions
+    from free_bench.evaluation.quality import caption_predictions
 
     method = get_method("deebert")(smoke_backbone, (2, 4))
     df = per_exit_captions(method, smoke_ds["val"], max_images=6, batch_size=4, progress=False)
@@ -213,8 +213,8 @@ def smoke_t5_backbone():
 def test_t5_light_heads_train_and_evaluate(smoke_t5_backbone, smoke_ds, tmp_path):
     """On a T5 backbone the exits sit on decoder layers: batches, training and both evaluations run,
     static exits reproduce the logit lens, and the final layer reproduces the full model's caption."""
-    from free_bench.backbone.quality import caption_predictions, logit_lens
-    from free_bench.training.evaluate import accuracy_table, per_exit_captions, per_exit_vqa
+    from free_bench.evaluation.per_exit import accuracy_table, per_exit_captions, per_exit_vqa
+    from free_bench.evaluation.quality import caption_predictions, logit_lens
 
     bb = smoke_t5_backbone
     batches = teacher_forced_batches(bb, smoke_ds["exit_train"], "semi", 8, max_rows=16, progress=False)

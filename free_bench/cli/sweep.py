@@ -1,0 +1,78 @@
+"""`free-bench sweep`: quality and speedup of one exit method over thresholds, point by point."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from free_bench.cli.registry import add_device, add_overwrite, at_least, command
+
+
+def perturbation(text: str) -> str:
+    """NAME:SEVERITY with a known perturbation and a severity in 1..5, checked at parse time."""
+    from free_bench.config import PERTURBATIONS, SEVERITIES
+
+    name, _, severity = text.partition(":")
+    if name not in PERTURBATIONS:
+        raise argparse.ArgumentTypeError(f"unknown perturbation {name!r}; valid: {', '.join(PERTURBATIONS)}")
+    if severity not in {str(s) for s in SEVERITIES}:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: severity must be one of {', '.join(map(str, SEVERITIES))} (NAME:SEVERITY)"
+        )
+    return text
+
+
+def _add_args(p: argparse.ArgumentParser) -> None:
+    from free_bench.config import ENGINES, KV_POLICIES, MODES, SWEEP_METHODS, SWEEP_SPLITS, TASKS
+
+    p.add_argument("--method", required=True, choices=SWEEP_METHODS, help="the exit method")
+    p.add_argument(
+        "--exits", type=Path, required=True, help="trained exits (train-exits --out); names the backbone"
+    )
+    p.add_argument("--split", required=True, choices=SWEEP_SPLITS, help="the split to decode")
+    p.add_argument("--mode", required=True, choices=MODES,
+                   help="simulated (one teacher-forced pass) or live (timed decoding)")  # fmt: skip
+    p.add_argument("--thresholds", type=float, nargs="+", required=True, help="the rule's parameters")
+    p.add_argument("--kv-policy", default="propagate", choices=KV_POLICIES, help="(default propagate)")
+    p.add_argument("--batch-size", type=at_least(1), default=1, help="rows decoded together (default 1)")
+    p.add_argument("--perturb", default=None, type=perturbation, help="NAME:SEVERITY, e.g. gaussian_noise:3")
+    p.add_argument("--tasks", nargs="+", default=["vqa"], choices=TASKS, help="vqa and/or caption (default vqa)")
+    p.add_argument("--max-rows", type=at_least(1), default=None, help="first N rows (captions: images)")
+    p.add_argument("--warmup", type=at_least(0), default=3, help="live: untimed batches first (default 3)")
+    p.add_argument("--repeats", type=at_least(1), default=1, help="live: timed repeats per batch, median kept")
+    p.add_argument("--engine", default="eager", choices=ENGINES,
+                   help="live: eager (Python layer loop) or graphs (CUDA graphs per segment; batch 1, OPT, CUDA)")  # fmt: skip
+    p.add_argument("--no-compact", action="store_true", help="live: exited rows ride along (no compaction)")
+    p.add_argument(
+        "--exits-at", default=None, help="consult only these trained exits, e.g. 4,8,12 (default all)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder for points/ and sweep.parquet")
+    add_device(p)
+    add_overwrite(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from free_bench.evaluation.sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec(
+        method=args.method, exits=str(args.exits), split=args.split, mode=args.mode,
+        thresholds=tuple(args.thresholds), kv_policy=args.kv_policy, batch_size=args.batch_size,
+        perturb=args.perturb, tasks=tuple(args.tasks), max_rows=args.max_rows, warmup=args.warmup,
+        repeats=args.repeats, exits_at=args.exits_at, compact=not args.no_compact, engine=args.engine,
+    )  # fmt: skip
+    df = run_sweep(spec, args.out, device=args.device, overwrite=args.overwrite)
+    cols = ["method", "threshold", "task", "metric", "value", "expected_speedup", "measured_speedup",
+            "mean_exit_layer", "latency_ms_median"]  # fmt: skip
+    print(df[cols].sort_values(["task", "method", "threshold"]).round(4).to_string(index=False))
+    print(f"wrote {args.out / 'sweep.parquet'}")
+    return 0
+
+
+command(
+    "sweep",
+    "Sweep an exit rule's threshold: quality, expected and measured speedup per point (resumable).",
+    "free-bench sweep --method free --exits runs/free-semi --split val --mode live "
+    "--thresholds 0.5 0.7 0.9 --out runs/free-semi/sweep",
+    _add_args,
+    run,
+)

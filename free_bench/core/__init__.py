@@ -1,0 +1,1 @@
+"""Errors, atomic records and manifests, run safety (provenance, locks), interruption: the base layer."""

@@ -1,0 +1,1 @@
+"""Evaluation: backbone quality, per-exit tables, threshold sweeps (simulated and live), metrics, regressions."""

@@ -1,0 +1,269 @@
+"""The stages of `free-bench reproduce` after the backbone: exits -> sweeps -> robustness -> report.
+
+Work folders (weights, sweep points) live in the cache (`Context.cache`), so a killed stage resumes:
+`train-exits` from its checkpoint, a sweep from its finished points. Only tables and manifests are
+copied into `results/<profile>/`. The profile's `ReproduceConfig` says what runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from free_bench.config import ReproduceConfig, get_profile
+from free_bench.core.errors import FreeBenchError
+from free_bench.core.records import SWEEP, SWEEP_SAMPLES, write_json, write_parquet
+from free_bench.pipeline.context import Context
+from free_bench.pipeline.plans import copy_file, run_planned, sweep_plan, thresholds_for
+
+if TYPE_CHECKING:
+    from free_bench.models.base import Backbone
+
+
+log = logging.getLogger(__name__)
+
+def _cfg(ctx: Context) -> ReproduceConfig:
+    return get_profile(ctx.profile).reproduce
+
+
+def run_names(ctx: Context) -> list[tuple[str, str, str, int]]:
+    """(name, method, regime, seed) of every exit training; the seed suffix only where seeds vary."""
+    cfg = _cfg(ctx)
+    many = len(cfg.seeds) > 1
+    out = []
+    for seed in cfg.seeds:
+        for run in cfg.runs:
+            method, regime = run.split(":")
+            out.append((f"{method}-{regime}" + (f"-s{seed}" if many else ""), method, regime, seed))
+    return out
+
+
+def chain_plan(ctx: Context, name: str, method: str, regime: str, seed: int) -> dict:
+    """One run's chain as plain data (a worker process runs it without the profile in memory):
+    train-exits -> eval-exits (VQA on val and test; captions on test) -> its simulated sweeps (val
+    for the first seed only: val sets the operating points; FREE's caption sweep too)."""
+    cfg, profile = _cfg(ctx), get_profile(ctx.profile)
+    work = ctx.cache / "exits" / name
+    first = seed == cfg.seeds[0]
+    steps = cfg.exit_steps or profile.exits.steps
+    train = {"out": str(work), "method": method, "backbone": f"embedded:{ctx.profile}", "regime": regime,
+             "exits": profile.exits.dense, "seed": seed, "backbone_seed": ctx.seed, "steps": steps}
+    # per-exit VQA on val and test; per-exit captions (the CIDEr table, first seed) on test only: the
+    # report reads no val captions, and each split's captions cost a full-model caption decode per batch
+    evaluate = [{"exits": str(work), "out": str(work / "eval"), "splits": ["val", "test"], "tasks": ["vqa"]}]
+    if first:
+        evaluate.append({"exits": str(work), "out": str(work / "eval"), "splits": ["test"], "tasks": ["caption"]})
+    grid = thresholds_for(_rule(method), _sparse(ctx), cfg.grid)
+    sweeps = [sweep_plan(ctx, f"sim-{name}-{split}", method, work, split, "simulated", grid, seed=seed)
+              for split in (("val", "test") if first else ("test",))]  # fmt: skip
+    if method == "free" and first:  # captions: a coarser grid, each point a CIDEr run
+        cap = thresholds_for(_rule(method), _sparse(ctx), cfg.caption_grid)
+        sweeps.append(sweep_plan(ctx, f"sim-{name}-test-caption", method, work, "test", "simulated", cap,
+                                 seed=seed, tasks=["caption"], max_rows=cfg.caption_rows))  # fmt: skip
+    outputs = ["per_exit_val.parquet", "per_exit_test.parquet"] + (
+        ["per_exit_captions_test.parquet", "per_exit_caption_scores_test.parquet"] if first else []
+    )
+    weight = CHAIN_SECONDS.get(method, CHAIN_SECONDS["other"]) + (CHAIN_SECONDS["first_seed"] if first else 0)
+    return {"name": name, "work": str(work), "weight": weight,
+            "train": train, "eval": evaluate,
+            "eval_outputs": [str(work / "eval" / f) for f in outputs], "sweeps": sweeps}  # fmt: skip
+
+
+def fitting_workers(cfg: ReproduceConfig) -> int:
+    """`exit_workers`, fewer where the GPU's free memory holds fewer chains of `exit_worker_gib` each."""
+    import torch
+
+    if cfg.exit_workers <= 1 or not torch.cuda.is_available():
+        return cfg.exit_workers
+    free_gib = torch.cuda.mem_get_info()[0] / 2**30
+    fit = max(1, int(free_gib // cfg.exit_worker_gib))
+    if fit < cfg.exit_workers:
+        log.warning("[exits] %d exit workers instead of %d: %.0f GiB free on the GPU", fit, cfg.exit_workers, free_gib)
+    return min(cfg.exit_workers, fit)
+
+
+# a chain's rough cost, so that workers take the heaviest first: seconds of a gpu-profile chain with six
+# workers (the worker logs at commit 014a2ee: FREE ~90 s, distill ~55, PABEE/DeeBERT ~25; the first seed's val
+# sweeps, caption sweep and per-exit captions add ~30-70 s)
+CHAIN_SECONDS = {"free": 90, "distill": 55, "other": 25, "first_seed": 40}
+
+
+def exits_stage(ctx: Context) -> dict:
+    """Train every method x regime x seed on the dense placement, evaluate each exit on val and test,
+    and run its simulated sweeps; `exit_workers` chains at a time (see `pipeline.runs`)."""
+    from free_bench.pipeline.runs import run_chains
+
+    workers = fitting_workers(_cfg(ctx))
+    run_chains([chain_plan(ctx, *r) for r in run_names(ctx)], workers, ctx.cache / "exits" / "_workers")
+    trained = {}
+    for name, *_ in run_names(ctx):
+        work = ctx.cache / "exits" / name
+        dst = ctx.results / "exits" / name
+        for f in [work / "manifest.json", work / "config.json", *sorted((work / "eval").glob("*.parquet"))]:
+            copy_file(f, dst / f.name)
+        trained[name] = round(json.loads((work / "manifest.json").read_text())["train_seconds"], 1)
+    # with several workers these seconds are wall time shared with the other trainings on the device
+    return {"train_seconds": trained, "exit_workers": workers}
+
+
+def _sweep(ctx: Context, name: str, method: str, exits: Path, split: str, mode: str, thresholds,
+           seed: int = 0, loaded=None, backbone: Callable[[], Backbone] | None = None,
+           **opts) -> pd.DataFrame:  # fmt: skip
+    """One sweep in the cache, resumed if it exists; its tables copied to results/<profile>/sweeps/."""
+    plan = sweep_plan(ctx, name, method, exits, split, mode, thresholds, seed, **opts)
+    return run_planned(plan, loaded, backbone)
+
+
+def _rule(method: str) -> str:
+    from free_bench.methods import get_method
+
+    return get_method(method).rule
+
+
+def _sparse(ctx: Context) -> list[int]:
+    from free_bench.methods import parse_placement
+
+    profile = get_profile(ctx.profile)
+    return parse_placement(profile.exits.sparse, profile.backbone.lm_layers)
+
+
+def operating_points(ctx: Context, cfg: ReproduceConfig) -> dict[str, tuple[float, list[float]]]:
+    """Per seed-0 run (and static): the val operating point (the cheapest threshold within max_drop of
+    the full model, `analyses.robustness.calibrate`) and its grid neighbours for live decoding."""
+    from analyses.robustness import calibrate
+
+    out = {}
+    live = [
+        n
+        for n, m, r, s in run_names(ctx)
+        if s == cfg.seeds[0] and (cfg.live_runs is None or f"{m}:{r}" in cfg.live_runs)
+    ]
+    for name in live + ["static"]:
+        sim = pd.read_parquet(ctx.cache / "sweeps" / f"sim-{name}-val" / "sweep.parquet")
+        sim = sim[(sim["task"] == "vqa") & (sim["metric"] == "vqa_accuracy")]
+        op = calibrate(sim, cfg.max_drop, x="expected_speedup")
+        t = float(op["threshold"].iloc[0])
+        points = sim[sim["method"] != "full"].groupby("threshold")["expected_speedup"].mean()
+        out[name] = (t, live_grid(points, t, cfg.live_points))
+    return out
+
+
+def live_grid(speedups: pd.Series, t: float, n: int) -> list[float]:
+    """n thresholds of the simulated grid (`speedups`: val expected speedup by threshold) around the
+    operating point t, every second grid point on grids of over 20: t first, then its neighbours
+    nearest first, and of two equally near the stricter (the lower expected speedup). The operating
+    point is the cheapest within max_drop on val, so its cheaper neighbour usually is not, and with
+    n = 2 the stricter one is the point that keeps a margin when test falls short of val."""
+    grid = sorted(speedups.index)
+    i = min(range(len(grid)), key=lambda j: abs(grid[j] - t))
+    step = max(1, (n - 1) // 2) * (2 if len(grid) > 20 else 1)
+    picks = {grid[j] for j in range(i - step * n, i + step * n + 1, step) if 0 <= j < len(grid)}
+    return sorted(sorted(picks, key=lambda g: (abs(g - t), speedups[g]))[:n])
+
+
+def shared_backbone(exits: Path) -> Callable[[], Backbone]:
+    """The backbone `exits` were trained on, loaded on the first call and kept: a stage's sweeps then
+    share it, so the full model's captured decoders and the shapes warmed before timing (which live on
+    the backbone) carry over from one method's sweep to the next instead of each loading its own."""
+    from free_bench.methods import load_exits
+
+    return functools.cache(lambda: load_exits(exits).backbone)
+
+
+def sweeps_stage(ctx: Context) -> dict:
+    """Simulated sweeps (val and test) of every run and static exits; live sweeps on test at the val
+    operating point and its neighbours (batch 1); FREE also batched (compacted or not) and deferred."""
+    cfg = _cfg(ctx)
+    layers = _sparse(ctx)
+    runs = [(n, m, ctx.cache / "exits" / n, s) for n, m, _, s in run_names(ctx)]
+    first = next(r for r in runs if r[1] == "free" and r[3] == cfg.seeds[0])
+    for plan in [chain_plan(ctx, *r) for r in run_names(ctx)]:  # finished in the exits stage: reused
+        for sweep in plan["sweeps"]:
+            run_planned(sweep)
+    bb = shared_backbone(first[2])  # every sweep below on one backbone: decoders captured, shapes warmed once
+    grid = thresholds_for("static", layers, cfg.grid)
+    for split in ("val", "test"):
+        _sweep(ctx, f"sim-static-{split}", "static", first[2], split, "simulated", grid, seed=cfg.seeds[0],
+               backbone=bb)  # fmt: skip
+    ops = operating_points(ctx, cfg)
+    exits_of = {n: e for n, _, e, s in runs if s == cfg.seeds[0]} | {"static": first[2]}
+    import torch
+
+    engines = [e for e in cfg.live_engines if e == "eager" or torch.cuda.is_available()]
+    for engine in engines:  # the graphs engine captures CUDA graphs: on CUDA only (skipped: recorded)
+        for name, (_, live) in ops.items():
+            method, tag = name.split("-")[0], "" if engine == "eager" else f"-{engine}"
+            _sweep(ctx, f"live-{name}-b1{tag}", method, exits_of[name], "test", "live", live,
+                   max_rows=cfg.live_rows, engine=engine, backbone=bb)  # fmt: skip
+    free_op = ops[first[0]][0]
+    _sweep(ctx, f"live-{first[0]}-b1-deferred", "free", first[2], "test", "live", [free_op],
+           kv_policy="deferred", max_rows=cfg.live_rows, backbone=bb)  # fmt: skip
+    for b in cfg.batch_sizes:
+        rows = max(cfg.live_rows, 4 * b)
+        for compact in (True, False):
+            tag = "compact" if compact else "no-compact"
+            _sweep(ctx, f"live-{first[0]}-b{b}-{tag}", "free", first[2], "test", "live", [free_op],
+                   batch_size=b, compact=compact, max_rows=rows, backbone=bb)  # fmt: skip
+    return {"operating_points": {n: {"threshold": t, "live": live} for n, (t, live) in ops.items()},
+            "live_engines": engines,
+            "engines_skipped": {e: "needs CUDA" for e in cfg.live_engines if e not in engines}}  # fmt: skip
+
+
+def robustness_stage(ctx: Context) -> dict:
+    """Every perturbation x severity (and test_novel, and clean test), decoded live at each method's val
+    operating point, gathered into results/<profile>/sweeps/robustness/."""
+    from free_bench.data.perturb import PERTURBATIONS
+    from free_bench.evaluation.sweep import SweepSpec, load_method
+
+    cfg = _cfg(ctx)
+    profile = get_profile(ctx.profile)
+    ops = json.loads((ctx.cache / "sweeps.done.json").read_text())["operating_points"]
+    names = sorted(cfg.perturbations or PERTURBATIONS)
+    inputs = [("test", None), ("test_novel", None)] + [
+        ("test", f"{p}:{s}") for p in names for s in cfg.severities
+    ]
+    opts = {"max_rows": cfg.robustness_rows, "batch_size": cfg.robustness_batch_size,
+            "compact": cfg.robustness_compact}  # fmt: skip
+    frames, samples, wall = [], [], {}  # wall: seconds summed over the grid's sweeps, by part
+    runs = [
+        (n, m) for n, m, r, s in run_names(ctx) if s == cfg.seeds[0] and f"{m}:{r}" in cfg.robustness_runs
+    ]
+    unplaced = [n for n, _ in runs if n not in ops]
+    if unplaced:
+        raise FreeBenchError(f"robustness runs {unplaced} have no operating point: add them to live_runs")
+    bb = shared_backbone(ctx.cache / "exits" / runs[0][0]) if runs else None  # one for every method
+    for name, method in runs:
+        exits = ctx.cache / "exits" / name
+        t = ops[name]["threshold"]
+        spec = SweepSpec(method=method, exits=str(exits), split="test", mode="live", thresholds=(t,),
+                         exits_at=profile.exits.sparse)  # fmt: skip
+        loaded = load_method(spec, None, bb())
+        for split, perturb in inputs:
+            tag = f"rob/{name}/{split}-{(perturb or 'none').replace(':', '-')}"
+            frames.append(
+                _sweep(ctx, tag, method, exits, split, "live", [t], loaded=loaded, perturb=perturb, **opts)
+            )
+            samples.append(pd.read_parquet(ctx.cache / "sweeps" / tag / "samples.parquet"))
+            parts = json.loads((ctx.cache / "sweeps" / tag / "manifest.json").read_text()).get("wall_s", {})
+            for k, v in parts.items():
+                wall[k] = wall.get(k, 0.0) + v
+    dst = ctx.results / "sweeps" / "robustness"
+    write_parquet(pd.concat(frames, ignore_index=True), dst / "sweep.parquet", SWEEP)
+    write_parquet(pd.concat(samples, ignore_index=True), dst / "samples.parquet", SWEEP_SAMPLES)
+    write_json({"sweep": "robustness", "seed": cfg.seeds[0], "operating_points": ops, "inputs": len(inputs),
+                "rows": cfg.robustness_rows, "batch_size": cfg.robustness_batch_size,
+                "wall_s": {k: round(v, 1) for k, v in wall.items()}}, dst / "manifest.json")  # fmt: skip
+    return {"methods": [n for n, _ in runs], "inputs": len(inputs)}
+
+
+def report_stage(ctx: Context) -> dict:
+    """Tables, figures and REPORT.md from results/<profile>/ alone (analyses never import torch)."""
+    from analyses.report import build_report
+
+    return {"report": str(build_report(ctx.results))}

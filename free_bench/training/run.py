@@ -1,0 +1,205 @@
+"""One exit training as a run folder: `train_exit_run` is what `free-bench train-exits` and
+`reproduce` call.
+
+The folder `out` is complete or absent: weights, config.json and manifest.json are written into a temp
+folder beside it and renamed in one step, so a killed run leaves only its resume state (`out.state`),
+never a folder that looks finished. Both the finished folder and the resume state record the run's
+provenance; a rerun reuses or resumes only when all of it matches (else `--overwrite`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from free_bench.config import TASKS, Profile, get_profile
+from free_bench.core.errors import FreeBenchError, check_choice
+from free_bench.core.records import Manifest, read_json, write_json
+from free_bench.core.runs import check_same, check_writable, remove_run, writer_lock
+
+log = logging.getLogger(__name__)
+
+REGIME_SPLIT = {"semi": "exit_train", "unsupervised": "unlabeled"}
+
+PROVENANCE = "provenance.json"  # in the resume state: what the checkpoint was made with
+
+
+def state_path(out: Path) -> Path:
+    return Path(out).with_name(Path(out).name + ".state")
+
+
+def check_request(method: str, regime: str, backbone: str, profile: str | None, steps: int | None,
+                  tasks: tuple[str, ...]) -> Profile:  # fmt: skip
+    """Every setting checked before anything is loaded or written; returns the data's profile."""
+    from free_bench.methods.registry import available
+
+    check_choice("method", method, available())
+    check_choice("regime", regime, list(REGIME_SPLIT))
+    for task in tasks:
+        check_choice("task", task, TASKS)
+    if steps is not None and steps < 1:
+        raise FreeBenchError(f"--steps must be >= 1, got {steps}")
+    if profile is None and not backbone.startswith("embedded:"):
+        raise FreeBenchError("--profile is needed to pick the scenes data for a non-embedded backbone")
+    from free_bench.models.embedded import parse_spec
+
+    return get_profile(profile or parse_spec(backbone)[0])
+
+
+def train_exit_run(
+    out: Path,
+    *,
+    method: str,
+    backbone: str,
+    regime: str,
+    exits: str | None = None,
+    profile: str | None = None,
+    split: str | None = None,
+    tasks: tuple[str, ...] = TASKS,
+    steps: int | None = None,
+    options: dict[str, Any] | None = None,
+    seed: int = 0,
+    backbone_seed: int = 0,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train `method`'s exits on the frozen `backbone` into `out` (resumable); returns the manifest.
+
+    A finished run with the same provenance is returned as it is; one with other provenance is an
+    error naming the differing fields unless `overwrite`. Under torchrun each rank trains on its shard
+    and the main rank writes."""
+    from free_bench.training.distributed import init_from_env, shutdown
+
+    out = Path(out)
+    tasks = tuple(tasks)
+    prof = check_request(method, regime, backbone, profile, steps, tasks)
+    check_writable(out)
+    dist, device = init_from_env(device)  # under torchrun: one rank per process, data sharded
+    try:
+        if dist.main:
+            with writer_lock(out):
+                return _train(out, prof, dist, device, method=method, backbone=backbone, regime=regime,
+                              exits=exits, split=split, tasks=tasks, steps=steps, options=options or {},
+                              seed=seed, backbone_seed=backbone_seed, overwrite=overwrite)  # fmt: skip
+        return _train(out, prof, dist, device, method=method, backbone=backbone, regime=regime, exits=exits,
+                      split=split, tasks=tasks, steps=steps, options=options or {}, seed=seed,
+                      backbone_seed=backbone_seed, overwrite=overwrite)  # fmt: skip
+    finally:
+        shutdown(dist)  # every rank leaves the process group: exiting inside it aborts gloo's threads
+
+
+def _train(out: Path, prof: Profile, dist, device: str | None, *, method: str, backbone: str, regime: str,
+           exits: str | None, split: str | None, tasks: tuple[str, ...], steps: int | None,
+           options: dict[str, Any], seed: int, backbone_seed: int, overwrite: bool) -> dict[str, Any]:  # fmt: skip
+    import torch
+
+    from free_bench.data.scenes_dataset import load_scenes, scenes_hash
+    from free_bench.methods import parse_placement
+    from free_bench.methods.registry import build_method
+    from free_bench.methods.storage import backbone_identity
+    from free_bench.models import load_backbone
+    from free_bench.training import teacher_forced_batches, train_exits
+    from free_bench.training.distributed import barrier
+
+    cfg = prof.exits if steps is None else replace(prof.exits, steps=steps)
+    torch.manual_seed(seed)  # the same exit initialisation on every rank
+    bb = load_backbone(backbone, device=device, seed=backbone_seed)
+    layers = parse_placement(exits or cfg.dense, bb.num_layers)
+    exit_method = build_method(method, bb, layers, **options)  # validates the options
+    split_name = split or REGIME_SPLIT[regime]
+    ds = load_scenes(prof.name, prof.seed)
+    if split_name not in ds:
+        raise FreeBenchError(f"unknown split {split_name!r}; valid: {', '.join(ds)}")
+    provenance = {
+        "config": {"method": method, "regime": regime, "backbone": backbone_identity(bb), "layers": list(layers),
+                   "options": exit_method.options, "split": split_name, "processes": dist.world,
+                   "tasks": list(tasks), "train": asdict(cfg)},
+        "seeds": [seed],
+        "dataset_hash": scenes_hash(prof.name, prof.seed),
+    }  # fmt: skip
+    done = out / "manifest.json"
+    if done.is_file():
+        recorded = read_json(done)
+        if not overwrite:
+            check_same("trained exits", out, {k: recorded.get(k) for k in provenance}, provenance)
+            log.info("exits already trained in %s with these settings: reused", out)
+            return recorded
+        if dist.main:
+            remove_run(out, "manifest.json")
+    elif out.exists() and any(out.iterdir()):
+        raise FreeBenchError(f"{out} exists and holds no finished train-exits run; choose another --out")
+    state = state_path(out)
+    resume = _check_state(state, provenance, overwrite)
+    manifest = Manifest("train-exits", provenance["config"], seeds=[seed], dataset_hash=provenance["dataset_hash"])
+    train_log: dict = {"step": [], "seconds": 0.0}
+    t0 = time.perf_counter()
+    if exit_method.trainable:
+        batches = teacher_forced_batches(
+            bb, ds[split_name], regime, cfg.batch_size, cfg.max_rows, tasks, dist=dist
+        )
+        if dist.main:  # the batches checked the split: only now is anything written
+            _open_state(state, provenance, resume, overwrite)
+        train_log = train_exits(exit_method, batches, cfg, regime, state, seed=seed, dist=dist)
+    if not dist.main:
+        barrier(dist)
+        return provenance
+    manifest.update(
+        loss_log=train_log["step"],
+        train_seconds=train_log["seconds"],
+        wall_seconds=time.perf_counter() - t0,  # this process's: from its resume, if it resumed
+        resumed_at_steps=train_log.get("resumed_at", []),
+        events=train_log.get("events", []),
+    )
+    _publish(exit_method, manifest, out)
+    shutil.rmtree(state, ignore_errors=True)
+    barrier(dist)
+    last = train_log["step"][-1] if train_log["step"] else {}
+    log.info("%s (%s) at layers %s: %.1f s of training, last step %s; wrote %s", method, regime,
+             list(layers), train_log["seconds"], last, out)  # fmt: skip
+    return manifest.data
+
+
+def _check_state(state: Path, provenance: dict, overwrite: bool) -> bool:
+    """True when a leftover resume state was made with these settings (resume it); an error when it
+    was made with others, unless `overwrite` (then it is replaced once training starts)."""
+    record = state / PROVENANCE
+    if not state.exists() or overwrite:
+        return False
+    if not record.is_file():
+        raise FreeBenchError(
+            f"{state} holds a resume state that records no settings; pass --overwrite to start afresh"
+        )
+    check_same("a resumable exit training", state, read_json(record), provenance)
+    log.info("resuming the exit training in %s", state)
+    return True
+
+
+def _open_state(state: Path, provenance: dict, resume: bool, overwrite: bool) -> None:
+    """The resume state's folder with its settings recorded (an old one removed under --overwrite)."""
+    if resume:
+        return
+    if state.exists() and overwrite:
+        remove_run(state, PROVENANCE if (state / PROVENANCE).is_file() else "exit_train_state.pt")
+    state.mkdir(parents=True, exist_ok=True)
+    write_json(provenance, state / PROVENANCE)
+
+
+def _publish(exit_method, manifest: Manifest, out: Path) -> None:
+    """Weights, config.json and manifest.json into a temp folder, then renamed onto `out` at once."""
+    from free_bench.methods import save_method
+
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_method(exit_method, tmp)
+        manifest.write(tmp / "manifest.json")
+        if out.exists():  # an empty folder the user made for the run
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
