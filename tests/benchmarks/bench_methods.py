@@ -44,14 +44,17 @@ TRAINED = ("free", "deebert", "pabee", "distill")
 
 @pytest.fixture(scope="module")
 def exits_of() -> dict[str, Path]:
-    """Semi-supervised exits of every trained method on the profile's backbone (pretrained on first
-    use): a reproduce run's seed-0 exits where they exist, else trained here."""
+    """Semi-supervised exits of every trained method on the profile's backbone (pretrained here when
+    not cached): a reproduce run's seed-0 exits where they exist, else trained here."""
     if DEVICE == "cuda" and not torch.cuda.is_available():
         pytest.skip(f"profile {PROFILE} is benchmarked on CUDA")
     reproduced = cache_dir() / "reproduce" / PROFILE / "exits"
     if all((reproduced / f"{m}-semi-s0" / "config.json").exists() for m in TRAINED):
         return {m: reproduced / f"{m}-semi-s0" for m in TRAINED}
     root = cache_dir() / "bench" / f"{PROFILE}-exits"
+    # loading never trains: pretrain the profile's backbone first (reused when cached with this recipe)
+    pretrain = ["pretrain", "--profile", PROFILE, "--device", DEVICE, "--no-eval"]
+    assert main(pretrain) == 0, f"pretrain failed: {' '.join(pretrain)}"
     for method in TRAINED:
         out = root / f"{method}-semi"
         if not (out / "config.json").exists():
