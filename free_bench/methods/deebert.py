@@ -27,32 +27,19 @@ def build_light_heads(
 
 
 def weighted_task_losses(
-    method: ExitMethod,
-    weights: list[float],
-    hidden_states: torch.Tensor,
-    targets: torch.Tensor | None,
-    mask: torch.Tensor,
-    regime: str,
-    loss_mask: torch.Tensor,
+    method: ExitMethod, weights: list[float], batch: L.LossInputs
 ) -> dict[str, torch.Tensor]:
     """sum_e weights[e] * task_e, task = CE (semi) or T^2 KL to the final layer (unsupervised)."""
-    terms = L.task_terms(method, hidden_states, targets, mask, regime, loss_mask)
+    terms = L.task_terms(method, batch)
     total = sum(w * t for w, t in zip(weights, terms, strict=True))
     assert isinstance(total, torch.Tensor)  # at least one exit
     return {"loss": total, "task": total.detach(), **L.per_exit("task", method.layers, terms)}
 
 
-def deebert_losses(
-    method: ExitMethod,
-    hidden_states: torch.Tensor,
-    targets: torch.Tensor | None,
-    mask: torch.Tensor,
-    regime: str,
-    loss_mask: torch.Tensor,
-) -> dict[str, torch.Tensor]:
+def deebert_losses(method: ExitMethod, batch: L.LossInputs) -> dict[str, torch.Tensor]:
     """Mean over exits of CE (semi) or KL to the final layer (unsupervised)."""
     weights = [1.0 / method.num_exits] * method.num_exits
-    return weighted_task_losses(method, weights, hidden_states, targets, mask, regime, loss_mask)
+    return weighted_task_losses(method, weights, batch)
 
 
 DEEBERT = register(

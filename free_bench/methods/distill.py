@@ -27,33 +27,26 @@ def build_generators(
     return Exits(spec, backbone, layers, options, Generators(backbone, layers, options["init_layer"]))
 
 
-def distill_losses(
-    method: ExitMethod,
-    hidden_states: torch.Tensor,
-    targets: torch.Tensor | None,
-    mask: torch.Tensor,
-    regime: str,
-    loss_mask: torch.Tensor,
-) -> dict[str, torch.Tensor]:
+def distill_losses(method: ExitMethod, batch: L.LossInputs) -> dict[str, torch.Tensor]:
     """Per exit: T^2 * KL(final_T || exit_T) + w_feat * MSE(features) [+ w_task * CE in semi]."""
     opts = method.options
     w_feat, w_task, temp = opts["w_feat"], opts["w_task"], opts["temperature"]
-    use_ce = regime == "semi" and w_task > 0
-    if use_ce and targets is None:
+    use_ce = batch.regime == "semi" and w_task > 0
+    if use_ce and batch.targets is None:
         raise FreeBenchError("distill with w_task > 0 needs targets in the semi-supervised regime")
-    teacher = L.teacher_logits(method.backbone, hidden_states)  # (B, T, V), detached
+    teacher = L.teacher_logits(method.backbone, batch.hidden_states)  # (B, T, V), detached
     with torch.no_grad():
-        real = features(method.backbone, hidden_states[-1]) if w_feat > 0 else None  # (B, T, F)
+        real = features(method.backbone, batch.hidden_states[-1]) if w_feat > 0 else None  # (B, T, F)
     kl, feat, ce = [], [], []
     for k in method.layers:
-        gen = method.exit_hidden(k, hidden_states[k].detach(), mask)  # (B, T, D)
+        gen = method.exit_hidden(k, batch.hidden_states[k].detach(), batch.mask)  # (B, T, D)
         logits = method.head_logits(k, gen)  # (B, T, V)
-        kl.append(L.kl_to_teacher(logits, teacher, loss_mask, temp))
+        kl.append(L.kl_to_teacher(logits, teacher, batch.loss_mask, temp))
         if real is not None:
-            feat.append(L.feature_mse(features(method.backbone, gen), real, loss_mask))
+            feat.append(L.feature_mse(features(method.backbone, gen), real, batch.loss_mask))
         if use_ce:
-            assert targets is not None
-            ce.append(L.cross_entropy(logits, targets))
+            assert batch.targets is not None
+            ce.append(L.cross_entropy(logits, batch.targets))
     out: dict[str, torch.Tensor] = {}
     total = torch.stack(kl).mean()
     out["kl"] = total.detach()

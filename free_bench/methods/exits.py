@@ -22,6 +22,7 @@ from free_bench.config import REGIMES
 from free_bench.core.errors import FreeBenchError, check_choice
 from free_bench.methods import rules
 from free_bench.methods.heads import Discriminators, ExitModule, Generators, LightHeads
+from free_bench.methods.losses import LossInputs
 from free_bench.methods.options import parse_placement
 
 if TYPE_CHECKING:
@@ -185,7 +186,7 @@ class Exits(nn.Module):
         if self.spec.losses is None:
             raise FreeBenchError(f"{self.name} exits have nothing to train (trainable=False)")
         loss_mask = self._checked(hidden_states, targets, mask, regime, loss_mask)
-        return self.spec.losses(self, hidden_states, targets, mask, regime, loss_mask)
+        return self.spec.losses(self, LossInputs(hidden_states, targets, mask, regime, loss_mask))
 
     def discriminator_loss(
         self, hidden_states: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor | None = None

@@ -45,29 +45,18 @@ def _frozen_d(method: ExitMethod, k: int, feats: torch.Tensor) -> torch.Tensor:
     return functional_call(mlp, params, (feats,)).squeeze(-1)
 
 
-def free_losses(
-    method: ExitMethod,
-    hidden_states: torch.Tensor,
-    targets: torch.Tensor | None,
-    mask: torch.Tensor,
-    regime: str,
-    loss_mask: torch.Tensor,
-) -> dict[str, torch.Tensor]:
+def free_losses(method: ExitMethod, batch: L.LossInputs) -> dict[str, torch.Tensor]:
     """w_task * task + w_adv * non-saturating -log D(G(h_e)), both averaged over exits.
 
     task: CE on targets (semi) or T^2 KL(final || exit) (unsupervised)."""
-    teacher = L.teacher_logits(method.backbone, hidden_states) if regime == "unsupervised" else None
+    teacher = L.unsupervised_teacher(method.backbone, batch)
     temp = method.options["temperature"]
     task, adv = [], []
     for k in method.layers:
-        gen = method.exit_hidden(k, hidden_states[k].detach(), mask)  # (B, T, D)
-        logits = method.head_logits(k, gen)  # (B, T, V)
-        if teacher is None:
-            assert targets is not None  # the semi regime's inputs were checked
-            task.append(L.cross_entropy(logits, targets))
-        else:
-            task.append(L.kl_to_teacher(logits, teacher, loss_mask, temp))
-        adv.append(L.bce_with_logits(_frozen_d(method, k, features(method.backbone, gen)), True, loss_mask))
+        gen = method.exit_hidden(k, batch.hidden_states[k].detach(), batch.mask)  # (B, T, D)
+        task.append(L.task_term(method.head_logits(k, gen), batch, teacher, temp))  # logits (B, T, V)
+        fake = _frozen_d(method, k, features(method.backbone, gen))  # (B, T)
+        adv.append(L.bce_with_logits(fake, True, batch.loss_mask))
     task_mean, adv_mean = torch.stack(task).mean(), torch.stack(adv).mean()
     total = method.options["w_task"] * task_mean + method.options["w_adv"] * adv_mean
     return {

@@ -7,6 +7,7 @@ or -100 (ignored); masks (B, T) are 1 at the positions a term averages over.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,6 +18,17 @@ if TYPE_CHECKING:
     from free_bench.models.base import Backbone
 
 IGNORE = -100
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """One checked training batch, as every method's loss function reads it."""
+
+    hidden_states: torch.Tensor  # (L+1, B, T, D) every layer's output, embeddings first
+    targets: torch.Tensor | None  # (B, T) next-token ids, -100 ignored; None when unsupervised
+    mask: torch.Tensor  # (B, T) 1 = real token (attention)
+    regime: str  # semi | unsupervised
+    loss_mask: torch.Tensor  # (B, T) where the terms average
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -70,25 +82,32 @@ def teacher_logits(backbone: Backbone, hidden_states: torch.Tensor) -> torch.Ten
     return backbone.logits_from_hidden(hidden_states[-1]).float()
 
 
-def task_terms(
-    method: ExitMethod,
-    hidden_states: torch.Tensor,
-    targets: torch.Tensor | None,
-    mask: torch.Tensor,
-    regime: str,
-    loss_mask: torch.Tensor,
-) -> list[torch.Tensor]:
-    """Per exit: CE on targets (semi) or KL(final || exit) at the temperature (unsupervised)."""
-    teacher = teacher_logits(method.backbone, hidden_states) if regime == "unsupervised" else None
-    terms = []
-    for k in method.layers:
-        logits = method.exit_logits(k, hidden_states[k].detach(), mask)  # (B, T, V)
-        if teacher is None:
-            assert targets is not None  # the semi regime's inputs were checked
-            terms.append(cross_entropy(logits, targets))
-        else:
-            terms.append(kl_to_teacher(logits, teacher, loss_mask, method.options["temperature"]))
-    return terms
+def task_term(
+    logits: torch.Tensor, batch: LossInputs, teacher: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
+    """One exit's task term: CE on the targets (semi) or T^2 KL(final || exit) (unsupervised, where
+    `teacher` holds the final layer's logits). logits (B, T, V)."""
+    if teacher is None:
+        assert batch.targets is not None  # the semi regime's inputs were checked
+        return cross_entropy(logits, batch.targets)
+    return kl_to_teacher(logits, teacher, batch.loss_mask, temperature)
+
+
+def unsupervised_teacher(backbone: Backbone, batch: LossInputs) -> torch.Tensor | None:
+    """The final layer's logits when the regime learns from them, else None (CE on labels)."""
+    return teacher_logits(backbone, batch.hidden_states) if batch.regime == "unsupervised" else None
+
+
+def task_terms(method: ExitMethod, batch: LossInputs) -> list[torch.Tensor]:
+    """Per exit: `task_term` of its logits on the detached hidden state of its layer."""
+    teacher = unsupervised_teacher(method.backbone, batch)
+    temperature = method.options["temperature"]
+    return [
+        task_term(
+            method.exit_logits(k, batch.hidden_states[k].detach(), batch.mask), batch, teacher, temperature
+        )
+        for k in method.layers
+    ]
 
 
 def per_exit(prefix: str, layers: tuple[int, ...], terms: list[torch.Tensor]) -> dict[str, torch.Tensor]:

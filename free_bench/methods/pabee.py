@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from free_bench.methods import losses as L
 from free_bench.methods.deebert import DEEBERT, build_light_heads, weighted_task_losses
 from free_bench.methods.protocol import ExitMethod
 from free_bench.methods.registry import register
@@ -23,17 +24,10 @@ def depth_weights(layers: tuple[int, ...]) -> list[float]:
     return [k / total for k in layers]
 
 
-def pabee_losses(
-    method: ExitMethod,
-    hidden_states: torch.Tensor,
-    targets: torch.Tensor | None,
-    mask: torch.Tensor,
-    regime: str,
-    loss_mask: torch.Tensor,
-) -> dict[str, torch.Tensor]:
+def pabee_losses(method: ExitMethod, batch: L.LossInputs) -> dict[str, torch.Tensor]:
     """Depth-weighted CE (semi) or KL to the final layer (unsupervised)."""
     weights = depth_weights(method.layers)
-    return weighted_task_losses(method, weights, hidden_states, targets, mask, regime, loss_mask)
+    return weighted_task_losses(method, weights, batch)
 
 
 PABEE = register(

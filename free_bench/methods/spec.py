@@ -12,17 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from free_bench.methods.losses import LossInputs
 from free_bench.methods.options import parse_placement, resolve_options
 
 if TYPE_CHECKING:
     from free_bench.methods.protocol import ExitMethod
     from free_bench.models.base import Backbone
 
-# (method, hidden_states (L+1, B, T, D), targets (B, T) | None, mask (B, T), regime, loss_mask (B, T))
-LossFn = Callable[
-    ["ExitMethod", torch.Tensor, "torch.Tensor | None", torch.Tensor, str, torch.Tensor],
-    dict[str, torch.Tensor],
-]
+# (method, one checked batch) -> {"loss": total to backpropagate, other keys: detached terms}
+LossFn = Callable[["ExitMethod", LossInputs], dict[str, torch.Tensor]]
 # (method, hidden_states (L+1, B, T, D), mask (B, T), loss_mask (B, T))
 DiscriminatorLossFn = Callable[
     ["ExitMethod", torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]
