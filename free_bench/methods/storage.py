@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from free_bench.core.errors import FreeBenchError
+from free_bench.core.records import Manifest, atomic_dir
 from free_bench.methods.registry import get_method
 from free_bench.models.base import Backbone
 
@@ -59,11 +57,10 @@ def backbone_identity(backbone: Backbone) -> dict[str, Any]:
     }
 
 
-def save_method(method: ExitMethod, folder: str | Path) -> Path:
-    """Write the exit weights (safetensors) and config.json into `folder`, atomically: into a temp
-    folder beside it, then swapped in (an old folder is replaced whole). Returns `folder`."""
+def save_method(method: ExitMethod, folder: str | Path, manifest: Manifest | None = None) -> Path:
+    """Write the exit weights (safetensors), config.json and, when given, the run's manifest.json into
+    `folder` at once (`records.atomic_dir`: an old folder is replaced whole). Returns `folder`."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     config = {
         "format": FORMAT,
         "method": method.name,
@@ -72,18 +69,11 @@ def save_method(method: ExitMethod, folder: str | Path) -> Path:
         "backbone": backbone_identity(method.backbone),
     }
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in method.state_dict().items()}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    old = folder.with_name(f".{folder.name}.old")
-    try:
+    with atomic_dir(folder) as tmp:
         save_file(state, str(tmp / WEIGHTS), metadata={"method": method.name})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if folder.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        if manifest is not None:
+            manifest.write(tmp / "manifest.json")
     return folder
 
 

@@ -10,7 +10,6 @@ provenance; a rerun reuses or resumes only when all of it matches (else `--overw
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict, replace
@@ -155,7 +154,10 @@ def _train(out: Path, prof: Profile, dist, device: str | None, *, method: str, b
         resumed_at_steps=train_log.get("resumed_at", []),
         events=train_log.get("events", []),
     )
-    _publish(exit_method, manifest, out)
+    from free_bench.methods.storage import save_method
+
+    # weights, config.json and manifest.json appear together: a killed run never looks finished
+    save_method(exit_method, out, manifest)
     shutil.rmtree(state, ignore_errors=True)
     barrier(dist)
     last = train_log["step"][-1] if train_log["step"] else {}
@@ -187,19 +189,3 @@ def _open_state(state: Path, provenance: dict, resume: bool, overwrite: bool) ->
         remove_run(state, PROVENANCE if (state / PROVENANCE).is_file() else "exit_train_state.pt")
     state.mkdir(parents=True, exist_ok=True)
     write_json(provenance, state / PROVENANCE)
-
-
-def _publish(exit_method, manifest: Manifest, out: Path) -> None:
-    """Weights, config.json and manifest.json into a temp folder, then renamed onto `out` at once."""
-    from free_bench.methods import save_method
-
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        save_method(exit_method, tmp)
-        manifest.write(tmp / "manifest.json")
-        if out.exists():  # an empty folder the user made for the run
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
