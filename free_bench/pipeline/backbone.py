@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -11,13 +12,14 @@ import torch
 from free_bench.config import get_profile
 from free_bench.core.errors import FreeBenchError
 from free_bench.core.records import Manifest, read_json, write_json
-from free_bench.core.runs import check_same
+from free_bench.core.runs import check_same, check_writable, remove_run, writer_lock
 from free_bench.data.scenes_dataset import load_scenes, scenes_hash
 from free_bench.models import embedded
 from free_bench.models.embedded_cache import recipe
 from free_bench.models.tokenizer import build_processor
 from free_bench.training.pretrain.stages import prepare, train
 
+log = logging.getLogger(__name__)
 STATE_DIR = "_pretrain_state"  # checkpoints for resuming; removed once the weights are written
 
 
@@ -81,4 +83,27 @@ def pretrain(
         f.replace(target)
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(state, ignore_errors=True)
+    return summary
+
+
+def pretrain_into(out: Path, profile: str, lm_type: str, *, seed: int = 0, device: str | None = None,
+                  overrides: dict | None = None, evaluate: bool = True, overwrite: bool = False) -> dict | None:  # fmt: skip
+    """`pretrain` into `out` as a run folder: None when `out` already holds a backbone made with these
+    settings (reused); one made with others is an error naming the fields unless `overwrite`. One
+    writer at a time; a folder that is not a pretrained backbone is never touched."""
+    out = Path(out)
+    check_writable(out)
+    wanted = {"config": recipe(profile, lm_type, overrides), "seeds": [seed]}
+    with writer_lock(out):
+        if (out / "manifest.json").is_file():
+            made = read_json(out / "manifest.json")
+            if not overwrite:
+                check_same("a pretrained backbone", out, {k: made.get(k) for k in wanted}, wanted)
+                log.info("%s is already pretrained in %s with these settings: reused", profile, out)
+                return None
+            remove_run(out, "manifest.json")
+        elif out.exists() and any(f.name != STATE_DIR for f in out.iterdir()):
+            raise FreeBenchError(f"{out} exists and holds no pretrained backbone; choose another --out")
+        summary = pretrain(profile, lm_type, out, seed=seed, device=device, overrides=overrides, evaluate=evaluate)
+    log.info("wrote %s", out)
     return summary

@@ -37,12 +37,12 @@ def data_stage(ctx: Context) -> dict:
 def backbone_stage(ctx: Context) -> dict:
     """Pretrain (or reuse) the embedded backbone; copy its manifest and quality report to results/."""
     from free_bench.models.embedded_cache import check_current, embedded_dir
-    from free_bench.pipeline.backbone import pretrain
+    from free_bench.pipeline.backbone import pretrain_into
 
     spec = f"embedded:{ctx.profile}"
     folder = embedded_dir(spec, ctx.seed)
     if not (folder / "manifest.json").exists():
-        pretrain(ctx.profile, "opt", folder, seed=ctx.seed)
+        pretrain_into(folder, ctx.profile, "opt", seed=ctx.seed)
     check_current(folder, ctx.profile, "opt")
     out = ctx.results / "backbone"
     out.mkdir(parents=True, exist_ok=True)
