@@ -55,8 +55,8 @@ def _configure_logging(args: argparse.Namespace) -> None:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
-def main(argv: list[str] | None = None) -> int:
-    # importing a subcommand's module registers it; none of them imports torch at import time
+def load_commands() -> None:
+    """Import every subcommand's module, which registers it; none of them imports torch at import."""
     from free_bench.cli import (  # noqa: F401
         data,
         eval_exits,
@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         train_exits,
     )
 
+
+def main(argv: list[str] | None = None) -> int:
+    load_commands()
     args = build_parser().parse_args(argv)
     _configure_logging(args)
     try:

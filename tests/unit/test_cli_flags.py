@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from free_bench.cli.app import build_parser
+from free_bench.cli.app import build_parser, load_commands
 from free_bench.cli.registry import COMMANDS
 
 COMMAND_NAMES = ["data", "pretrain", "train-exits", "eval-exits", "sweep", "score-captions", "regress", "reproduce"]
@@ -23,17 +23,7 @@ def _cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
 
 
 def test_every_command_is_registered() -> None:
-    from free_bench.cli import (  # noqa: F401
-        data,
-        eval_exits,
-        pretrain,
-        regress,
-        reproduce,
-        score,
-        sweep,
-        train_exits,
-    )
-
+    load_commands()
     assert sorted(COMMANDS) == sorted(COMMAND_NAMES)
     build_parser()
 
