@@ -211,20 +211,29 @@ def run_sweep(
         return _run_sweep(spec, out, device, progress, loaded, overwrite)
 
 
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}  # (weights path, size, mtime) -> fingerprint
+
+
 def exits_fingerprint(exits: str | Path) -> str:
     """What the exits are, by content (config and weights), not by path: a sweep whose exits were
-    retrained at the same path is another sweep."""
+    retrained at the same path is another sweep. Kept per (path, size, mtime) of the weights, so a
+    robustness grid's dozens of sweeps of one method hash a BLIP-2-size file once."""
     folder = Path(exits)
-    digest = hashlib.sha256()
-    for name in ("config.json", "exits.safetensors"):
-        path = folder / name
+    files = [folder / "config.json", folder / "exits.safetensors"]
+    for path in files:
         if not path.is_file():
-            raise FreeBenchError(f"{folder} holds no trained exits (no {name}); run train-exits first")
-        digest.update(name.encode())
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 24), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+            raise FreeBenchError(f"{folder} holds no trained exits (no {path.name}); run train-exits first")
+    stat = files[1].stat()
+    key = (str(files[1].resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        for path in files:
+            digest.update(path.name.encode())
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 24), b""):
+                    digest.update(block)
+        _FINGERPRINTS[key] = digest.hexdigest()[:16]
+    return _FINGERPRINTS[key]
 
 
 def provenance(spec: SweepSpec) -> dict:

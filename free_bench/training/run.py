@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -79,15 +80,11 @@ def train_exit_run(
     prof = check_request(method, regime, backbone, profile, steps, tasks)
     check_writable(out)
     dist, device = init_from_env(device)  # under torchrun: one rank per process, data sharded
-    try:
-        if dist.main:
-            with writer_lock(out):
-                return _train(out, prof, dist, device, method=method, backbone=backbone, regime=regime,
-                              exits=exits, split=split, tasks=tasks, steps=steps, options=options or {},
-                              seed=seed, backbone_seed=backbone_seed, overwrite=overwrite)  # fmt: skip
-        return _train(out, prof, dist, device, method=method, backbone=backbone, regime=regime, exits=exits,
-                      split=split, tasks=tasks, steps=steps, options=options or {}, seed=seed,
-                      backbone_seed=backbone_seed, overwrite=overwrite)  # fmt: skip
+    try:  # the main rank writes `out`, so it alone holds the writer lock
+        with writer_lock(out) if dist.main else nullcontext():
+            return _train(out, prof, dist, device, method=method, backbone=backbone, regime=regime,
+                          exits=exits, split=split, tasks=tasks, steps=steps, options=options or {},
+                          seed=seed, backbone_seed=backbone_seed, overwrite=overwrite)  # fmt: skip
     finally:
         shutdown(dist)  # every rank leaves the process group: exiting inside it aborts gloo's threads
 
