@@ -177,12 +177,26 @@ def _live_engines(b: Built) -> list[str]:
     return sorted(str(g) for g in curves.loc[curves["timer"] != "none", "engine"].dropna().unique())
 
 
-def _projection_md(b: Built) -> list[str]:
-    if "projection" in b.missing:
-        return [f"Projection to a larger decoder: **missing** ({b.missing['projection']})", ""]
-    if "projection" not in b.tables:
+def _scale_md(b: Built) -> list[str]:
+    if "blip2_scale" not in b.tables:
         return []
     return [
+        "**Measured at BLIP-2 size** (`scale/`, `tests/benchmarks/bench_scale.py`): random-init BLIP-2 "
+        "OPT-2.7b / Flan-T5-XL built from config, batch 1, eager engine; each method's earliest exit on "
+        "every token against the full model timed beside it. Random weights make accuracy meaningless: "
+        "these are the cost structure's numbers, not a method's operating point.",
+        "",
+        md_table(b.tables["blip2_scale"]),
+        "",
+    ]
+
+
+def _projection_md(b: Built) -> list[str]:
+    if "projection" in b.missing:
+        return [f"Projection to a larger decoder: **missing** ({b.missing['projection']})", ""] + _scale_md(b)
+    if "projection" not in b.tables:
+        return _scale_md(b)
+    return _scale_md(b) + [
         "**A projection, not a measurement** (`analyses.projection`): the wall-clock speedup the exit "
         "depths of each timed batch-1 point would give on the benchmarked decoder shape (BLIP-2 "
         "OPT-2.7b's LM), priced with that shape's per-layer, fixed per-token and per-check costs measured "
@@ -262,6 +276,16 @@ def _robustness_ci_md(b: Built) -> list[str]:
     ]
 
 
+def _scorers(b: Built) -> str:
+    """Which VQA accuracy rule the sweeps' numbers follow (the `scorer` column of sweep.parquet)."""
+    sweep = b.res.sweep
+    if sweep is None or "scorer" not in sweep.columns:
+        return "not recorded (tables made before the scorer was recorded used GT-Vision-Lab HEAD's rule)"
+    names = sorted({str(v) for v in sweep.loc[sweep["task"] == "vqa", "scorer"].dropna()} - {"none"})
+    unrecorded = sweep.loc[sweep["task"] == "vqa", "scorer"].isna().any()
+    return ", ".join(f"`{n}`" for n in names) + (" (some tables unrecorded: HEAD's rule)" if unrecorded else "")
+
+
 def render_report(b: Built, made: str) -> str:
     """REPORT.md's text from what build_report computed."""
     m = b.res.manifest
@@ -283,6 +307,7 @@ def render_report(b: Built, made: str) -> str:
         ),
         f"- bootstrap: {b.n_boot} resamples, seed {b.seed}; CIs are 95% percentile intervals",
     ]
+    out += [f"- VQA scorer: {_scorers(b)}"]
     if stages:
         out += ["- stage seconds: " + ", ".join(f"{k} {_fmt(float(v))}" for k, v in stages.items())]
     out += [f"- note: {n}" for n in b.res.notes]

@@ -150,6 +150,17 @@ def _projection(b: Built) -> None:
     b.tables["projection"] = compute_projection(points, costs)
 
 
+def _scale(b: Built) -> None:
+    """`scale/` (tests/benchmarks/bench_scale.py): measured at full BLIP-2 size, random weights."""
+    from analyses.scale import compute_scale, load_scale
+
+    sweeps, checks = load_scale(b.res.root / "scale")
+    if sweeps.empty:
+        b.missing["scale"] = "no BLIP-2-size benchmark here (scale/sweep_*.csv)"
+        return
+    b.tables["blip2_scale"] = compute_scale(sweeps, checks)
+
+
 def _sweep_cost(b: Built) -> None:
     """Each simulated sweep's seconds against its recording pass (target: within 1.2x)."""
     if b.res.sweep_timings is None:
@@ -264,6 +275,7 @@ def build_report(results: Path, *, n_boot: int = 1000, seed: int = 0) -> Path:
     _backbone_tables(b)
     b.attempt("speedup", _speedup)
     b.attempt("projection", _projection)
+    b.attempt("scale", _scale)
     b.attempt("sweep_cost", _sweep_cost)
     _per_exit_parts(b)
     if res.exit_runs is not None:

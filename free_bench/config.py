@@ -115,6 +115,9 @@ class ExitTrainConfig:
     max_rows: int | None = None  # rows of the training split (None: all)
     dense: str = "all"  # placement for the per-layer analyses
     sparse: str = "every:2"  # placement for inference (4-6 exits)
+    # teacher-forced hidden states kept between steps (MiB; None: all). 0 streams: at most one batch
+    # of all-layer states alive (about 7 MB a 40-token row at OPT-2.7b width), each recomputed when visited
+    keep_mib: float | None = 0.0
 
 
 @dataclass(frozen=True)
@@ -145,11 +148,13 @@ class ReproduceConfig:
     perturbations: tuple[str, ...] | None = None  # None: every perturbation in data.perturb
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
     max_drop: float = 0.01  # the operating point: the cheapest threshold within this of the full model on val
+    tasks: tuple[str, ...] = ("vqa", "caption")  # what exits train and are evaluated on (VQAv2 alone: vqa)
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Everything a profile decides. Later issues add exit and sweep configs."""
+    """Everything a profile decides: its scenes, its embedded backbone and pretraining, exit training
+    and what reproduce runs."""
 
     name: str
     scenes: ScenesConfig
@@ -200,7 +205,7 @@ PROFILES: dict[str, Profile] = {
             checkpoint_every=20,
             eval_max_rows=64,
         ),
-        exits=ExitTrainConfig(steps=20, batch_size=16, checkpoint_every=10, sparse="2,3"),
+        exits=ExitTrainConfig(steps=20, batch_size=16, checkpoint_every=10, sparse="2,3", keep_mib=None),
         reproduce=ReproduceConfig(
             runs=("free:semi", "deebert:semi", "pabee:semi", "distill:semi", "free:unsupervised"),
             grid=11,
@@ -247,7 +252,7 @@ PROFILES: dict[str, Profile] = {
             lr_lm_stage2=1e-3,
             query_cell_weight=0.3,
         ),
-        exits=ExitTrainConfig(steps=300, batch_size=32, sparse="2,4,6"),
+        exits=ExitTrainConfig(steps=300, batch_size=32, sparse="2,4,6", keep_mib=None),
     ),
     "gpu": Profile(
         name="gpu",
@@ -285,7 +290,8 @@ PROFILES: dict[str, Profile] = {
             query_cell_weight=0.3,
             checkpoint_every=500,
         ),
-        exits=ExitTrainConfig(steps=600, batch_size=64, dense="every:2", sparse="4,8,12,16,20"),
+        exits=ExitTrainConfig(steps=600, batch_size=64, dense="every:2", sparse="4,8,12,16,20",
+                              keep_mib=None),
         # the 20-minute budget on one H200 (measured: 16.9 min at b33db10; 20.9 at 8c2b62a; 21.1 at cc101e5):
         # backbone 6.8 min, 3 seeds of 6 exit trainings with their evaluations and simulated sweeps 4.6
         # min six at a time (400 steps here; `train-exits` alone takes the profile's 600), sweeps 3.2

@@ -60,6 +60,7 @@ def load_commands() -> None:
     from free_bench.cli import (  # noqa: F401
         data,
         eval_exits,
+        export_backbone,
         pretrain,
         regress,
         reproduce,

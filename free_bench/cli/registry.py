@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str, str]
 COMMANDS: dict[str, Command] = {}
@@ -56,3 +57,28 @@ def add_device(p: argparse.ArgumentParser) -> None:
 def add_overwrite(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a run in --out that was made with other settings (default: refuse)")  # fmt: skip
+
+
+def vqa_prompt(text: str) -> str:
+    """A VQA prompt template: one `{}` where the question goes (LAVIS's `prompt.format(question)`)."""
+    if text.count("{}") != 1 or text.replace("{}", "").count("{") or text.replace("{}", "").count("}"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must hold exactly one '{{}}' where the question goes, e.g. 'Question: {{}} Answer:'"
+        )
+    return text
+
+
+def add_data(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--data", type=Path, default=None,
+                   help=f"a folder written by `free-bench data` (default: {default})")  # fmt: skip
+
+
+def add_prompts(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--prompt", type=vqa_prompt, default=None,
+                   help=f"VQA prompt with {{}} for the question (default: {default})")  # fmt: skip
+    p.add_argument("--caption-prompt", default=None, help=f"the text a caption continues (default: {default})")
+
+
+def prompts(args: argparse.Namespace) -> dict[str, str] | None:
+    given = {"vqa": args.prompt, "caption": args.caption_prompt}
+    return {k: v for k, v in given.items() if v is not None} or None

@@ -18,12 +18,20 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", type=Path, default=Path("results"), help="results root (default: results/)")
     p.add_argument("--fresh", action="store_true", help="recompute every stage instead of reusing them")
+    p.add_argument("--backbone", default=None,
+                   help="embedded:<profile> (default: the profile's), an HF id or a BLIP-2 folder (needs --data)")  # fmt: skip
+    p.add_argument("--data", type=Path, default=None,
+                   help="a `free-bench data` folder with exit_train, val and test splits (default: the profile's scenes)")  # fmt: skip
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML or TOML: a profile with changed exit and reproduce settings (pipeline.settings); "
+                        "its `name` names results/<name>/")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     from free_bench.pipeline.reproduce import clear, context, default_profile, reproduce
 
-    ctx = context(args.profile or default_profile(), args.seed, args.results)
+    ctx = context(args.profile or default_profile(), args.seed, args.results, backbone=args.backbone,
+                  data=args.data, config=args.config)  # fmt: skip
     if args.fresh:
         clear(ctx)
     out = reproduce(ctx)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from free_bench.cli.registry import add_device, add_overwrite, at_least, command
+from free_bench.cli.registry import add_data, add_device, add_overwrite, add_prompts, at_least, command
 
 
 def perturbation(text: str) -> str:
@@ -43,24 +43,39 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="eager", choices=ENGINES,
                    help="live: eager (Python layer loop) or graphs (CUDA graphs per segment; batch 1, OPT, CUDA)")  # fmt: skip
     p.add_argument("--no-compact", action="store_true", help="live: exited rows ride along (no compaction)")
+    p.add_argument("--no-hf-baseline", action="store_true",
+                   help="live: do not time HF generate() beside the engine's full model (its times are NaN)")  # fmt: skip
     p.add_argument(
         "--exits-at", default=None, help="consult only these trained exits, e.g. 4,8,12 (default all)"
     )
     p.add_argument("--out", type=Path, required=True, help="folder for points/ and sweep.parquet")
+    add_data(p, "the data the exits were trained beside")
+    p.add_argument("--backbone", default=None,
+                   help="embedded:<profile>, an HF id or a BLIP-2 folder (default: the one the exits name; "
+                        "another must be the same weights)")  # fmt: skip
+    add_prompts(p, "the one the exits were trained with")
+    p.add_argument("--scorer", default="lavis", choices=("lavis", "vqa-head"),
+                   help="VQA accuracy rule: LAVIS's (BLIP-2's and FREE's numbers) or GT-Vision-Lab HEAD (default lavis)")  # fmt: skip
     add_device(p)
     add_overwrite(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from free_bench.evaluation.sweep import SweepSpec, run_sweep
+    from free_bench.evaluation.sweep import SweepSpec
+    from free_bench.evaluation.sweep_ranks import run_sweep_ranks
 
     spec = SweepSpec(
         method=args.method, exits=str(args.exits), split=args.split, mode=args.mode,
         thresholds=tuple(args.thresholds), kv_policy=args.kv_policy, batch_size=args.batch_size,
         perturb=args.perturb, tasks=tuple(args.tasks), max_rows=args.max_rows, warmup=args.warmup,
         repeats=args.repeats, exits_at=args.exits_at, compact=not args.no_compact, engine=args.engine,
+        data=None if args.data is None else str(args.data.resolve()), backbone=args.backbone,
+        prompt=args.prompt, caption_prompt=args.caption_prompt, scorer=args.scorer,
+        hf_baseline=not args.no_hf_baseline,
     )  # fmt: skip
-    df = run_sweep(spec, args.out, device=args.device, overwrite=args.overwrite)
+    df = run_sweep_ranks(spec, args.out, device=args.device, overwrite=args.overwrite)
+    if df is None:  # a torchrun rank other than 0: rank 0 gathers and prints
+        return 0
     cols = ["method", "threshold", "task", "metric", "value", "expected_speedup", "measured_speedup",
             "mean_exit_layer", "latency_ms_median"]  # fmt: skip
     print(df[cols].sort_values(["task", "method", "threshold"]).round(4).to_string(index=False))

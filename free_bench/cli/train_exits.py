@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from free_bench.cli.registry import add_device, add_overwrite, command
+from free_bench.cli.registry import (
+    add_data,
+    add_device,
+    add_overwrite,
+    add_prompts,
+    at_least,
+    command,
+    prompts,
+)
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
@@ -17,9 +25,13 @@ def _add_args(p: argparse.ArgumentParser) -> None:
                    help="semi (labelled exit_train) or unsupervised (no labels)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="folder for the exits, config.json and manifest")
     p.add_argument("--exits", default=None, help="placement: '4,8,12', 'every:k' or 'all' (default: dense)")
+    add_data(p, "the embedded backbone's scenes")
     p.add_argument("--profile", default=None, choices=list(PROFILES),
-                   help="scenes profile of the data (default: the backbone's)")  # fmt: skip
+                   help="the profile whose scenes (without --data) and training settings to use "
+                        "(default: an embedded backbone's own; other backbones: the defaults)")  # fmt: skip
     p.add_argument("--split", default=None, help="training split (default: exit_train / unlabeled)")
+    p.add_argument("--batch-size", type=at_least(1), default=None, help="rows a step (default: the profile's)")
+    add_prompts(p, "the backbone's: LAVIS's for its LM, an embedded one's own")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS,
                    help="vqa and/or caption (default: both)")  # fmt: skip
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the profile's)")
@@ -45,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     train_exit_run(args.out, method=args.method, backbone=args.backbone, regime=args.regime, exits=args.exits,
                    profile=args.profile, split=args.split, tasks=tuple(args.tasks), steps=args.steps,
                    options=_options(args), seed=args.seed, backbone_seed=args.backbone_seed,
-                   device=args.device, overwrite=args.overwrite)  # fmt: skip
+                   device=args.device, overwrite=args.overwrite, data=args.data, prompts=prompts(args),
+                   batch_size=args.batch_size)  # fmt: skip
     return 0
 
 

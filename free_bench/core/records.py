@@ -221,7 +221,7 @@ def git_state(cwd: str | Path | None = None) -> dict[str, Any]:
 def source_hash(root: str | Path | None = None) -> str:
     """sha256 (16 hex) of the suite's Python sources (free_bench/, analyses/): names the code a run used
     where git cannot (a copied work tree, as on the GPU host, reports its base commit as dirty)."""
-    root = Path(root or Path(__file__).resolve().parent.parent)
+    root = Path(root or Path(__file__).resolve().parents[2])  # the folder holding free_bench/ and analyses/
     h = hashlib.sha256()
     for folder in ("free_bench", "analyses"):
         for f in sorted((root / folder).rglob("*.py")):

@@ -14,8 +14,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 IGNORE = -100
-# the embedded backbone's prompts (a real BLIP-2 brings its own, e.g. LAVIS's "Question: {} Answer:")
-PROMPT_VQA = "question: {question} answer:"
+# the embedded backbone's prompts (models.prompts gives a real BLIP-2 LAVIS's, e.g. "Question: {} Answer:")
+PROMPT_VQA = "question: {} answer:"
 PROMPT_CAPTION = "a picture of"
 
 
@@ -54,15 +54,16 @@ def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def vqa_pair(tokenizer: PreTrainedTokenizerBase, question: str, answer: str) -> TextPair:
+def vqa_pair(tokenizer: PreTrainedTokenizerBase, question: str, answer: str, prompt: str = PROMPT_VQA) -> TextPair:
+    """`prompt`: a template with one `{}` for the question (LAVIS's `prompt.format(question)`)."""
     return TextPair(
-        encode(tokenizer, PROMPT_VQA.format(question=question)),
+        encode(tokenizer, prompt.format(question)),
         encode(tokenizer, answer) + [tokenizer.eos_token_id],
     )
 
 
-def caption_pair(tokenizer: PreTrainedTokenizerBase, caption: str) -> TextPair:
-    return TextPair(encode(tokenizer, PROMPT_CAPTION), encode(tokenizer, caption) + [tokenizer.eos_token_id])
+def caption_pair(tokenizer: PreTrainedTokenizerBase, caption: str, prompt: str = PROMPT_CAPTION) -> TextPair:
+    return TextPair(encode(tokenizer, prompt), encode(tokenizer, caption) + [tokenizer.eos_token_id])
 
 
 def collate(

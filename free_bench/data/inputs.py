@@ -14,17 +14,24 @@ import torch
 from free_bench.core.errors import FreeBenchError
 from free_bench.data import examples as E
 
+NO_PROCESSOR = (
+    "backbone {} holds no processor (tokenizer and image processor): save the checkpoint's Blip2Processor "
+    "beside its weights (`Blip2Processor.from_pretrained(id).save_pretrained(dir)`)"
+)
+
 
 def pixel_values(backbone: Any, images: list) -> torch.Tensor:
     """Through the backbone's own image processor, as a user's real images would go."""
     if backbone.processor is None:
-        raise FreeBenchError(f"backbone {backbone.spec} has no image processor")
+        raise FreeBenchError(NO_PROCESSOR.format(backbone.spec))
     pv = backbone.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
     return pv.to(backbone.device, backbone.dtype)
 
 
 def prompt_batch(backbone: Any, pairs: list[E.TextPair]) -> dict[str, torch.Tensor]:
     tok = backbone.tokenizer
+    if tok is None:
+        raise FreeBenchError(NO_PROCESSOR.format(backbone.spec))
     batch = E.collate(
         pairs,
         lm_type=backbone.lm_type,

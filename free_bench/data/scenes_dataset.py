@@ -18,6 +18,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from free_bench.config import ScenesConfig, cache_dir, get_profile
+from free_bench.core.errors import FreeBenchError
 from free_bench.data import questions as Q
 from free_bench.data import scenes as S
 from free_bench.data.schema import SPLITS, features
@@ -138,15 +139,23 @@ def load_scenes(
 def dataset_hash(ds: datasets.DatasetDict) -> str:
     """Content hash of every split (ids, texts, answers, image bytes), for manifests. Image bytes go in
     as bytes (length-prefixed), not through repr(): on the gpu profile's 78k rows repr took ~11 s of the
-    data stage (commit 8c2b62a), this well under a second."""
+    data stage (commit 8c2b62a), this well under a second. An image kept by path (the real-data loaders
+    keep RGB files so) goes in as its file's bytes, which is what `save_to_disk` embeds: a data folder
+    hashes the same before and after it is written, and scenes hashes (all bytes) are unchanged."""
     h = hashlib.sha256()
     for split in sorted(ds):
         table = ds[split].with_format("arrow")[:]  # pyarrow.Table, images as raw bytes
         for column in ("question_id", "question", "answers", "captions"):
             h.update(repr(table.column(column).to_pylist()).encode())
-        for png in table.column("image").combine_chunks().field("bytes").to_pylist():
-            h.update(len(png).to_bytes(8, "little"))
-            h.update(png)
+        images = table.column("image").combine_chunks()
+        paths = images.field("path").to_pylist()
+        for png, path in zip(images.field("bytes").to_pylist(), paths, strict=True):
+            try:
+                data = png if png is not None else Path(path).read_bytes()
+            except OSError as exc:
+                raise FreeBenchError(f"cannot read image {path} to hash the dataset: {exc}") from exc
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
     return h.hexdigest()[:16]
 
 

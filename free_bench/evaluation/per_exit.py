@@ -16,7 +16,6 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from free_bench.config import get_profile
 from free_bench.core.errors import FreeBenchError
 from free_bench.data import examples as E
 from free_bench.data.inputs import pixel_values, prompt_batch
@@ -35,16 +34,19 @@ def per_exit_vqa(
     max_rows: int | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    scorer: str = "lavis",
 ) -> pd.DataFrame:
-    """Columns: question_id, question_type, layer, exit_kind (exit|final), prediction, confidence, accuracy."""
+    """Columns: question_id, question_type, layer, exit_kind (exit|final), prediction, confidence,
+    accuracy (by `scorer`'s VQA rule)."""
     bb = method.backbone
-    if not any(split.select(range(min(len(split), 50)))["answers"]):
-        raise FreeBenchError("per-exit evaluation needs a labelled split (answers)")
+    split = split.filter(bool, input_columns="answers", keep_in_memory=True)  # questions with answers
+    if len(split) == 0:
+        raise FreeBenchError("per-exit VQA evaluation needs a labelled split (questions with answers)")
     n = len(split) if max_rows is None else min(max_rows, len(split))
     tok, rows = bb.tokenizer, []
     for start in tqdm(range(0, n, batch_size), desc=f"per-exit eval {method.name}", disable=not progress):
         chunk = split.select(range(start, min(start + batch_size, n)))
-        batch = prompt_batch(bb, [E.vqa_pair(tok, q, "") for q in chunk["question"]])
+        batch = prompt_batch(bb, [E.vqa_pair(tok, q, "", bb.prompts["vqa"]) for q in chunk["question"]])
         tf, at = first_answer_pass(bb, pixel_values(bb, chunk["image"]), batch)
         h, mask = tf.hidden_states, tf.attention_mask
         heads = [(k, "exit", method.exit_logits(k, h[k], mask)[:, at]) for k in method.layers]
@@ -67,7 +69,7 @@ def per_exit_vqa(
                         "exit_kind": kind,
                         "prediction": word.strip(),
                         "confidence": c,
-                        "accuracy": vqa_accuracy(word.strip(), r["answers"]),
+                        "accuracy": vqa_accuracy(word.strip(), r["answers"], scorer=scorer),
                     }
                 )
     return pd.DataFrame(rows)
@@ -103,7 +105,7 @@ def per_exit_captions(
     for start in tqdm(range(0, n, batch_size), desc=f"per-exit captions {method.name}", disable=not progress):
         chunk = images.select(range(start, min(start + batch_size, n)))
         pixels = pixel_values(bb, chunk["image"])
-        prompts = prompt_batch(bb, [E.caption_pair(tok, "") for _ in range(len(chunk))])
+        prompts = prompt_batch(bb, [E.caption_pair(tok, "", bb.prompts["caption"]) for _ in range(len(chunk))])
         full = generate(bb, pixel_values=pixels, **prompts, max_new_tokens=MAX_NEW["caption"])
         answers = [until_eos(t.tolist(), tok.eos_token_id) for t in full.tokens]
         b = teacher_force(bb, pixels, prompts, answers, with_targets=False)
@@ -174,49 +176,47 @@ def evaluate_exit_run(
     tasks: tuple[str, ...] = ("vqa", "caption"),
     max_rows: int | None = None,
     device: str | None = None,
+    data: Path | None = None,
+    backbone: str | None = None,
+    prompts: dict[str, str] | None = None,
+    scorer: str = "lavis",
 ) -> list[Path]:
     """Every exit of the run in `exits` evaluated teacher-forced on `splits`: per_exit_<split>.parquet
-    (VQA) and the caption tables into `out`; returns the files written. Checks everything first."""
-    import json
-
-    from free_bench.core.records import write_parquet
+    (VQA) and the caption tables into `out`; returns the files written. Checks everything first.
+    `data`, `backbone`, `prompts`: as `evaluation.trained` resolves them (default: what the run recorded)."""
+    from free_bench.core.errors import check_choice
+    from free_bench.core.records import write_json, write_parquet
     from free_bench.core.runs import check_writable, writer_lock
-    from free_bench.data.scenes_dataset import load_scenes
-    from free_bench.methods import load_exits
-    from free_bench.models.embedded import parse_spec
+    from free_bench.evaluation.metrics.vqa import SCORERS
+    from free_bench.evaluation.trained import open_exits, run_data, run_record
 
     exits, out = Path(exits), Path(out)
-    config_file, manifest_file = exits / "config.json", exits / "manifest.json"
-    if not (config_file.is_file() and manifest_file.is_file()):
+    if not ((exits / "config.json").is_file() and (exits / "manifest.json").is_file()):
         raise FreeBenchError(f"{exits} holds no trained exits (no config.json and manifest.json of a finished train-exits run)")
     if max_rows is not None and max_rows < 1:
         raise FreeBenchError(f"--max-rows must be >= 1, got {max_rows}")
     bad_tasks = [t for t in tasks if t not in ("vqa", "caption")]
     if bad_tasks:
         raise FreeBenchError(f"unknown task(s) {bad_tasks}; valid: vqa, caption")
-    saved = json.loads(config_file.read_text())
-    spec = saved["backbone"]["spec"]
-    if not str(spec).startswith("embedded:"):
-        raise FreeBenchError(f"exits on {spec}: per-exit evaluation on scenes needs an embedded backbone")
-    profile = get_profile(parse_spec(spec)[0])
-    ds = load_scenes(profile.name, profile.seed)
-    bad = [s for s in splits if s not in ds]
-    if bad:
-        raise FreeBenchError(f"unknown split(s) {bad}; valid: {', '.join(ds)}")
+    check_choice("scorer", scorer, SCORERS)
+    record = run_record(exits)
+    source = run_data(record, data)
+    rows = {s: source.split(s, need="per-exit evaluation") for s in splits}
     check_writable(out)
-    method = load_exits(exits, device=device)
-    regime = json.loads(manifest_file.read_text())["config"]["regime"]
+    method = load_exits_for(exits, backbone, prompts, device, record, open_exits)
+    regime = record.get("regime", "none")
     tag = {"method": method.name, "regime": regime}
     written = []
     with writer_lock(out):
         for split in splits:
             if "vqa" in tasks:
-                df = per_exit_vqa(method, ds[split], max_rows)
-                written.append(write_parquet(df.assign(split=split, **tag), out / f"per_exit_{split}.parquet"))
-                log.info("%s (%s) on %s: VQA accuracy per exit layer\n%s", method.name, regime, split,
-                         accuracy_table(df).to_string())  # fmt: skip
+                df = per_exit_vqa(method, rows[split], max_rows, scorer=scorer)
+                written.append(write_parquet(df.assign(split=split, scorer=scorer, **tag),
+                                             out / f"per_exit_{split}.parquet"))  # fmt: skip
+                log.info("%s (%s) on %s: VQA accuracy (%s) per exit layer\n%s", method.name, regime, split,
+                         scorer, accuracy_table(df).to_string())  # fmt: skip
             if "caption" in tasks:
-                caps = per_exit_captions(method, ds[split], max_rows)
+                caps = per_exit_captions(method, rows[split], max_rows)
                 path = out / f"per_exit_captions_{split}.parquet"
                 written.append(write_parquet(caps.assign(split=split, **tag), path))
                 scores = caption_score_table(caps).assign(split=split, **tag)
@@ -224,5 +224,13 @@ def evaluate_exit_run(
                 table = scores.pivot_table(index="metric", columns="layer", values="value").round(3)
                 log.info("%s (%s) on %s: caption scores per exit layer (teacher-forced)\n%s", method.name,
                          regime, split, table.to_string())  # fmt: skip
+        written.append(write_json({"exits": str(exits.resolve()), "backbone": method.backbone.spec,
+                                   "prompts": method.backbone.prompts, "scorer": scorer, "data": source.ref,
+                                   "dataset_hash": source.hash, "splits": list(splits), "tasks": list(tasks),
+                                   "max_rows": max_rows}, out / "eval_manifest.json"))  # fmt: skip
     log.info("wrote %s", out)
     return written
+
+
+def load_exits_for(exits, backbone, prompts, device, record, open_exits) -> ExitMethod:
+    return open_exits(exits, backbone=backbone, prompts=prompts, device=device, record=record)

@@ -33,7 +33,7 @@ def vqa_predictions(
     """One row per question: prediction and official VQA accuracy."""
     out = []
     for chunk in _chunks(split, max_rows, batch_size, "eval vqa", progress):
-        pairs = [E.vqa_pair(backbone.tokenizer, q, "") for q in chunk["question"]]
+        pairs = [E.vqa_pair(backbone.tokenizer, q, "", backbone.prompts["vqa"]) for q in chunk["question"]]
         res = generate(
             backbone,
             pixel_values=pixel_values(backbone, chunk["image"]),
@@ -62,7 +62,7 @@ def caption_predictions(
     images = split.select(E.first_rows_per_image(split))
     preds, refs = {}, {}
     for chunk in _chunks(images, max_images, batch_size, "eval captions", progress):
-        pairs = [E.caption_pair(backbone.tokenizer, "") for _ in range(len(chunk))]
+        pairs = [E.caption_pair(backbone.tokenizer, "", backbone.prompts["caption"]) for _ in range(len(chunk))]
         res = generate(
             backbone,
             pixel_values=pixel_values(backbone, chunk["image"]),
@@ -82,7 +82,7 @@ def logit_lens(
     tok = backbone.tokenizer
     rows: list[dict] = []
     for chunk in _chunks(split, max_rows, batch_size, "logit lens", progress):
-        pairs = [E.vqa_pair(tok, q, "") for q in chunk["question"]]
+        pairs = [E.vqa_pair(tok, q, "", backbone.prompts["vqa"]) for q in chunk["question"]]
         batch = prompt_batch(backbone, pairs)
         tf, at = first_answer_pass(backbone, pixel_values(backbone, chunk["image"]), batch)
         h = tf.hidden_states[1:, :, at]  # (L, B, D)

@@ -55,6 +55,12 @@ class SweepSpec:
     compact: bool = True  # False: exited rows ride along until the batch's slowest row is done
     exits_at: str | None = None  # consult only these trained exits (a sparse subset of a dense placement)
     engine: str = "eager"  # live decoding: the eager layer loop, or CUDA graphs per segment (engine.graphs)
+    data: str | None = None  # a `free-bench data` folder (default: the data the exits were trained beside)
+    backbone: str | None = None  # default: the one the exits name (it must be that one)
+    prompt: str | None = None  # VQA prompt (default: the one the exits were trained with)
+    caption_prompt: str | None = None
+    scorer: str = "lavis"  # VQA accuracy rule (evaluation.metrics.vqa.SCORERS)
+    hf_baseline: bool = True  # live: time HF generate() beside the engine's full model (else engine only)
 
     def check(self) -> None:
         check_choice("mode", self.mode, MODES)
@@ -83,23 +89,35 @@ class SweepSpec:
             from free_bench.data.perturb import parse_spec
 
             parse_spec(self.perturb)
+        from free_bench.evaluation.metrics.vqa import SCORERS
+        from free_bench.models.prompts import check_prompts
+
+        check_choice("scorer", self.scorer, SCORERS)
+        check_prompts(self.prompts, "--prompt")
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        return {k: v for k, v in (("vqa", self.prompt), ("caption", self.caption_prompt)) if v is not None}
 
 
 def load_method(spec: SweepSpec, device: str | None, backbone=None) -> tuple[ExitMethod, str]:
     """The exits named by `spec.exits`, or an untrained rule (static, mue) on their backbone: loaded
-    from disk, or `backbone` when given (it must be the one they were trained on; sweeps that share it
-    share its captured decoders and warmed shapes)."""
+    from disk (on `spec.backbone` if given, with the prompts they were trained with unless the spec
+    names others), or `backbone` when given (it must be the one they were trained on; sweeps that
+    share it share its captured decoders and warmed shapes)."""
+    from free_bench.evaluation.trained import open_exits, run_record
+
     cls = get_method(spec.method)
     if cls.rule == "oracle":
         raise FreeBenchError("the oracle is a ceiling over every exit's answer, not a threshold rule: "
                              "read it from `free-bench eval-exits` tables")  # fmt: skip
-    config = Path(spec.exits) / "config.json"
-    if not config.exists():
-        raise FreeBenchError(f"{spec.exits} holds no trained exits (no config.json); run train-exits first")
-    saved = json.loads(config.read_text())
-    manifest = Path(spec.exits) / "manifest.json"
-    regime = json.loads(manifest.read_text())["config"].get("regime", "none") if manifest.exists() else "none"
-    trained = load_exits(spec.exits, backbone, device=device)
+    record = run_record(spec.exits)
+    saved = record["exits"]
+    regime = record.get("regime", "none")
+    if backbone is not None:
+        trained = load_exits(spec.exits, backbone, device=device)
+    else:
+        trained = open_exits(spec.exits, backbone=spec.backbone, prompts=spec.prompts, device=device, record=record)
     if trained.name == spec.method:
         method = trained
     elif cls.trainable:
@@ -115,13 +133,15 @@ _PERTURBED: OrderedDict[tuple[str, str], datasets.Dataset] = OrderedDict()  # (r
 _PERTURBED_KEEP = 64  # a robustness grid's inputs, reused by each of its methods
 
 
-def _rows(spec: SweepSpec, split: datasets.Dataset, task: str) -> datasets.Dataset:
+def _rows(spec: SweepSpec, split: datasets.Dataset, task: str, shard: tuple[int, int] | None = None) -> datasets.Dataset:
     """The task's rows (first `max_rows`), perturbed after the cut so only the rows used pay for it
     (each row's perturbation is seeded by its own id, so the cut does not change it). Perturbed rows are
     kept in memory for the next sweep of the same rows and perturbation (the robustness grid decodes
     every input with each method: an H200 run at commit 8c2b62a spent 23 s of 123 perturbing the same rows 4 times)."""
     rows = S.TASK_ROWS[task](split)
     rows = rows.select(range(min(spec.max_rows, len(rows)))) if spec.max_rows else rows
+    if shard is not None:  # under torchrun: this rank's contiguous share of the rows
+        rows = rows.shard(num_shards=shard[1], index=shard[0], contiguous=True)
     if spec.perturb is None:
         return rows
     from free_bench.data.perturb import apply_to_row, parse_spec
@@ -179,7 +199,7 @@ def gather_samples(out: Path) -> pd.DataFrame:
         full_ms = f.with_suffix(".full_ms.json")
         if full_ms.exists():  # the baseline the point's measured speedup used: the faster full model
             totals = json.loads(full_ms.read_text())
-            faster = "engine_ms" if totals["engine_ms"] <= totals["hf_ms"] else "hf_ms"
+            faster = "hf_ms" if totals["hf_ms"] < totals["engine_ms"] else "engine_ms"  # NaN hf: not timed
             df["full_latency_ms"] = df[faster]
         else:
             df["full_latency_ms"] = np.nan
@@ -198,9 +218,11 @@ def run_sweep(
     progress: bool = True,
     loaded: tuple[ExitMethod, str] | None = None,
     overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> pd.DataFrame:
     """Run (or resume) a sweep into `out`. `loaded`: `load_method(spec, device)`'s result, when a
-    caller runs many sweeps of one method (reproduce's robustness grid) and loads it once.
+    caller runs many sweeps of one method (reproduce's robustness grid) and loads it once. `shard`:
+    (rank, ranks), this process's contiguous share of the rows (`evaluation.sweep_ranks`).
 
     A folder holding a sweep made with another spec or other exits (by content) is an error naming
     what differs, unless `overwrite`; one writer at a time (a lock beside `out`)."""
@@ -208,7 +230,7 @@ def run_sweep(
     out = Path(out)
     check_writable(out)
     with writer_lock(out):
-        return _run_sweep(spec, out, device, progress, loaded, overwrite)
+        return _run_sweep(spec, out, device, progress, loaded, overwrite, shard)
 
 
 _FINGERPRINTS: dict[tuple[str, int, int], str] = {}  # (weights path, size, mtime) -> fingerprint
@@ -236,15 +258,23 @@ def exits_fingerprint(exits: str | Path) -> str:
     return _FINGERPRINTS[key]
 
 
-def provenance(spec: SweepSpec) -> dict:
-    """Everything that decides a sweep's points: its spec and its exits' fingerprint."""
-    return {"spec": json.loads(json.dumps(asdict(spec))), "exits_fingerprint": exits_fingerprint(spec.exits)}
+def provenance(spec: SweepSpec, shard: tuple[int, int] | None = None) -> dict:
+    """Everything that decides a sweep's points: its spec, its exits' fingerprint, its rows' hash and,
+    under torchrun, which share of the rows."""
+    from free_bench.data.source import ref_hash
+    from free_bench.evaluation.trained import data_ref, run_record
+
+    ref = data_ref(run_record(spec.exits), spec.data)
+    record = {"spec": json.loads(json.dumps(asdict(spec))), "exits_fingerprint": exits_fingerprint(spec.exits),
+              "data": ref, "dataset_hash": ref_hash(ref)}  # fmt: skip
+    return record if shard is None else {**record, "shard": list(shard)}
 
 
 def _run_sweep(spec: SweepSpec, out: Path, device: str | None, progress: bool,
-               loaded: tuple[ExitMethod, str] | None, overwrite: bool) -> pd.DataFrame:  # fmt: skip
+               loaded: tuple[ExitMethod, str] | None, overwrite: bool,
+               shard: tuple[int, int] | None = None) -> pd.DataFrame:  # fmt: skip
     saved = out / SPEC_FILE
-    wanted = provenance(spec)
+    wanted = provenance(spec, shard)
     if saved.exists():
         if not overwrite:
             check_same("a sweep", out, read_json(saved), wanted)
@@ -252,7 +282,7 @@ def _run_sweep(spec: SweepSpec, out: Path, device: str | None, progress: bool,
             remove_run(out, SPEC_FILE)
     elif out.exists() and any(out.iterdir()):
         raise FreeBenchError(f"{out} exists and holds no sweep; choose another --out")
-    if sweep_finished(spec, out):  # a resumed caller (reproduce) neither reloads the exits nor re-records
+    if sweep_finished(spec, out, shard):  # a resumed caller (reproduce) neither reloads the exits nor re-records
         return SWEEP.validate(pd.read_parquet(out / "sweep.parquet"))
     wall = {"load": time.perf_counter()}  # where a sweep's wall time goes, beside the timed decoding
     method, regime = loaded if loaded is not None else load_method(spec, device)
@@ -274,17 +304,21 @@ def _run_sweep(spec: SweepSpec, out: Path, device: str | None, progress: bool,
             "perturbation": spec.perturb or "none", "device": device_name(),
             "engine": spec.engine if spec.mode == "live" else "none"}  # fmt: skip
     timings = {}
+
+    def scored(task: str) -> dict:  # the rows name the VQA scorer (captions: none)
+        return {**base, "scorer": spec.scorer if task == "vqa" else "none"}
+
     for task in spec.tasks:
         t0 = time.perf_counter()
-        rows = _rows(spec, ds, task)
+        rows = _rows(spec, ds, task, shard)
         write_json(S.sample_ids(task, rows), out / "points" / f"{task}.ids.json")
         if task == "caption":  # kept beside the texts: CIDEr can then be scored where Java runs
             refs = dict(zip(S.sample_ids(task, rows), map(list, rows["captions"]), strict=True))
         t1 = time.perf_counter()
         if spec.mode == "simulated":
-            timings[task] = _simulated(spec, method, cost, rows, task, out, base, progress)
+            timings[task] = _simulated(spec, method, cost, rows, task, out, scored(task), progress)
         else:
-            timings[task] = _live(spec, method, rows, task, out, base, progress)
+            timings[task] = _live(spec, method, rows, task, out, scored(task), progress)
         wall["rows"] += t1 - t0
         wall["points"] += time.perf_counter() - t1
     t0 = time.perf_counter()
@@ -294,12 +328,13 @@ def _run_sweep(spec: SweepSpec, out: Path, device: str | None, progress: bool,
     if "caption" in spec.tasks:
         write_parquet(gather_captions(out, refs), out / CAPTIONS)
     wall["tables"] = time.perf_counter() - t0
-    write_json({"spec": asdict(spec), "backbone": bb.spec, "timings": timings, "device": device_name(),
+    write_json({"spec": asdict(spec), "backbone": bb.spec, "prompts": bb.prompts, "scorer": spec.scorer,
+                "data": wanted["data"], "dataset_hash": wanted["dataset_hash"], "timings": timings, "device": device_name(),
                 "wall_s": {k: round(v, 3) for k, v in wall.items()}}, out / "manifest.json")  # fmt: skip
     return df
 
 
-def sweep_finished(spec: SweepSpec, out: Path) -> bool:
+def sweep_finished(spec: SweepSpec, out: Path, shard: tuple[int, int] | None = None) -> bool:
     """Every point of `spec` is on disk and the tables after them (the manifest is written last)."""
     keys = ["full", *spec.thresholds]
     points = [_point_file(out, task, k) for task in spec.tasks for k in keys]
@@ -308,19 +343,15 @@ def sweep_finished(spec: SweepSpec, out: Path) -> bool:
         (out / "manifest.json").exists()
         and saved.exists()
         and all(p.exists() for p in points)
-        and not differences(read_json(saved), provenance(spec))
+        and not differences(read_json(saved), provenance(spec, shard))
     )
 
 
 def load_split(method: ExitMethod, spec: SweepSpec) -> datasets.Dataset:
-    from free_bench.config import get_profile
-    from free_bench.data.scenes_dataset import load_scenes
-    from free_bench.models.embedded import parse_spec
+    """The split to decode: from `spec.data`, else from the data the exits were trained beside."""
+    from free_bench.evaluation.trained import run_data, run_record
 
-    if not str(method.backbone.spec).startswith("embedded:"):
-        raise FreeBenchError(f"sweeps run on scenes with an embedded backbone, not {method.backbone.spec}")
-    profile = get_profile(parse_spec(method.backbone.spec)[0])
-    return load_scenes(profile.name, profile.seed, progress=False)[spec.split]
+    return run_data(run_record(spec.exits), spec.data, progress=False).split(spec.split, need="the sweep")
 
 
 def _rows_out(
@@ -358,11 +389,11 @@ def _simulated(spec, method, cost, rows, task, out, base, progress) -> dict:
     def quality(seqs: list[tuple[int, ...]]) -> tuple[dict[str, float], list[float]]:
         """VQA accuracy memoised per (row, answer): a row has few distinct answers across thresholds."""
         if answers is None:
-            return S.quality(task, rows, texts(seqs))
+            return S.quality(task, rows, texts(seqs), spec.scorer)
         values = [scored.get((r, s)) for r, s in enumerate(seqs)]
         for r, v in enumerate(values):
             if v is None:
-                values[r] = scored[(r, seqs[r])] = vqa_accuracy(texts([seqs[r]])[0], answers[r])
+                values[r] = scored[(r, seqs[r])] = vqa_accuracy(texts([seqs[r]])[0], answers[r], scorer=spec.scorer)
         return {"vqa_accuracy": sum(values) / len(values)}, values
 
     points = [(None, "full")] + [(t, t) for t in spec.thresholds]
@@ -393,7 +424,8 @@ def _live(spec, method, rows, task, out, base, progress) -> dict:
     full_point = ("full", bb.num_layers)  # the full model's (method, threshold)
     for t in todo:
         res, full = S.live_outputs(bb, None if t is None else method, *args, t, spec.kv_policy, spec.warmup,
-                                   spec.repeats, compact=spec.compact, engine=spec.engine)  # fmt: skip
+                                   spec.repeats, compact=spec.compact, engine=spec.engine,
+                                   hf=spec.hf_baseline)  # fmt: skip
         if t is None:
             _write_live_point(out, task, "full", full_point, res, full, base, rows)
             continue
@@ -411,8 +443,8 @@ def _write_live_point(
     path = _point_file(out, task, key)
     name, threshold = named
     lat = pd.Series(res.latencies_ms)
-    faster = min(full["engine_ms"], full["hf_ms"])
-    metrics, values = S.quality(task, rows, res.texts)
+    faster = full["hf_ms"] if full["hf_ms"] < full["engine_ms"] else full["engine_ms"]  # NaN hf: not timed
+    metrics, values = S.quality(task, rows, res.texts, base.get("scorer", "lavis"))
     if task == "caption":
         save_texts(path, res.texts)
     write_json(full, path.with_suffix(".full_ms.json"))  # the full model timed beside this point

@@ -92,15 +92,17 @@ ROW_FIELDS = (
 def prompts_for(backbone: Backbone, rows: datasets.Dataset, task: str) -> list[E.TextPair]:
     tok = backbone.tokenizer
     if task == "vqa":
-        return [E.vqa_pair(tok, q, "") for q in rows["question"]]
-    return [E.caption_pair(tok, "") for _ in range(len(rows))]
+        return [E.vqa_pair(tok, q, "", backbone.prompts["vqa"]) for q in rows["question"]]
+    return [E.caption_pair(tok, "", backbone.prompts["caption"]) for _ in range(len(rows))]
 
 
-def quality(task: str, rows: datasets.Dataset, texts: list[str]) -> tuple[dict[str, float], list[float]]:
-    """The task's metric over the rows, and per row. VQA: official accuracy. Captions: CIDEr (its corpus
-    value is the mean of the per-image values), or NaN (reported missing) where pycocoevalcap is absent."""
+def quality(task: str, rows: datasets.Dataset, texts: list[str],
+            scorer: str = "lavis") -> tuple[dict[str, float], list[float]]:  # fmt: skip
+    """The task's metric over the rows, and per row. VQA: accuracy by `scorer`'s rule. Captions: CIDEr
+    (its corpus value is the mean of the per-image values), or NaN (reported missing) where
+    pycocoevalcap is absent."""
     if task == "vqa":
-        acc = [vqa_accuracy(t, a) for t, a in zip(texts, rows["answers"], strict=True)]
+        acc = [vqa_accuracy(t, a, scorer=scorer) for t, a in zip(texts, rows["answers"], strict=True)]
         return {"vqa_accuracy": sum(acc) / len(acc)}, acc
     try:
         from free_bench.evaluation.metrics.captions import cider_per_image
@@ -265,13 +267,15 @@ def warmed_shapes(backbone: Backbone, method: ExitMethod | None, engine: str, po
 def live_outputs(
     backbone: Backbone, method: ExitMethod | None, rows: datasets.Dataset, task: str, batch_size: int,
     threshold: float | None, policy: str, warmup: int, repeats: int, compact: bool = True, engine: str = "eager",
+    hf: bool = True,
 ) -> tuple[Outputs, dict[str, float]]:  # fmt: skip
     """Decode every batch through the engine (timed), with the full model timed beside it on the same
     batch, interleaved (HF `generate()`, the engine with exits off, then the early-exit decode), so
     that clock or load drift hits all three alike; the prefix alone (vision tower, Q-Former: what no
     exit can skip) is timed beside them. Returns the decode's outputs (with exits, the full model's
     outputs from the same decodes in `.full_model`) and the summed times {"engine_ms", "hf_ms",
-    "prefix_ms"}."""
+    "prefix_ms"}. `hf=False` leaves HF `generate()` out (at BLIP-2 size it is the slowest of the
+    three and the engine's full model is the faster baseline): its times are then NaN."""
     out = Outputs()
     batches = []
     for start in range(0, len(rows), batch_size):
@@ -285,7 +289,7 @@ def live_outputs(
     new = MAX_NEW[task]
 
     def runners(pv: torch.Tensor, prompts: dict, last: dict) -> dict:
-        def hf() -> None:
+        def hf_generate() -> None:
             backbone.model.generate(pixel_values=pv, **prompts, do_sample=False, max_new_tokens=new)
 
         def full_model() -> None:
@@ -303,7 +307,7 @@ def live_outputs(
             last["res"] = generate(backbone, method, pixel_values=pv, **prompts, max_new_tokens=new,
                                    threshold=threshold, kv_policy=policy, compact=compact, engine=engine)  # fmt: skip
 
-        return {"hf_ms": hf, "engine_ms": full_model, "prefix_ms": prefix,
+        return {**({"hf_ms": hf_generate} if hf else {}), "engine_ms": full_model, "prefix_ms": prefix,
                 **({"early": early} if method is not None else {})}  # fmt: skip
 
     shapes = [(tuple(pv.shape), tuple(p["input_ids"].shape)) for pv, p in batches]
@@ -319,6 +323,8 @@ def live_outputs(
                                  batch_size=len(pv))  # fmt: skip
             out.timer = full_out.timer = timing.timer
             lat[name].append(timing.median_ms)
+        if not hf:
+            lat["hf_ms"].append(float("nan"))
         times = {key: lat[key][-1] for key in ("engine_ms", "hf_ms", "prefix_ms")}
         full_out.add(last["full"], index, lat["engine_ms"][-1], times)
         if method is not None:

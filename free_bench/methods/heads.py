@@ -128,9 +128,18 @@ class Generators(nn.Module):
             self.layers[str(k)] = layer
 
     def causal_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-        """The 4D mask HF's OPTDecoder builds for a whole sequence: causal + padding (None = causal only)."""
+        """The 4D mask HF's OPTDecoder builds for a whole sequence: causal + padding (None = causal only),
+        with every position allowed to see itself: a left-padded position sees no key at all, and a
+        fully masked row is NaN in some CUDA attention kernels, which a masked mean then carries into
+        the loss (NaN * 0 is NaN). Real positions see themselves already: their outputs are unchanged."""
         pad = None if attention_mask is None else attention_mask.to(hidden.device).bool()  # (B, T)
-        return create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=pad, cache=None)
+        mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=pad, cache=None)
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 4:
+            return mask
+        eye = torch.eye(mask.shape[-2], mask.shape[-1], dtype=torch.bool, device=mask.device)  # (T, T)
+        if mask.dtype == torch.bool:  # True: may attend
+            return mask | eye
+        return mask.masked_fill(eye, 0.0)  # additive: 0 where it may attend
 
     def forward(
         self,

@@ -6,7 +6,7 @@ exactly the transformation HF applies after the last decoder layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,6 +32,7 @@ class Backbone:
     processor: Any = None
     spec: str = "<in-memory>"
     seed: int = 0  # which pretraining of an embedded profile (part of its identity); 0 otherwise
+    prompts: dict[str, str] = field(default_factory=dict)  # task -> prompt (models.prompts); LAVIS's if empty
 
     def __post_init__(self) -> None:
         if self.lm_type not in LM_TYPES:
@@ -42,6 +43,10 @@ class Backbone:
             raise FreeBenchError(
                 f"num_layers={self.num_layers} but the {self.lm_type} decoder has {len(self.layers)} layers"
             )
+        from free_bench.models.prompts import EMBEDDED, resolve_prompts
+
+        embedded = str(self.spec).startswith("embedded:")  # asked as it was pretrained
+        self.prompts = resolve_prompts(self.lm_type, own={**(EMBEDDED if embedded else {}), **self.prompts})
 
     # --- module accessors -------------------------------------------------------------------
     @property

@@ -65,15 +65,18 @@ def backbone_from_model(
     tokenizer: Any = None,
     processor: Any = None,
     spec: str = "<in-memory>",
+    prompts: dict[str, str] | None = None,
 ) -> Backbone:
-    """Wrap an already built / loaded BLIP-2, checking its language model is one we run."""
+    """Wrap an already built / loaded BLIP-2, checking its language model is one we run. `prompts`:
+    per task, over LAVIS's for its LM family (`models.prompts`)."""
     if not isinstance(model, Blip2ForConditionalGeneration):
         raise FreeBenchError(f"expected a Blip2ForConditionalGeneration, got {type(model).__name__}")
     lm_type = _lm_type(model.config, spec)
     layers = (
         model.language_model.model.decoder.layers if lm_type == "opt" else model.language_model.decoder.block
     )
-    return Backbone(model, lm_type, len(layers), tokenizer=tokenizer, processor=processor, spec=spec)
+    return Backbone(model, lm_type, len(layers), tokenizer=tokenizer, processor=processor, spec=spec,
+                    prompts=dict(prompts or {}))  # fmt: skip
 
 
 def from_hf(
@@ -81,18 +84,23 @@ def from_hf(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    prompts: dict[str, str] | None = None,
 ) -> Backbone:
     """Load a BLIP-2 (OPT or T5 LM) from an HF id, a local directory, or an in-memory model.
 
     In-memory models are moved/cast only when `device`/`dtype` are given. Nothing is downloaded
-    when HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set: the id must be in the local HF cache.
+    when HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set: the id must be in the local HF cache. A
+    directory is named by its absolute path (exits record it); its `prompts.json`, if any, and then
+    `prompts` override LAVIS's prompts.
     """
+    from free_bench.models.prompts import check_prompts, read_prompts
+
     if isinstance(spec, Blip2ForConditionalGeneration):
         model = spec
         if device is not None or dtype is not None:
             dev = resolve_device(device) if device is not None else None
             model = model.to(device=dev, dtype=resolve_dtype(dtype, dev) if dtype is not None else None)
-        return backbone_from_model(model.eval())
+        return backbone_from_model(model.eval(), prompts=check_prompts(prompts or {}, "prompts"))
     if not isinstance(spec, (str, os.PathLike)):
         raise FreeBenchError(
             f"backbone spec must be an HF id, a directory or a BLIP-2 model, got {type(spec).__name__}"
@@ -101,9 +109,11 @@ def from_hf(
     torch_dtype = resolve_dtype(dtype, dev)
     name = os.fspath(spec)
     path = Path(name).expanduser()
+    own = None
     if path.is_dir():
         _check_directory(path)
-        name = str(path)
+        name = str(path.resolve())
+        own = read_prompts(path)
     elif name.startswith((".", os.sep, "~")) or name.endswith(os.sep):  # a path, not an HF id
         raise FreeBenchError(f"backbone directory {name!r} does not exist")
     local_only = _offline()
@@ -123,7 +133,9 @@ def from_hf(
         raise FreeBenchError(_not_found_message(name, path.is_dir(), exc)) from exc
     processor = _load_processor(name, local_only)
     tokenizer = getattr(processor, "tokenizer", None)
-    return backbone_from_model(model.to(dev).eval(), tokenizer=tokenizer, processor=processor, spec=name)
+    chosen = {**(own or {}), **check_prompts(prompts or {}, "--prompt")}
+    return backbone_from_model(model.to(dev).eval(), tokenizer=tokenizer, processor=processor, spec=name,
+                               prompts=chosen)  # fmt: skip
 
 
 def _lm_type(config: Any, spec: str) -> str:

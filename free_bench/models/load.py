@@ -19,12 +19,14 @@ def load_backbone(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     seed: int = 0,
+    prompts: dict[str, str] | None = None,
 ) -> Backbone:
     """A `Backbone` from `"embedded:<profile>[-t5]"`, an HF id, a local directory or an in-memory model.
 
     Embedded backbones load from the cache and are never trained here: one that is not cached is an
     error naming the `free-bench pretrain` command that makes it (minutes of silent training inside a
     load would hide where the time goes). `seed` picks which pretraining of an embedded profile.
+    `prompts` (task -> prompt) override the backbone's own (`models.prompts`).
     """
     from free_bench.models.hf import from_hf
 
@@ -36,8 +38,10 @@ def load_backbone(
                 f"make it with `{pretrain_command(spec, seed)}`"
             )
         check_current(folder, *parse_spec(spec))
-        backbone = from_hf(str(folder), device=device, dtype=dtype)
+        from free_bench.models.prompts import EMBEDDED
+
+        backbone = from_hf(str(folder), device=device, dtype=dtype, prompts={**EMBEDDED, **(prompts or {})})
         backbone.spec = spec
         backbone.seed = seed
         return backbone
-    return from_hf(spec, device=device, dtype=dtype)
+    return from_hf(spec, device=device, dtype=dtype, prompts=prompts)

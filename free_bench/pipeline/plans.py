@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from free_bench.config import get_profile
 from free_bench.core.errors import FreeBenchError
 from free_bench.core.records import atomic_path, write_json
 from free_bench.pipeline.context import Context
@@ -49,7 +48,7 @@ def thresholds_for(rule: str, layers: list[int], grid: int) -> list[float]:
 def sweep_plan(ctx: Context, name: str, method: str, exits: Path, split: str, mode: str, thresholds,
                seed: int = 0, **opts) -> dict:  # fmt: skip
     """One sweep as plain data: its spec, its work folder in the cache, where its tables are copied."""
-    profile = get_profile(ctx.profile)
+    profile = ctx.settings
     spec = {"method": method, "exits": str(exits), "split": split, "mode": mode,
             "thresholds": [float(t) for t in thresholds], "exits_at": profile.exits.sparse, **opts}  # fmt: skip
     dst = None if name.startswith("rob/") else str(ctx.results / "sweeps" / name)  # rob/: gathered instead

@@ -7,6 +7,7 @@ copied into `results/<profile>/`. The profile's `ReproduceConfig` says what runs
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from free_bench.config import ReproduceConfig, get_profile
+from free_bench.config import ReproduceConfig
 from free_bench.core.errors import FreeBenchError
 from free_bench.core.records import SWEEP, SWEEP_SAMPLES, write_json, write_parquet
 from free_bench.pipeline.context import Context
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 def _cfg(ctx: Context) -> ReproduceConfig:
-    return get_profile(ctx.profile).reproduce
+    return ctx.settings.reproduce
 
 
 def run_names(ctx: Context) -> list[tuple[str, str, str, int]]:
@@ -48,26 +49,28 @@ def chain_plan(ctx: Context, name: str, method: str, regime: str, seed: int) -> 
     """One run's chain as plain data (a worker process runs it without the profile in memory):
     train-exits -> eval-exits (VQA on val and test; captions on test) -> its simulated sweeps (val
     for the first seed only: val sets the operating points; FREE's caption sweep too)."""
-    cfg, profile = _cfg(ctx), get_profile(ctx.profile)
+    cfg, profile = _cfg(ctx), ctx.settings
     work = ctx.cache / "exits" / name
     first = seed == cfg.seeds[0]
     steps = cfg.exit_steps or profile.exits.steps
-    train = {"out": str(work), "method": method, "backbone": f"embedded:{ctx.profile}", "regime": regime,
-             "exits": profile.exits.dense, "seed": seed, "backbone_seed": ctx.seed, "steps": steps}
+    captions = "caption" in cfg.tasks
+    train = {"out": str(work), "method": method, "backbone": ctx.backbone, "regime": regime,
+             "exits": profile.exits.dense, "seed": seed, "backbone_seed": ctx.seed, "steps": steps,
+             "data": ctx.data, "tasks": list(cfg.tasks), "train_config": dataclasses.asdict(profile.exits)}  # fmt: skip
     # per-exit VQA on val and test; per-exit captions (the CIDEr table, first seed) on test only: the
     # report reads no val captions, and each split's captions cost a full-model caption decode per batch
     evaluate = [{"exits": str(work), "out": str(work / "eval"), "splits": ["val", "test"], "tasks": ["vqa"]}]
-    if first:
+    if first and captions:
         evaluate.append({"exits": str(work), "out": str(work / "eval"), "splits": ["test"], "tasks": ["caption"]})
     grid = thresholds_for(_rule(method), _sparse(ctx), cfg.grid)
     sweeps = [sweep_plan(ctx, f"sim-{name}-{split}", method, work, split, "simulated", grid, seed=seed)
               for split in (("val", "test") if first else ("test",))]  # fmt: skip
-    if method == "free" and first:  # captions: a coarser grid, each point a CIDEr run
+    if method == "free" and first and captions:  # captions: a coarser grid, each point a CIDEr run
         cap = thresholds_for(_rule(method), _sparse(ctx), cfg.caption_grid)
         sweeps.append(sweep_plan(ctx, f"sim-{name}-test-caption", method, work, "test", "simulated", cap,
                                  seed=seed, tasks=["caption"], max_rows=cfg.caption_rows))  # fmt: skip
     outputs = ["per_exit_val.parquet", "per_exit_test.parquet"] + (
-        ["per_exit_captions_test.parquet", "per_exit_caption_scores_test.parquet"] if first else []
+        ["per_exit_captions_test.parquet", "per_exit_caption_scores_test.parquet"] if first and captions else []
     )
     weight = CHAIN_SECONDS.get(method, CHAIN_SECONDS["other"]) + (CHAIN_SECONDS["first_seed"] if first else 0)
     return {"name": name, "work": str(work), "weight": weight,
@@ -129,8 +132,14 @@ def _rule(method: str) -> str:
 def _sparse(ctx: Context) -> list[int]:
     from free_bench.methods import parse_placement
 
-    profile = get_profile(ctx.profile)
-    return parse_placement(profile.exits.sparse, profile.backbone.lm_layers)
+    return parse_placement(ctx.settings.exits.sparse, lm_layers(ctx))
+
+
+def lm_layers(ctx: Context) -> int:
+    """The backbone's LM decoder depth: the profile's for embedded backbones, else the checkpoint's config."""
+    if ctx.embedded:
+        return ctx.settings.backbone.lm_layers
+    return json.loads((ctx.cache / "backbone.done.json").read_text())["num_layers"]
 
 
 def operating_points(ctx: Context, cfg: ReproduceConfig) -> dict[str, tuple[float, list[float]]]:
@@ -182,7 +191,8 @@ def sweeps_stage(ctx: Context) -> dict:
     cfg = _cfg(ctx)
     layers = _sparse(ctx)
     runs = [(n, m, ctx.cache / "exits" / n, s) for n, m, _, s in run_names(ctx)]
-    first = next(r for r in runs if r[1] == "free" and r[3] == cfg.seeds[0])
+    firsts = [r for r in runs if r[3] == cfg.seeds[0]]  # FREE's if it runs, else the first run's
+    first = next((r for r in firsts if r[1] == "free"), firsts[0])
     for plan in [chain_plan(ctx, *r) for r in run_names(ctx)]:  # finished in the exits stage: reused
         for sweep in plan["sweeps"]:
             run_planned(sweep)
@@ -202,13 +212,13 @@ def sweeps_stage(ctx: Context) -> dict:
             _sweep(ctx, f"live-{name}-b1{tag}", method, exits_of[name], "test", "live", live,
                    max_rows=cfg.live_rows, engine=engine, backbone=bb)  # fmt: skip
     free_op = ops[first[0]][0]
-    _sweep(ctx, f"live-{first[0]}-b1-deferred", "free", first[2], "test", "live", [free_op],
+    _sweep(ctx, f"live-{first[0]}-b1-deferred", first[1], first[2], "test", "live", [free_op],
            kv_policy="deferred", max_rows=cfg.live_rows, backbone=bb)  # fmt: skip
     for b in cfg.batch_sizes:
         rows = max(cfg.live_rows, 4 * b)
         for compact in (True, False):
             tag = "compact" if compact else "no-compact"
-            _sweep(ctx, f"live-{first[0]}-b{b}-{tag}", "free", first[2], "test", "live", [free_op],
+            _sweep(ctx, f"live-{first[0]}-b{b}-{tag}", first[1], first[2], "test", "live", [free_op],
                    batch_size=b, compact=compact, max_rows=rows, backbone=bb)  # fmt: skip
     return {"operating_points": {n: {"threshold": t, "live": live} for n, (t, live) in ops.items()},
             "live_engines": engines,
@@ -222,10 +232,11 @@ def robustness_stage(ctx: Context) -> dict:
     from free_bench.evaluation.sweep import SweepSpec, load_method
 
     cfg = _cfg(ctx)
-    profile = get_profile(ctx.profile)
+    profile = ctx.settings
     ops = json.loads((ctx.cache / "sweeps.done.json").read_text())["operating_points"]
     names = sorted(cfg.perturbations or PERTURBATIONS)
-    inputs = [("test", None), ("test_novel", None)] + [
+    novel = [("test_novel", None)] if ctx.embedded else []  # a user's data has no held-out pairs
+    inputs = [("test", None), *novel] + [
         ("test", f"{p}:{s}") for p in names for s in cfg.severities
     ]
     opts = {"max_rows": cfg.robustness_rows, "batch_size": cfg.robustness_batch_size,

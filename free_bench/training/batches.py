@@ -8,6 +8,8 @@ the exits learn to match its token distributions at those positions.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import datasets
@@ -24,6 +26,7 @@ from free_bench.models.runner import teacher_forced_hidden_states
 from free_bench.training.distributed import SINGLE, Dist, check_batch
 
 IGNORE = -100
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,6 +39,63 @@ class TFBatch:
     )  # (B, T) answer ids at loss positions, IGNORE elsewhere; None if unsupervised
 
 
+class TeacherForcedBatches(Sequence[TFBatch]):
+    """The training split's fixed batches, each computed by one teacher-forced pass when first asked
+    for. Up to `keep_mib` of hidden states are kept (None: all, the embedded profiles' small splits,
+    computed up front); beyond that every batch is recomputed when the loop visits it again, so at
+    most one batch of all-layer hidden states is alive and memory does not grow with the split."""
+
+    def __init__(self, backbone: Backbone, plan: list[tuple[str, datasets.Dataset]], regime: str,
+                 keep_mib: float | None, progress: bool = True) -> None:  # fmt: skip
+        self.backbone, self.plan, self.regime, self.keep_mib = backbone, plan, regime, keep_mib
+        self.kept: dict[int, TFBatch] = {}
+        self.last: tuple[int, TFBatch] | None = None
+        self.passes = 0  # teacher-forced passes run (a streamed batch counts each time)
+        self.batch_mib = 0.0
+        if plan and self._keeps_all():
+            for i in tqdm(range(len(plan)), desc=f"teacher forcing ({regime})", disable=not progress):
+                self[i]
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int) -> TFBatch:  # type: ignore[override]
+        if i in self.kept:
+            return self.kept[i]
+        if self.last is not None and self.last[0] == i:
+            return self.last[1]
+        self.last = None  # the previous streamed batch goes before the next one is made
+        task, rows = self.plan[i]
+        batch = teacher_forced_batch(self.backbone, rows, self.regime, task)
+        self.passes += 1
+        mib = batch.hidden.numel() * batch.hidden.element_size() / 2**20
+        self.batch_mib = max(self.batch_mib, mib)
+        if self.keep_mib is None or (len(self.kept) + 1) * self.batch_mib <= self.keep_mib:
+            self.kept[i] = batch
+        else:
+            self.last = (i, batch)
+        return batch
+
+    def _keeps_all(self) -> bool:
+        """Whether every batch fits the budget, judged by the first batch's size."""
+        first = self[0]
+        if self.keep_mib is None:
+            return True
+        est = self.batch_mib * len(self.plan)
+        keeps = est <= self.keep_mib
+        log.info("teacher-forced hidden states: %.1f MiB a batch, %d batches (%.0f MiB); budget %.0f MiB: %s",
+                 self.batch_mib, len(self.plan), est, self.keep_mib,
+                 "kept" if keeps else "recomputed at each visit (streamed)")  # fmt: skip
+        if not keeps:
+            self.kept.clear()
+            self.last = (0, first)
+        return keeps
+
+    @property
+    def streamed(self) -> bool:
+        return len(self.kept) < len(self.plan)
+
+
 def teacher_forced_batches(
     backbone: Backbone,
     split: datasets.Dataset,
@@ -45,30 +105,36 @@ def teacher_forced_batches(
     tasks: tuple[str, ...] = ("vqa", "caption"),
     progress: bool = True,
     dist: Dist = SINGLE,
-) -> list[TFBatch]:
+    keep_mib: float | None = None,
+) -> TeacherForcedBatches:
     """Fixed batches of `split`: its VQA rows, then one caption per distinct image; hidden states
-    detached on the backbone's device. Under data parallelism each rank keeps its own share of every
-    global batch of `batch_size` rows."""
+    detached on the backbone's device, kept up to `keep_mib` (None: all) and else recomputed when
+    visited. Under data parallelism each rank keeps its own share of every global batch of
+    `batch_size` rows."""
     check_choice("regime", regime, ("semi", "unsupervised"))
     check_batch(batch_size, dist)
     bad = [t for t in tasks if t not in TASKS]
     if bad or not tasks:
         raise FreeBenchError(f"unknown task(s) {bad or tasks}; valid: {', '.join(TASKS)}")
+    if keep_mib is not None and keep_mib < 0:
+        raise FreeBenchError(f"keep_mib must be >= 0 or None, got {keep_mib}")
     n = len(split) if max_rows is None else min(max_rows, len(split))
     if n == 0:
         raise FreeBenchError("no rows to train exits on")
     split = split.select(range(n))
-    if regime == "semi" and not any(split.select(range(min(n, 50)))["answer"]):
-        raise FreeBenchError("regime 'semi' needs a labelled split (answers); this one has none")
-    out = []
+    plan: list[tuple[str, datasets.Dataset]] = []
     for task in tasks:
         rows = split if task == "vqa" else split.select(E.first_rows_per_image(split))
-        desc = f"teacher forcing {task} ({regime})"
-        for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress or not dist.main):
-            chunk = rows.select(dist.share(start, min(start + batch_size, len(rows))))
-            out.append(teacher_forced_batch(backbone, chunk, regime, task))
-    return out
-
+        if task == "vqa":
+            rows = rows.filter(bool, input_columns="question", keep_in_memory=True)
+        if len(rows) == 0:
+            raise FreeBenchError(f"no {task} rows in this split (no questions); choose --tasks caption")
+        label = "answer" if task == "vqa" else "captions"
+        if regime == "semi" and not any(rows.select(range(min(len(rows), 50)))[label]):
+            raise FreeBenchError(f"regime 'semi' needs a labelled split ({label}) for {task}; this one has none")
+        for start in range(0, len(rows), batch_size):
+            plan.append((task, rows.select(dist.share(start, min(start + batch_size, len(rows))))))
+    return TeacherForcedBatches(backbone, plan, regime, keep_mib, progress=progress and dist.main)
 
 
 MAX_NEW = {"vqa": 6, "caption": 30}
@@ -80,9 +146,9 @@ def teacher_forced_batch(backbone: Backbone, rows: datasets.Dataset, regime: str
     tok = backbone.tokenizer
     pixels = pixel_values(backbone, rows["image"])
     if task == "vqa":
-        pairs = [E.vqa_pair(tok, q, "") for q in rows["question"]]
+        pairs = [E.vqa_pair(tok, q, "", backbone.prompts["vqa"]) for q in rows["question"]]
     else:
-        pairs = [E.caption_pair(tok, "") for _ in range(len(rows))]
+        pairs = [E.caption_pair(tok, "", backbone.prompts["caption"]) for _ in range(len(rows))]
     prompts = prompt_batch(backbone, pairs)
     if regime == "semi":  # the label: the answer, or the first reference caption
         labels = rows["answer"] if task == "vqa" else [caps[0] for caps in rows["captions"]]

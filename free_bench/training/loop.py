@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ class GanCollapse(FreeBenchError):
 
 def train_exits(
     method: ExitMethod,
-    batches: list[TFBatch],
+    batches: Sequence[TFBatch],
     cfg: ExitTrainConfig,
     regime: str,
     state_dir: Path,
@@ -52,7 +53,7 @@ def train_exits(
         )
 
 
-def _loop(method: ExitMethod, batches: list[TFBatch], cfg: ExitTrainConfig, regime: str, ckpt: Path,
+def _loop(method: ExitMethod, batches: Sequence[TFBatch], cfg: ExitTrainConfig, regime: str, ckpt: Path,
           seed: int, progress: bool, dist: Dist, stop: StopRequest) -> dict:  # fmt: skip
     """The body of `train_exits`, from the checkpoint in `ckpt` if there is one."""
     state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None

@@ -17,7 +17,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from free_bench.config import TASKS, Profile, get_profile
+from free_bench.config import TASKS, ExitTrainConfig, get_profile
 from free_bench.core.errors import FreeBenchError, check_choice
 from free_bench.core.records import Manifest, read_json, write_json
 from free_bench.core.runs import check_same, check_writable, remove_run, writer_lock
@@ -34,21 +34,54 @@ def state_path(out: Path) -> Path:
 
 
 def check_request(method: str, regime: str, backbone: str, profile: str | None, steps: int | None,
-                  tasks: tuple[str, ...]) -> Profile:  # fmt: skip
-    """Every setting checked before anything is loaded or written; returns the data's profile."""
+                  tasks: tuple[str, ...], data: str | Path | None = None, batch_size: int | None = None,
+                  train_config: dict[str, Any] | None = None) -> ExitTrainConfig:  # fmt: skip
+    """Every setting checked before anything is loaded or written; returns the training config:
+    `train_config` (ExitTrainConfig fields, as reproduce passes its settings), else the profile's
+    (`--profile`, else an embedded backbone's own), else the defaults; then the overrides."""
     from free_bench.methods.registry import available
 
     check_choice("method", method, available())
     check_choice("regime", regime, list(REGIME_SPLIT))
     for task in tasks:
         check_choice("task", task, TASKS)
-    if steps is not None and steps < 1:
-        raise FreeBenchError(f"--steps must be >= 1, got {steps}")
-    if profile is None and not backbone.startswith("embedded:"):
-        raise FreeBenchError("--profile is needed to pick the scenes data for a non-embedded backbone")
-    from free_bench.models.embedded import parse_spec
+    for name, value in (("--steps", steps), ("--batch-size", batch_size)):
+        if value is not None and value < 1:
+            raise FreeBenchError(f"{name} must be >= 1, got {value}")
+    embedded = backbone.startswith("embedded:")
+    if data is None and profile is None and not embedded and train_config is None:
+        raise FreeBenchError(
+            f"backbone {backbone!r} is not embedded: give --data DIR (a folder written by `free-bench data`), "
+            "or --profile to train on that profile's scenes"
+        )
+    if train_config is not None:
+        try:
+            cfg = ExitTrainConfig(**train_config)
+        except TypeError as exc:
+            raise FreeBenchError(f"exit training settings: {exc}") from None
+    elif profile is not None:
+        cfg = get_profile(profile).exits
+    elif embedded:
+        from free_bench.models.embedded import parse_spec
 
-    return get_profile(profile or parse_spec(backbone)[0])
+        cfg = get_profile(parse_spec(backbone)[0]).exits
+    else:
+        cfg = ExitTrainConfig()
+    overrides = {"steps": steps, "batch_size": batch_size}
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def data_source(backbone: str, profile: str | None, data: str | Path | None):
+    """The rows to train on: `--data`, else the scenes of `--profile` or of the embedded backbone."""
+    from free_bench.data.source import open_folder, open_scenes
+
+    if data is not None:
+        return open_folder(data)
+    if profile is None:
+        from free_bench.models.embedded import parse_spec
+
+        profile = parse_spec(backbone)[0]
+    return open_scenes(profile, get_profile(profile).seed)
 
 
 def train_exit_run(
@@ -67,34 +100,43 @@ def train_exit_run(
     backbone_seed: int = 0,
     device: str | None = None,
     overwrite: bool = False,
+    data: str | Path | None = None,
+    prompts: dict[str, str] | None = None,
+    batch_size: int | None = None,
+    train_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train `method`'s exits on the frozen `backbone` into `out` (resumable); returns the manifest.
 
-    A finished run with the same provenance is returned as it is; one with other provenance is an
-    error naming the differing fields unless `overwrite`. Under torchrun each rank trains on its shard
-    and the main rank writes."""
+    `data`: a folder written by `free-bench data` (default: the scenes of `profile` or of the embedded
+    backbone); `prompts` (task -> prompt) override the backbone's. A finished run with the same
+    provenance is returned as it is; one with other provenance is an error naming the differing
+    fields unless `overwrite`. Under torchrun each rank trains on its shard and the main rank writes."""
     from free_bench.training.distributed import init_from_env, shutdown
 
     out = Path(out)
     tasks = tuple(tasks)
-    prof = check_request(method, regime, backbone, profile, steps, tasks)
+    cfg = check_request(method, regime, backbone, profile, steps, tasks, data, batch_size, train_config)
+    if prompts:
+        from free_bench.models.prompts import check_prompts
+
+        check_prompts(prompts, "--prompt")
     check_writable(out)
+    source = data_source(backbone, profile, data)  # a bad folder fails before any model loads
     dist, device = init_from_env(device)  # under torchrun: one rank per process, data sharded
     try:  # the main rank writes `out`, so it alone holds the writer lock
         with writer_lock(out) if dist.main else nullcontext():
-            return _train(out, prof, dist, device, method=method, backbone=backbone, regime=regime,
-                          exits=exits, split=split, tasks=tasks, steps=steps, options=options or {},
-                          seed=seed, backbone_seed=backbone_seed, overwrite=overwrite)  # fmt: skip
+            return _train(out, cfg, source, dist, device, method=method, backbone=backbone, regime=regime,
+                          exits=exits, split=split, tasks=tasks, options=options or {}, seed=seed,
+                          backbone_seed=backbone_seed, overwrite=overwrite, prompts=prompts)  # fmt: skip
     finally:
         shutdown(dist)  # every rank leaves the process group: exiting inside it aborts gloo's threads
 
 
-def _train(out: Path, prof: Profile, dist, device: str | None, *, method: str, backbone: str, regime: str,
-           exits: str | None, split: str | None, tasks: tuple[str, ...], steps: int | None,
-           options: dict[str, Any], seed: int, backbone_seed: int, overwrite: bool) -> dict[str, Any]:  # fmt: skip
+def _train(out: Path, cfg: ExitTrainConfig, source, dist, device: str | None, *, method: str, backbone: str,
+           regime: str, exits: str | None, split: str | None, tasks: tuple[str, ...], options: dict[str, Any],
+           seed: int, backbone_seed: int, overwrite: bool, prompts: dict[str, str] | None) -> dict[str, Any]:  # fmt: skip
     import torch
 
-    from free_bench.data.scenes_dataset import load_scenes, scenes_hash
     from free_bench.methods import parse_placement
     from free_bench.methods.registry import build_method
     from free_bench.methods.storage import backbone_identity
@@ -102,21 +144,19 @@ def _train(out: Path, prof: Profile, dist, device: str | None, *, method: str, b
     from free_bench.training import teacher_forced_batches, train_exits
     from free_bench.training.distributed import barrier
 
-    cfg = prof.exits if steps is None else replace(prof.exits, steps=steps)
+    split_name = split or REGIME_SPLIT[regime]
+    rows = source.split(split_name, need=f"{regime} exit training")
     torch.manual_seed(seed)  # the same exit initialisation on every rank
-    bb = load_backbone(backbone, device=device, seed=backbone_seed)
+    bb = load_backbone(backbone, device=device, seed=backbone_seed, prompts=prompts)
     layers = parse_placement(exits or cfg.dense, bb.num_layers)
     exit_method = build_method(method, bb, layers, **options)  # validates the options
-    split_name = split or REGIME_SPLIT[regime]
-    ds = load_scenes(prof.name, prof.seed)
-    if split_name not in ds:
-        raise FreeBenchError(f"unknown split {split_name!r}; valid: {', '.join(ds)}")
+    train = {k: v for k, v in asdict(cfg).items() if k != "keep_mib"}  # keep_mib changes no result
     provenance = {
         "config": {"method": method, "regime": regime, "backbone": backbone_identity(bb), "layers": list(layers),
                    "options": exit_method.options, "split": split_name, "processes": dist.world,
-                   "tasks": list(tasks), "train": asdict(cfg)},
+                   "tasks": list(tasks), "train": train, "data": source.ref, "prompts": bb.prompts},
         "seeds": [seed],
-        "dataset_hash": scenes_hash(prof.name, prof.seed),
+        "dataset_hash": source.hash,
     }  # fmt: skip
     done = out / "manifest.json"
     if done.is_file():
@@ -134,13 +174,16 @@ def _train(out: Path, prof: Profile, dist, device: str | None, *, method: str, b
     manifest = Manifest("train-exits", provenance["config"], seeds=[seed], dataset_hash=provenance["dataset_hash"])
     train_log: dict = {"step": [], "seconds": 0.0}
     t0 = time.perf_counter()
+    passes = None
     if exit_method.trainable:
         batches = teacher_forced_batches(
-            bb, ds[split_name], regime, cfg.batch_size, cfg.max_rows, tasks, dist=dist
+            bb, rows, regime, cfg.batch_size, cfg.max_rows, tasks, dist=dist, keep_mib=cfg.keep_mib
         )
         if dist.main:  # the batches checked the split: only now is anything written
             _open_state(state, provenance, resume, overwrite)
         train_log = train_exits(exit_method, batches, cfg, regime, state, seed=seed, dist=dist)
+        passes = {"batches": len(batches), "teacher_forced_passes": batches.passes,
+                  "streamed": batches.streamed, "batch_hidden_mib": round(batches.batch_mib, 2)}  # fmt: skip
     if not dist.main:
         barrier(dist)
         return provenance
@@ -150,6 +193,7 @@ def _train(out: Path, prof: Profile, dist, device: str | None, *, method: str, b
         wall_seconds=time.perf_counter() - t0,  # this process's: from its resume, if it resumed
         resumed_at_steps=train_log.get("resumed_at", []),
         events=train_log.get("events", []),
+        hidden_states=passes,
     )
     from free_bench.methods.storage import save_method
 

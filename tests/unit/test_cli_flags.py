@@ -13,7 +13,8 @@ import pytest
 from free_bench.cli.app import build_parser, load_commands
 from free_bench.cli.registry import COMMANDS
 
-COMMAND_NAMES = ["data", "pretrain", "train-exits", "eval-exits", "sweep", "score-captions", "regress", "reproduce"]
+COMMAND_NAMES = ["data", "pretrain", "export-backbone", "train-exits", "eval-exits", "sweep", "score-captions",
+                 "regress", "reproduce"]  # fmt: skip
 
 
 def _cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:

@@ -1,4 +1,4 @@
-"""Hand-checked official VQA accuracy cases and caption scores against direct pycocoevalcap calls."""
+"""Hand-checked VQA accuracy cases (LAVIS and HEAD rules) and caption scores against pycocoevalcap."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import pytest
 
 from free_bench.core.errors import FreeBenchError
 from free_bench.evaluation.metrics import (
+    DEFAULT_SCORER,
+    SCORERS,
     MetricUnavailable,
     caption_scores,
     normalize_answer,
@@ -52,6 +54,7 @@ def test_normalize_answer_matches_official_rules(text: str, expected: str) -> No
     assert normalize_answer(text) == expected
 
 
+@pytest.mark.parametrize("scorer", SCORERS)
 @pytest.mark.parametrize(
     ("n_match", "expected"),
     [
@@ -65,41 +68,123 @@ def test_normalize_answer_matches_official_rules(text: str, expected: str) -> No
         (10, 1.0),
     ],
 )
-def test_leave_one_out_accuracy(n_match: int, expected: float) -> None:
+def test_leave_one_out_accuracy(n_match: int, expected: float, scorer: str) -> None:
     answers = ["dog"] * n_match + ["cat"] * (10 - n_match)
-    assert vqa_accuracy("dog", answers) == pytest.approx(expected)
+    assert vqa_accuracy("dog", answers, scorer=scorer) == pytest.approx(expected)
 
 
 def test_normalisation_applies_when_answers_disagree() -> None:
-    # Answers differ, so answers and prediction are normalised: "two" -> "2", "a dog" -> "dog".
-    assert vqa_accuracy("Two", ["2"] * 9 + ["two"]) == 1.0
-    assert vqa_accuracy("a dog.", ["dog"] * 5 + ["a dog"] * 5) == 1.0
-    assert vqa_accuracy("yes!", ["yes"] * 9 + ["no"]) == 1.0
-    assert vqa_accuracy("dont", ["don't"] * 3 + ["no"] * 7) == pytest.approx(0.9)
+    # HEAD: answers differ, so answers and prediction are normalised: "two" -> "2", "a dog" -> "dog".
+    assert vqa_accuracy("Two", ["2"] * 9 + ["two"], scorer="vqa-head") == 1.0
+    assert vqa_accuracy("a dog.", ["dog"] * 5 + ["a dog"] * 5, scorer="vqa-head") == 1.0
+    assert vqa_accuracy("yes!", ["yes"] * 9 + ["no"], scorer="vqa-head") == 1.0
+    assert vqa_accuracy("dont", ["don't"] * 3 + ["no"] * 7, scorer="vqa-head") == pytest.approx(0.9)
 
 
 def test_unanimous_answers_are_not_normalised() -> None:
-    # Official quirk: with one distinct answer nothing but whitespace is normalised, not even case.
-    assert vqa_accuracy("Two", ["2"] * 10) == 0.0
-    assert vqa_accuracy("2", ["2"] * 10) == 1.0
-    assert vqa_accuracy("yes!", ["yes"] * 10) == 0.0
-    assert vqa_accuracy("Yes", ["yes"] * 10) == 0.0
-    assert vqa_accuracy(" yes\t", ["yes"] * 10) == 1.0  # whitespace is always cleaned
+    # HEAD quirk: with one distinct answer nothing but whitespace is normalised, not even case.
+    def head(prediction: str, answers: list[str]) -> float:
+        return vqa_accuracy(prediction, answers, scorer="vqa-head")
+
+    assert head("Two", ["2"] * 10) == 0.0
+    assert head("2", ["2"] * 10) == 1.0
+    assert head("yes!", ["yes"] * 10) == 0.0
+    assert head("Yes", ["yes"] * 10) == 0.0
+    assert head(" yes\t", ["yes"] * 10) == 1.0  # whitespace is always cleaned
     # The distinct-count is taken after stripping, so these are unanimous too.
-    assert vqa_accuracy("Yes", ["yes", "yes "] * 5) == 0.0
+    assert head("Yes", ["yes", "yes "] * 5) == 0.0
 
 
-def test_other_answer_counts_use_the_same_leave_one_out() -> None:
+# (prediction, answers, HEAD score, LAVIS score, why). HEAD = GT-Vision-Lab vqaEval.py a013f00, LAVIS =
+# lavis/common/vqa_tools/vqa_eval.py 506965b. "norm" = punctuation + digit/article processing.
+EDGE_CASES: list[tuple[str, list[str], float, float, str]] = [
+    ("yes", ["yes"] * 10, 1.0, 1.0, "plain exact match: every rule leaves 'yes' alone"),
+    ("dog", ["dog"] * 3 + ["cat"] * 7, 0.9, 0.9, "plain exact match, 3 of 10"),
+    ("2", ["2"] * 10, 1.0, 1.0, "plain exact match of a digit"),
+    ("Two", ["2"] * 10, 0.0, 1.0, "HEAD: unanimous, nothing normalised; LAVIS: prediction always -> '2'"),
+    ("two", ["two"] * 10, 1.0, 0.0, "LAVIS: prediction -> '2' but unanimous answers stay 'two'"),
+    ("2", ["two"] * 10, 0.0, 0.0, "neither rule ever maps unanimous answers"),
+    ("Two", ["2"] * 9 + ["two"], 1.0, 1.0, "HEAD: all -> '2'; LAVIS: answers punct only, 9 '2' remain"),
+    ("two", ["2"] * 2 + ["two"] * 8, 1.0, 0.6, "LAVIS never number-maps answers: only the 2 '2's match"),
+    ("yes.", ["yes"] * 10, 0.0, 1.0, "trailing period: HEAD keeps it (unanimous), LAVIS strips it"),
+    ("yes", ["yes."] * 10, 0.0, 0.0, "unanimous answers keep their period under both"),
+    ("yes.", ["yes."] * 10, 1.0, 0.0, "LAVIS strips the prediction's period but not the answers'"),
+    ("yes", ["yes."] * 5 + ["yes"] * 5, 1.0, 1.0, "answers disagree: both strip the answers' periods"),
+    ("a dog", ["dog"] * 10, 0.0, 1.0, "HEAD: unanimous, article kept; LAVIS drops the prediction's"),
+    ("dog", ["a dog"] * 10, 0.0, 0.0, "unanimous answers keep their article under both"),
+    ("a dog", ["a dog"] * 10, 1.0, 0.0, "LAVIS: prediction -> 'dog', answers keep 'a dog'"),
+    ("dog", ["a dog"] * 8 + ["dog"] * 2, 1.0, 0.6, "HEAD drops disagreeing answers' articles, LAVIS never"),
+    ("1,000", ["1000"] * 10, 0.0, 1.0, "digit-comma-digit: LAVIS always deletes the prediction's comma"),
+    ("1,000", ["1,000"] * 10, 1.0, 0.0, "LAVIS: prediction '1000', unanimous answers keep '1,000'"),
+    ("1,000", ["1,000"] * 9 + ["1000"], 1.0, 1.0, "answers disagree: both delete the answers' commas"),
+    ("red, white", ["red white"] * 10, 0.0, 1.0, "', ' in the text: LAVIS deletes every ','"),
+    ("Yes", ["Yes"] * 10, 1.0, 0.0, "LAVIS lower-cases the prediction, never the answers"),
+    ("yes", ["Yes"] * 10, 0.0, 0.0, "unanimous 'Yes' is never lower-cased"),
+    ("Yes", ["yes"] * 10, 0.0, 1.0, "HEAD: unanimous, case kept; LAVIS lower-cases the prediction"),
+    ("yes", ["Yes"] * 8 + ["no"] * 2, 1.0, 0.0, "disagreeing answers: HEAD lower-cases them, LAVIS not"),
+    ("Yes", ["Yes"] * 5 + ["yes"] * 5, 1.0, 1.0, "HEAD: all -> 'yes'; LAVIS: 'yes' matches the 5 'yes'"),
+    ("yes\n", ["yes"] * 10, 1.0, 1.0, "both replace newlines/tabs in the prediction and strip it"),
+    ("Yes\n", ["yes"] * 10, 0.0, 1.0, "HEAD only strips (unanimous); LAVIS also lower-cases"),
+    ("yes", ["yes\n"] * 10, 1.0, 0.0, "HEAD strips answers; LAVIS leaves them raw"),
+    ("Yes", ["yes", "yes "] * 5, 0.0, 1.0, "HEAD: unanimous after strip; LAVIS: raw set has 2, 5 'yes'"),
+    ("hot  dog", ["hot dog"] * 10, 0.0, 1.0, "LAVIS's split/join collapses the prediction's double space"),
+    ("dont", ["dont"] * 10, 1.0, 0.0, "LAVIS maps the prediction 'dont' -> \"don't\", not the answers"),
+    ("dont", ["don't"] * 3 + ["no"] * 7, 0.9, 0.9, "both map 'dont' -> \"don't\" when answers disagree"),
+    ("Im", ["I'm"] * 10, 0.0, 0.0, "the contractions key 'Im' never matches after lower-casing"),
+    ("\u0663.\u0665", ["\u0663\u0665"] * 9 + ["x"], 1.0, 0.0, "HEAD: ASCII \\d, period goes; LAVIS: kept"),
+    ("." * 40, ["." * 8] * 10, 0.0, 1.0, "LAVIS: only 32 periods stripped (re.UNICODE as count)"),
+    ("dog", ["dog", "dog", "cat", "cat", "cat"], (2 / 3 + 2) / 5, (2 / 3 + 2) / 5, "5 answers, 2 match"),
+]
+
+
+@pytest.mark.parametrize(
+    ("prediction", "answers", "head", "lavis", "why"), EDGE_CASES, ids=[c[4] for c in EDGE_CASES]
+)
+def test_edge_cases_under_each_scorer(
+    prediction: str, answers: list[str], head: float, lavis: float, why: str
+) -> None:
+    assert vqa_accuracy(prediction, answers, scorer="vqa-head") == pytest.approx(head), why
+    assert vqa_accuracy(prediction, answers, scorer="lavis") == pytest.approx(lavis), why
+    assert vqa_accuracy(prediction, answers) == pytest.approx(lavis), "the default scorer is LAVIS"
+
+
+def test_scorers_differ_but_agree_on_plain_exact_matches() -> None:
+    assert SCORERS == ("lavis", "vqa-head") and DEFAULT_SCORER == "lavis"
+    assert sum(head != lavis for _, _, head, lavis, _ in EDGE_CASES) >= 1
+    assert vqa_accuracy("Two", ["2"] * 10, scorer="lavis") == 1.0  # the prediction is always normalised
+    assert vqa_accuracy("Two", ["2"] * 10, scorer="vqa-head") == 0.0  # unanimous: nothing is normalised
+    for prediction, answers in [("yes", ["yes"] * 10), ("dog", ["dog"] * 3 + ["cat"] * 7), ("2", ["2"] * 4)]:
+        scores = {scorer: vqa_accuracy(prediction, answers, scorer=scorer) for scorer in SCORERS}
+        assert len(set(scores.values())) == 1, scores
+
+
+@pytest.mark.parametrize("scorer", ["LAVIS", "vqa_head", "head", ""])
+def test_bad_scorer_raises_naming_it_and_the_valid_ones(scorer: str) -> None:
+    with pytest.raises(FreeBenchError, match=f"{scorer!r}.*lavis, vqa-head"):
+        vqa_accuracy("dog", ["dog"] * 10, scorer=scorer)
+    with pytest.raises(FreeBenchError, match=f"{scorer!r}.*lavis, vqa-head"):
+        vqa_accuracy_batch(["dog"], [["dog"] * 10], scorer=scorer)
+
+
+def test_non_string_scorer_raises() -> None:
+    with pytest.raises(FreeBenchError, match="lavis, vqa-head; got None"):
+        vqa_accuracy("dog", ["dog"] * 10, scorer=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("scorer", SCORERS)
+def test_other_answer_counts_use_the_same_leave_one_out(scorer: str) -> None:
     # 5 answers, 2 match: leaving out a "dog" keeps 1 -> 1/3 (twice), a "cat" keeps 2 -> 2/3 (three times).
-    assert vqa_accuracy("dog", ["dog", "dog", "cat", "cat", "cat"]) == pytest.approx((2 / 3 + 2) / 5)
+    five = ["dog", "dog", "cat", "cat", "cat"]
+    assert vqa_accuracy("dog", five, scorer=scorer) == pytest.approx((2 / 3 + 2) / 5)
     # 3 identical answers can reach only 2/3: each subset has 2 matches.
-    assert vqa_accuracy("dog", ["dog"] * 3) == pytest.approx(2 / 3)
+    assert vqa_accuracy("dog", ["dog"] * 3, scorer=scorer) == pytest.approx(2 / 3)
 
 
+@pytest.mark.parametrize("scorer", SCORERS)
 @pytest.mark.parametrize("answers", [[], ["dog"]])
-def test_too_few_answers_raise(answers: list[str]) -> None:
+def test_too_few_answers_raise(answers: list[str], scorer: str) -> None:
     with pytest.raises(FreeBenchError, match="answer"):
-        vqa_accuracy("dog", answers)
+        vqa_accuracy("dog", answers, scorer=scorer)
 
 
 def test_bad_vqa_types_raise() -> None:
@@ -110,9 +195,11 @@ def test_bad_vqa_types_raise() -> None:
 
 
 def test_vqa_accuracy_batch() -> None:
-    preds = ["dog", "Two"]
-    answers = [["dog"] * 3 + ["cat"] * 7, ["2"] * 9 + ["two"]]
-    assert vqa_accuracy_batch(preds, answers) == pytest.approx([0.9, 1.0])
+    preds = ["dog", "Two", "Two"]
+    answers = [["dog"] * 3 + ["cat"] * 7, ["2"] * 9 + ["two"], ["2"] * 10]
+    assert vqa_accuracy_batch(preds, answers, scorer="vqa-head") == pytest.approx([0.9, 1.0, 0.0])
+    assert vqa_accuracy_batch(preds, answers, scorer="lavis") == pytest.approx([0.9, 1.0, 1.0])
+    assert vqa_accuracy_batch(preds, answers) == vqa_accuracy_batch(preds, answers, scorer="lavis")
     with pytest.raises(FreeBenchError, match="1 answer lists"):
         vqa_accuracy_batch(preds, answers[:1])
 

@@ -97,3 +97,12 @@ def test_source_hash_names_the_code(tmp_path):
     assert source_hash(tmp_path) == first
     (tmp_path / "analyses" / "b.py").write_text("y = 3\n")
     assert source_hash(tmp_path) != first
+
+
+def test_source_hash_covers_the_package_sources():
+    """By default the hash covers this checkout's free_bench/ and analyses/: never the hash of no input."""
+    import hashlib
+
+    from free_bench.core.records import source_hash
+
+    assert source_hash() != hashlib.sha256().hexdigest()[:16]
