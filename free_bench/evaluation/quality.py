@@ -15,7 +15,7 @@ from free_bench.core.errors import FreeBenchError
 from free_bench.data import examples as E
 from free_bench.data.inputs import pixel_values, prompt_batch
 from free_bench.engine.generate import generate
-from free_bench.evaluation.metrics import vqa_accuracy
+from free_bench.evaluation.metrics import DEFAULT_SCORER, vqa_accuracy
 from free_bench.models.base import Backbone
 from free_bench.models.runner import first_answer_pass
 
@@ -119,6 +119,7 @@ def evaluate_quality(
     return {
         "split": split,
         "vqa_rows": len(vqa),
+        "vqa_scorer": DEFAULT_SCORER,  # the rule of every accuracy here (evaluation.metrics.vqa)
         "vqa_accuracy": round(float(vqa["accuracy"].mean()), 4),
         "vqa_accuracy_by_type": per_type,
         "captions": caption_metrics(preds, refs),

@@ -179,7 +179,7 @@ def _write_point(records: list[dict], path: Path, values: list[float], rows: dic
 
 
 def _point_files(out: Path) -> list[Path]:
-    extras = (".full_ms.json", ".texts.json")  # beside a point: its full-model times, its captions
+    extras = (".full_ms.json", ".texts.json", ".depths.json")  # beside a point: full-model times, captions, depths
     return sorted(f for f in (out / "points").glob("*__*.json") if not f.name.endswith(extras))
 
 
@@ -203,12 +203,15 @@ def gather_samples(out: Path) -> pd.DataFrame:
             df["full_latency_ms"] = df[faster]
         else:
             df["full_latency_ms"] = np.nan
+        depths = f.with_suffix(".depths.json")  # live points: every token's exit layer, as JSON per sample
+        df["exit_layers"] = [json.dumps(d) for d in json.loads(depths.read_text())] if depths.exists() else None
         record = json.loads(f.read_text())[0]
         ids = json.loads((out / "points" / f"{task}.ids.json").read_text())
         frames.append(df.assign(sample_id=ids, batch=df["batch"].astype(int), **{k: record[k] for k in keys}))
     if not frames:
         return pd.DataFrame(columns=SWEEP_SAMPLES.names)
-    return SWEEP_SAMPLES.validate(pd.concat(frames, ignore_index=True))[SWEEP_SAMPLES.names]
+    # beside the schema: `exit_layers`, each live token's exit layer (JSON per sample), for replays
+    return SWEEP_SAMPLES.validate(pd.concat(frames, ignore_index=True))[[*SWEEP_SAMPLES.names, "exit_layers"]]
 
 
 def run_sweep(
@@ -448,6 +451,7 @@ def _write_live_point(
     if task == "caption":
         save_texts(path, res.texts)
     write_json(full, path.with_suffix(".full_ms.json"))  # the full model timed beside this point
+    write_json(res.depths, path.with_suffix(".depths.json"))  # each token's exit layer: what a replay needs
     _write_point(_rows_out(base, name, threshold, task, metrics, res.summary(),
                            measured_speedup=faster / sum(res.latencies_ms), latency_ms_median=lat.median(),
                            latency_ms_p90=lat.quantile(0.9), timer=res.timer), path, values, res.rows)  # fmt: skip

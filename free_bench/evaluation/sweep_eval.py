@@ -44,6 +44,7 @@ class Outputs:
     latencies_ms: list[float] = field(default_factory=list)
     timer: str = "none"
     rows: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ROW_FIELDS})
+    depths: list[list[int]] = field(default_factory=list)  # per row, the exit layer of each generated token
     # live, with exits: the full model's own outputs from the decodes timed beside them (its sweep point)
     full_model: Outputs | None = None
 
@@ -63,6 +64,7 @@ class Outputs:
             self.rows[key].extend([v / b] * b)
         self.rows["batch"].extend([index] * b)
         self.rows["exit_layer_mean"].extend(depth.tolist())
+        self.depths.extend(row[keep].tolist() for row, keep in zip(res.exit_layers, real, strict=True))
 
     def summary(self) -> dict:
         hist = Counter(self.exit_layers)

@@ -91,6 +91,10 @@ def test_a_users_checkpoint_and_official_files(smoke_env, exported, tmp_path):
     _ok(res)
     sweep = pd.read_parquet(out / "sweep" / "sweep.parquet")
     assert set(sweep["method"]) == {"free", "full"} and (sweep["timer"] == "cpu_wall").all()
+    samples = pd.read_parquet(out / "sweep" / "samples.parquet")
+    for layers, mean in zip(samples["exit_layers"], samples["exit_layer_mean"], strict=True):
+        depths = json.loads(layers)  # every generated token's exit layer: what a replay reads
+        assert depths and set(depths) <= {2, 4} and sum(depths) / len(depths) == pytest.approx(mean)
     assert json.loads((out / "sweep" / "manifest.json").read_text())["prompts"]["vqa"] == "Q: {} A:"
 
 
