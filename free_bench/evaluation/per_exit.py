@@ -203,7 +203,7 @@ def evaluate_exit_run(
     source = run_data(record, data)
     rows = {s: source.split(s, need="per-exit evaluation") for s in splits}
     check_writable(out)
-    method = load_exits_for(exits, backbone, prompts, device, record, open_exits)
+    method = open_exits(exits, backbone=backbone, prompts=prompts, device=device, record=record)
     regime = record.get("regime", "none")
     tag = {"method": method.name, "regime": regime}
     written = []
@@ -231,6 +231,3 @@ def evaluate_exit_run(
     log.info("wrote %s", out)
     return written
 
-
-def load_exits_for(exits, backbone, prompts, device, record, open_exits) -> ExitMethod:
-    return open_exits(exits, backbone=backbone, prompts=prompts, device=device, record=record)
