@@ -14,7 +14,7 @@ from typing import Any
 
 from free_bench.core.errors import FreeBenchError
 from free_bench.core.records import read_json
-from free_bench.data.source import DataSource, open_data, open_folder
+from free_bench.data.source import DataSource, open_data
 from free_bench.methods import ExitMethod, load_exits
 
 
@@ -49,8 +49,7 @@ def data_ref(record: dict[str, Any], data: str | Path | None) -> dict[str, Any]:
 
 def run_data(record: dict[str, Any], data: str | Path | None, *, progress: bool = True) -> DataSource:
     """The rows `data_ref` names, opened."""
-    ref = data_ref(record, data)
-    return open_folder(data) if data is not None else open_data(ref, progress=progress)
+    return open_data(data_ref(record, data), progress=progress)
 
 
 def open_exits(exits: str | Path, *, backbone: str | None = None, prompts: dict[str, str] | None = None,

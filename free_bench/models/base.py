@@ -15,6 +15,7 @@ from transformers import Blip2ForConditionalGeneration, PreTrainedConfig
 
 from free_bench.config import LM_TYPES
 from free_bench.core.errors import FreeBenchError
+from free_bench.models.prompts import EMBEDDED, resolve_prompts
 
 
 @dataclass(eq=False)
@@ -43,8 +44,6 @@ class Backbone:
             raise FreeBenchError(
                 f"num_layers={self.num_layers} but the {self.lm_type} decoder has {len(self.layers)} layers"
             )
-        from free_bench.models.prompts import EMBEDDED, resolve_prompts
-
         embedded = str(self.spec).startswith("embedded:")  # asked as it was pretrained
         self.prompts = resolve_prompts(self.lm_type, own={**(EMBEDDED if embedded else {}), **self.prompts})
 

@@ -18,6 +18,7 @@ from transformers import Blip2Processor, PreTrainedTokenizerFast
 
 from free_bench.core.errors import check_choice
 from free_bench.models.configs import assemble_blip2
+from free_bench.models.tiny import QFORMER, VISION  # the tiny sizes' vision tower and Q-Former
 
 # ViT-g/14 and the Q-Former of the Salesforce BLIP-2 checkpoints (transformers' Blip2Config defaults)
 _VIT_G = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
@@ -30,10 +31,6 @@ _OPT_2_7B = dict(vocab_size=50272, hidden_size=2560, word_embed_proj_dim=2560, f
 _FLAN_T5_XL = dict(vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_decoder_layers=24,
                    num_heads=32, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
                    pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)  # fmt: skip
-_TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                    image_size=32, patch_size=8)  # fmt: skip
-_TINY_QFORMER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                     encoder_hidden_size=32)  # fmt: skip
 _TINY_OPT = dict(vocab_size=512, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64, num_hidden_layers=4,
                  num_attention_heads=4, max_position_embeddings=256, pad_token_id=1, bos_token_id=2,
                  eos_token_id=2, init_std=0.5)  # fmt: skip
@@ -44,8 +41,8 @@ _TINY_T5 = dict(vocab_size=512, d_model=32, d_kv=8, d_ff=64, num_layers=3, num_d
 
 #: size -> (lm_type, vision, qformer, text, number of query tokens)
 SIZES: dict[str, tuple[str, dict, dict, dict, int]] = {
-    "tiny-opt": ("opt", _TINY_VISION, _TINY_QFORMER, _TINY_OPT, 4),
-    "tiny-t5": ("t5", _TINY_VISION, _TINY_QFORMER, _TINY_T5, 4),
+    "tiny-opt": ("opt", VISION, QFORMER, _TINY_OPT, 4),
+    "tiny-t5": ("t5", VISION, QFORMER, _TINY_T5, 4),
     "blip2-opt-2.7b": ("opt", _VIT_G, _QFORMER, _OPT_2_7B, 32),
     "blip2-flan-t5-xl": ("t5", _VIT_G, _QFORMER, _FLAN_T5_XL, 32),
 }

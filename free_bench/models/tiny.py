@@ -21,7 +21,7 @@ TINY_IMAGE_TOKEN = TINY_VOCAB - 1
 # An id the tiny LMs almost never emit, so greedy decoding runs for many tokens.
 TINY_EOS = TINY_VOCAB - 2
 
-_VISION = dict(
+VISION = dict(
     hidden_size=32,
     intermediate_size=64,
     num_hidden_layers=1,
@@ -29,7 +29,7 @@ _VISION = dict(
     image_size=32,
     patch_size=8,
 )
-_QFORMER = dict(
+QFORMER = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=TINY_VOCAB
 )
 _OPT = dict(
@@ -71,8 +71,8 @@ def tiny_blip2_config(lm_type: str, **overrides: Any) -> Blip2Config:
     `num_query_tokens`, `image_token_index`, `initializer_range` (top-level BLIP-2 fields).
     """
     check_choice("lm_type", lm_type, ("opt", "t5"))
-    vision = {**_VISION, **overrides.pop("vision_config", {})}
-    qformer = {**_QFORMER, **overrides.pop("qformer_config", {})}
+    vision = {**VISION, **overrides.pop("vision_config", {})}
+    qformer = {**QFORMER, **overrides.pop("qformer_config", {})}
     top = {k: overrides.pop(k) for k in _TOP_LEVEL if k in overrides}
     top.setdefault("num_query_tokens", 4)
     text_kwargs = {**(_OPT if lm_type == "opt" else _T5), **overrides}

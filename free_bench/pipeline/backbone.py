@@ -16,6 +16,7 @@ from free_bench.core.runs import check_same, check_writable, remove_run, writer_
 from free_bench.data.scenes_dataset import load_scenes, scenes_hash
 from free_bench.models import embedded
 from free_bench.models.embedded_cache import recipe
+from free_bench.models.prompts import EMBEDDED, write_prompts
 from free_bench.models.tokenizer import build_processor
 from free_bench.training.pretrain.stages import prepare, train
 
@@ -64,6 +65,7 @@ def pretrain(
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
+    write_prompts(EMBEDDED, tmp)  # loaded by path too (the evaluation below), it is asked as it was trained
     summary = {"loss_curves": log["loss"], "train_seconds": log["seconds"], "torch_device": str(device)}
     if evaluate:
         from free_bench.evaluation.quality import evaluate_quality

@@ -196,3 +196,14 @@ def test_reproduce_on_a_users_checkpoint_and_data(smoke_env, exported, tmp_path)
     assert "VQA scorer: `lavis`" in (out / "REPORT.md").read_text()
     bad = cli("reproduce", "--backbone", str(ckpt), "--results", str(tmp_path / "r2"), env=env)
     assert bad.returncode != 0 and "--data" in bad.stderr and not (tmp_path / "r2").exists()
+
+
+def test_a_pretrained_folder_loaded_by_path_is_asked_as_it_was_trained(smoke_env):
+    """The embedded backbone's folder carries its prompts: loaded by path (as pretraining's own quality
+    evaluation loads it), it is not asked with LAVIS's prompts, which its vocabulary lacks."""
+    from free_bench.models.load import load_backbone
+    from free_bench.models.prompts import EMBEDDED, read_prompts
+
+    folder = Path(smoke_env["FREE_BENCH_CACHE"]) / "backbones" / "embedded-smoke-seed0"
+    assert read_prompts(folder) == EMBEDDED
+    assert load_backbone(str(folder), device="cpu").prompts == EMBEDDED
