@@ -188,6 +188,25 @@ def _scale_md(b: Built) -> list[str]:
         "",
         md_table(b.tables["blip2_scale"]),
         "",
+        *_replay_md(b),
+    ]
+
+
+def _replay_md(b: Built) -> list[str]:
+    if "blip2_replay" not in b.tables:
+        return [f"Replayed depths at BLIP-2 size: **missing** ({b.missing['blip2_replay']})", ""] if (
+            "blip2_replay" in b.missing) else []
+    return [
+        "**Replayed at BLIP-2 size, measured** (`scale/replay_*`, `bench_scale.py --replay`): the per-token exit "
+        "depths that live sweeps of an embedded profile recorded (`source`), mapped by depth fraction onto the "
+        "random-init model and decoded there (`generate(..., schedule=...)`: each token stops where it was "
+        "recorded, the method's checks below it run), the full model decoding as many tokens and the prefix "
+        "timed beside each, CUDA events, batch 1. `expected_with_prefix` counts the measured prefix and "
+        "scales the rest by the layer count; `projected_speedup` prices the same depths with the engine "
+        "benchmarks' costs and leaves the prefix out, so it compares with `decode_measured_speedup`.",
+        "",
+        md_table(b.tables["blip2_replay"]),
+        "",
     ]
 
 

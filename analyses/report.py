@@ -126,11 +126,16 @@ def _speedup(b: Built) -> None:
     b.figures |= figures.speedup_figures(curves, b.res.root / "figures", b.res.profile, devices.to_dict())
 
 
-def _projection(b: Built) -> None:
-    """Exit depths of the timed points priced with a larger decoder's costs (`analyses.projection`)."""
+def _engine_costs(b: Built) -> pd.DataFrame:
+    """Per-layer, fixed and per-check costs of the CUDA engine benchmarks here (may be empty)."""
     benches = sorted((b.res.root / "engine").glob("bench_engine_*.json"))
     costs = [costs_from_bench(json.loads(f.read_text())) for f in benches]
-    costs = pd.concat(costs, ignore_index=True) if costs else pd.DataFrame()
+    return pd.concat(costs, ignore_index=True) if costs else pd.DataFrame()
+
+
+def _projection(b: Built) -> None:
+    """Exit depths of the timed points priced with a larger decoder's costs (`analyses.projection`)."""
+    costs = _engine_costs(b)
     if costs.empty or b.res.sweep is None:
         b.missing["projection"] = "no CUDA engine benchmark (engine/bench_engine_*.json) or no sweeps here"
         return
@@ -152,13 +157,19 @@ def _projection(b: Built) -> None:
 
 def _scale(b: Built) -> None:
     """`scale/` (tests/benchmarks/bench_scale.py): measured at full BLIP-2 size, random weights."""
-    from analyses.scale import compute_scale, load_scale
+    from analyses.scale import compute_replay, compute_scale, load_replay, load_scale
 
     sweeps, checks = load_scale(b.res.root / "scale")
     if sweeps.empty:
         b.missing["scale"] = "no BLIP-2-size benchmark here (scale/sweep_*.csv)"
         return
     b.tables["blip2_scale"] = compute_scale(sweeps, checks)
+    replay = load_replay(b.res.root / "scale")
+    if replay.empty:
+        b.missing["blip2_replay"] = "no replay of recorded exit depths at BLIP-2 size (scale/replay_samples_*.csv)"
+        return
+    costs = _engine_costs(b)
+    b.tables["blip2_replay"] = compute_replay(replay, physical_costs(costs)[0] if len(costs) else costs)
 
 
 def _sweep_cost(b: Built) -> None:

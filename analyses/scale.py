@@ -41,3 +41,69 @@ def compute_scale(sweeps: pd.DataFrame, checks: pd.DataFrame) -> pd.DataFrame:
             "exit_check_ms": check["check_ms_median"].iloc[0] if len(check) else float("nan"),
         })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+REPLAY_KEYS = ["model", "method", "threshold", "engine"]
+
+
+def load_replay(folder: Path) -> pd.DataFrame:
+    """Per-sample replay rows (`replay_samples_<size>.csv` of `bench_scale.py --replay`), with the model."""
+    files = sorted(folder.glob("replay_samples_*.csv"))
+    frames = [pd.read_csv(f).assign(model=f.stem.removeprefix("replay_samples_")) for f in files]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def compute_replay(samples: pd.DataFrame, costs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per model, method, threshold and engine: the replayed depths' measured speedups, end to end and
+    after the prefix (summed times, full model / replay), beside the layer-count expectation alone
+    (what the decode phase should give) and with the measured prefix counted (prefix + the rest
+    scaled by it), and where `costs` (`analyses.projection.costs_from_bench`) hold the engine's, the
+    projection of the same depths (which leaves the prefix out: compare it with the decode phase)."""
+    from analyses.checks import require
+    from analyses.projection import compute_projection
+
+    if samples.empty:
+        return pd.DataFrame()
+    need = [*REPLAY_KEYS, "tokens", "mean_exit_layer", "replay_ms", "full_ms", "prefix_ms", "cost_layers",
+            "full_cost_layers", "exits_at"]  # fmt: skip
+    require(samples, need, "replay samples")
+    rows = []
+    for key, g in samples.groupby(REPLAY_KEYS, sort=True):
+        full, rep, pre = g["full_ms"].sum(), g["replay_ms"].sum(), g["prefix_ms"].sum()
+        expected = g["full_cost_layers"].sum() / g["cost_layers"].sum()
+        with_prefix = full / (pre + (full - pre) / expected)
+        decode = (full - pre) / (rep - pre)
+        row = dict(zip(REPLAY_KEYS, key, strict=True)) | {
+            "source": g["source"].iloc[0] if "source" in g.columns else "",
+            "questions": len(g), "tokens": int(g["tokens"].sum()),
+            "mean_exit_layer": float((g["mean_exit_layer"] * g["tokens"]).sum() / g["tokens"].sum()),
+            "prefix_share": pre / full, "measured_speedup": full / rep, "expected_with_prefix": with_prefix,
+            "measured_over_expected": (full / rep) / with_prefix, "decode_measured_speedup": decode,
+            "expected_speedup": expected, "decode_measured_over_expected": decode / expected,
+        }  # fmt: skip
+        row["projected_speedup"] = _projected(g, key, costs, compute_projection)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _projected(g: pd.DataFrame, key: tuple, costs: pd.DataFrame | None, project) -> float:
+    """The projection (`analyses.projection`) of these tokens' depths with the costs of their engine
+    under `propagate` at the same depth, or NaN without such a cost row or per-token layers."""
+    if costs is None or costs.empty or "exit_layers" not in g.columns or g["exit_layers"].isna().any():
+        return float("nan")
+    import json
+    from collections import Counter
+
+    model, method, threshold, engine = key
+    if "opt" not in str(model).lower():  # the engine benchmarks are of OPT-2.7b's LM shape only
+        return float("nan")
+    hist = Counter(k for layers in g["exit_layers"] for k in json.loads(layers))
+    same = costs[(costs["policy"] == "propagate") & (costs.get("engine", "eager") == engine)]
+    if same.empty:
+        return float("nan")
+    depth = int(same["num_layers"].iloc[0])  # the replay ran at the benchmarked shape: depths map 1:1
+    point = pd.DataFrame([{"method": method, "kv_policy": "propagate", "threshold": threshold, "engine": engine,
+                           "exit_layer_hist": json.dumps({str(k): v for k, v in sorted(hist.items())}),
+                           "exits_at": g["exits_at"].iloc[0], "depth": depth}])  # fmt: skip
+    projected = project(point, same)
+    return float(projected["projected_speedup"].iloc[0]) if len(projected) else float("nan")

@@ -116,15 +116,17 @@ def decode_with_exits(
     compact: bool,
     eos_ids: list[int],
     pad_id: int,
+    schedule: list[int] | None = None,
 ) -> dict:
-    """The early-exit decode; returns the fields of a `GenerateResult`."""
+    """The early-exit decode; returns the fields of a `GenerateResult`. `schedule`: a replay of one
+    row (`ExitRuntime`), `max_new_tokens` = its length."""
     check_pairing(backbone, method)
     if kv_policy == "deferred" and not compact:
         raise FreeBenchError("compact=False is measured under the propagate policy; deferred always compacts")
     state, first = runner_skip.open_prompt(
         backbone, pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens
     )
-    runtime = ExitRuntime(method, state, threshold)
+    runtime = ExitRuntime(method, state, threshold, schedule)
     cost = cost_model(backbone, method)
     policy = POLICIES[kv_policy](state, runtime, cost)
     batch, device = state.batch_size, backbone.device

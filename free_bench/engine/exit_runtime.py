@@ -11,6 +11,7 @@ model, and the model's own head decides it (the "none fired" case of `ExitMethod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -59,8 +60,26 @@ class Check:
     score: torch.Tensor  # (b,) float: max prob, entropy, patience count or cosine
 
 
+def check_schedule(schedule: Sequence[int], exits: tuple[int, ...], num_layers: int) -> list[int]:
+    """A replay's exit layer per token: each a consulted exit or `num_layers` (the full model)."""
+    allowed = (*exits, num_layers)
+    bad = sorted({int(k) for k in schedule if int(k) not in allowed})
+    if not schedule or bad:
+        raise FreeBenchError(
+            f"an exit schedule needs one layer per token, each a consulted exit {list(exits)} or "
+            f"{num_layers} (the full model); got {'nothing' if not schedule else bad}"
+        )
+    return [int(k) for k in schedule]
+
+
 class ExitRuntime:
-    def __init__(self, method: ExitMethod, state: DecodeState, threshold: float) -> None:
+    """`schedule` (a replay): token t leaves at layer schedule[t], whatever the rule says; the rule's
+    checks at the exits below it still run and are paid, so the decode costs what a live one with
+    those depths costs."""
+
+    def __init__(
+        self, method: ExitMethod, state: DecodeState, threshold: float, schedule: Sequence[int] | None = None
+    ) -> None:
         if method.rule not in LIVE_RULES:
             raise FreeBenchError(
                 f"{method.name}: the {method.rule} rule is a ceiling that needs the full model's answer; "
@@ -77,6 +96,8 @@ class ExitRuntime:
             self.gen_kv = KVStore(len(self.generators.layers), state.batch_size, state.max_len)
         self._tokens: torch.Tensor | None = None  # PABEE: previous exit's argmax per row in flight
         self._counts: torch.Tensor | None = None
+        self.schedule = None if schedule is None else check_schedule(schedule, self.layers, state.num_layers)
+        self._t = -1  # the token being decided
 
     def slot(self, k: int) -> int:
         """The generator KV slot of exit k (the layer_idx its attention writes under)."""
@@ -86,6 +107,11 @@ class ExitRuntime:
     # --- per token ---------------------------------------------------------------------------
     def start_token(self) -> None:
         self._tokens = self._counts = None
+        self._t += 1
+
+    def forced_layer(self) -> int | None:
+        """The layer the schedule sends the current token to (None: no schedule, the rule decides)."""
+        return None if self.schedule is None else self.schedule[self._t]
 
     def keep(self, mask: torch.Tensor) -> None:
         """Rows in flight were compacted to `mask` (b,) bool: keep the rule's state aligned."""
@@ -109,8 +135,18 @@ class ExitRuntime:
     ) -> Check:
         """Exit k on the output of layer k (b, q, D) for `rows`; `previous` (b, D) is the input of
         layer k at the last position (MuE)."""
+        check = self._check(k, hidden, rows, previous)
+        forced = self.forced_layer()
+        if forced is not None:  # a replay: the schedule decides, the check above was paid for
+            check.fired = torch.full_like(check.fired, k == forced)
+        return check
+
+    def _check(
+        self, k: int, hidden: torch.Tensor, rows: torch.Tensor, previous: torch.Tensor | None
+    ) -> Check:
         m, last = self.method, hidden[:, -1:]  # (b, 1, D)
-        if self.rule == "static" and k != self.threshold:  # decided by position alone: nothing to compute
+        static_at = self.threshold if self.forced_layer() is None else self.forced_layer()
+        if self.rule == "static" and k != static_at:  # decided by position alone: nothing to compute
             nothing = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
             return Check(
                 nothing.long(), nothing, torch.full(nothing.shape, float("nan"), device=hidden.device)

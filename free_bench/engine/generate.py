@@ -6,6 +6,7 @@ finished row hold pad_token_id), stopping once every row has emitted EOS or afte
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,8 @@ def generate(
     kv_policy: str = "propagate",
     compact: bool = True,
     engine: str = "eager",
+    schedule: Sequence[int] | None = None,
+    stop_at_eos: bool = True,
 ) -> GenerateResult:
     """Greedy decoding; with `exits=None` every token runs all `backbone.num_layers` layers.
 
@@ -76,12 +79,28 @@ def generate(
     `kv_policy` says what fills their KV entries. `compact=False` keeps exited rows of a batch
     running, discarded, until the slowest row is done (to measure what compaction saves).
     `engine="graphs"` replays CUDA graphs per segment between exits (`engine.graphs`: batch 1, OPT,
-    propagate or full policy); the eager engine runs the same layers from Python."""
+    propagate or full policy); the eager engine runs the same layers from Python.
+
+    `schedule` replays recorded exit depths on one row: token t leaves at layer `schedule[t]` (a
+    consulted exit, or `num_layers`) whatever the rule says, the rule's checks below it run and are
+    paid, and exactly `len(schedule)` tokens are decoded (`max_new_tokens` is ignored). Its tokens are
+    not the method's answer; its time is what those depths cost. `stop_at_eos=False` decodes every one
+    of `max_new_tokens` (the full model timed beside a replay)."""
+    if schedule is not None:
+        if exits is None:
+            raise FreeBenchError("an exit schedule needs exits: pass the method whose checks it pays")
+        if len(schedule) == 0:
+            raise FreeBenchError("an exit schedule needs one layer per token; got none")
+        if pixel_values.shape[0] != 1:
+            raise FreeBenchError(f"an exit schedule replays one row, got a batch of {pixel_values.shape[0]}")
+        max_new_tokens, stop_at_eos = len(schedule), False
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise FreeBenchError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     check_choice("kv_policy", kv_policy, KV_POLICIES)
     check_choice("engine", engine, ENGINES)
     eos_ids, pad_id = special_tokens(backbone)
+    if not stop_at_eos:
+        eos_ids = []
     if exits is None and threshold is not None:
         raise FreeBenchError("threshold needs exits: pass the exit method loaded with free_bench.load_exits")
     if exits is not None:
@@ -100,7 +119,7 @@ def generate(
         decoder = graph_decoder(backbone, exits, kv_policy, threshold, input_ids, max_new_tokens)
         fields = decoder.decode(
             pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens, threshold=threshold,
-            eos_ids=eos_ids,
+            eos_ids=eos_ids, schedule=None if schedule is None else list(schedule),
         )  # fmt: skip
         return GenerateResult(text=_decode_text(backbone, fields["tokens"]), **fields)
     if exits is not None:
@@ -108,7 +127,7 @@ def generate(
         fields = decode_with_exits(
             backbone, exits, pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
             max_new_tokens=max_new_tokens, threshold=threshold, kv_policy=kv_policy, compact=compact,
-            eos_ids=eos_ids, pad_id=pad_id,
+            eos_ids=eos_ids, pad_id=pad_id, schedule=None if schedule is None else list(schedule),
         )  # fmt: skip
         return GenerateResult(text=_decode_text(backbone, fields["tokens"]), **fields)
 

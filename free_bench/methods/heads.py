@@ -13,6 +13,7 @@ from typing import Protocol
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.masking_utils import create_causal_mask
 
 from free_bench.core.errors import FreeBenchError
@@ -155,7 +156,15 @@ class Generators(nn.Module):
         OPT positions are absolute embeddings added before layer 1, so the layer needs no positions."""
         if cache is None and mask4d is None:
             mask4d = self.causal_mask(hidden, attention_mask)
-        return self.layers[str(k)](hidden, attention_mask=mask4d, cache=cache)
+        layer = self.layers[str(k)]
+        if torch.is_grad_enabled() and hidden.device.type == "cuda":
+            # Training: PyTorch's math attention. The fused CUDA kernel's backward returned NaN gradients
+            # (forward and loss still finite) at step 7-8 of exit training at OPT-2.7b width in bf16 on
+            # an H200, where the math kernel's stayed finite on the same batches; its (B, H, T, T)
+            # scores are small at training lengths. Decoding (no grad) keeps the fused kernel.
+            with sdpa_kernel([SDPBackend.MATH]):
+                return layer(hidden, attention_mask=mask4d, cache=cache)
+        return layer(hidden, attention_mask=mask4d, cache=cache)
 
     def exit_hidden(
         self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None

@@ -66,7 +66,9 @@ def train_all(ckpt: Path, data: Path, work: Path, methods: list[str], steps: int
 
 
 def sweep_all(work: Path, data: Path, methods: list[str], rows: int, engine: str,
-              bracket: list[str]) -> tuple[list[dict], list[dict]]:  # fmt: skip
+              bracket: list[str], out: Path, tag: str) -> tuple[list[dict], list[dict]]:  # fmt: skip
+    """Each method's live sweep; the tables are rewritten after every method, so a run cut short keeps
+    what it finished."""
     from free_bench.engine import time_region
     from free_bench.evaluation.sweep import SweepSpec, load_method, run_sweep
     from free_bench.methods import load_exits
@@ -98,6 +100,8 @@ def sweep_all(work: Path, data: Path, methods: list[str], rows: int, engine: str
                            "measured_speedup": row["measured_speedup"], "expected_speedup": row["expected_speedup"],
                            "mean_exit_layer": row["mean_exit_layer"], "sweep_peak_gib": _peak_gib()})  # fmt: skip
         checks.append(_exit_check(loaded[0], time_region))
+        pd.DataFrame(points).to_csv(out / f"sweep_{tag}_{engine}.csv", index=False)
+        pd.DataFrame(checks).to_csv(out / f"exit_check_{tag}.csv", index=False)
         print(f"swept {method} ({engine}): {points[-1]}", flush=True)
     return points, checks
 
@@ -123,6 +127,45 @@ def _exit_check(method, time_region) -> dict:
     return {"method": method.name, "exit_layer": k, "exit_modules": ", ".join(type(m).__name__ for m in method.exit_modules(k)),
             "exit_params_m": params / 1e6, "check_ms_median": t_check.median_ms, "check_ms_p90": t_check.p90_ms,
             "head_only_ms_median": t_head.median_ms, "timer": t_check.timer}  # fmt: skip
+
+
+def replay_all(work: Path, ckpt: Path, sources: list[Path], profile: str, rows: int, engines: tuple[str, ...],
+               out: Path, tag: str, placement: str, middle_only: bool) -> pd.DataFrame:  # fmt: skip
+    """Every live point of the `sources` sweep folders (the embedded `profile`'s, per-token depths
+    recorded) replayed on this backbone with its exits of the same method: static and mue need no
+    training and are built here. Per-sample rows go to `replay_samples_<size>.csv` as they come."""
+    from analyses.scale import compute_replay
+    from free_bench.data.source import open_scenes
+    from free_bench.evaluation.replay import recorded_points, replay_point
+    from free_bench.methods import load_exits
+    from free_bench.methods.registry import build_method
+    from free_bench.models import load_backbone
+
+    backbone, methods = None, {}
+    test = open_scenes(profile, 0, progress=False).split("test")  # the questions the depths were recorded on
+    frames = []
+    for source in sources:
+        points = recorded_points(source, max_samples=rows)
+        if middle_only:  # a sweep's middle threshold: the live sweeps' operating point, its neighbours beside
+            points = [sorted(points, key=lambda q: q.threshold)[len(points) // 2]] if points else []
+        for point in points:
+            if point.method not in methods:
+                trained = work / "exits" / point.method
+                if (trained / "manifest.json").exists():
+                    methods[point.method] = load_exits(trained, backbone=backbone, device=DEVICE)
+                    backbone = methods[point.method].backbone
+                elif point.method in ("static", "mue"):
+                    backbone = backbone or load_backbone(str(ckpt), device=DEVICE)
+                    methods[point.method] = build_method(point.method, backbone, placement)
+                else:
+                    print(f"no {point.method} exits at this size: {source} not replayed", flush=True)
+                    continue
+            engines_here = engines if methods[point.method].backbone.lm_type == "opt" else ("eager",)
+            frames.append(replay_point(point, methods[point.method], test, engines=engines_here,
+                                       source=f"{profile} profile, {Path(source).name}").assign(model=tag))
+            pd.concat(frames).drop(columns="model").to_csv(out / f"replay_samples_{tag}.csv", index=False)
+            print(compute_replay(frames[-1]).round(3).to_string(index=False), flush=True)
+    return compute_replay(pd.concat(frames)) if frames else pd.DataFrame()
 
 
 def exported_data(profile: str, work: Path) -> tuple[Path, Path]:
@@ -164,7 +207,13 @@ def main() -> None:
     p.add_argument("--exits", default="every:4", help="exit placement (default every:4)")
     p.add_argument("--batch-size", type=int, default=8, help="exit-training rows a step")
     p.add_argument("--engine", default="eager", choices=("eager", "graphs"))
-    p.add_argument("--stage", default="all", choices=("all", "train", "sweep"))
+    p.add_argument("--stage", default="all", choices=("all", "train", "sweep", "replay"))
+    p.add_argument("--replay", nargs="*", type=Path, default=[],
+                   help="live sweep folders of the --scenes profile whose per-token depths are replayed")
+    p.add_argument("--replay-rows", type=int, default=100, help="questions replayed per point")
+    p.add_argument("--replay-points", default="middle", choices=("middle", "all"),
+                   help="each source sweep's middle threshold (its operating point), or every threshold")
+    p.add_argument("--replay-engines", nargs="+", default=["eager", "graphs"], choices=("eager", "graphs"))
     p.add_argument("--bracket", nargs="*", default=["free"],
                    help="methods swept at both ends (exit at the first exit, never exit); others at the first only")
     args = p.parse_args()
@@ -189,11 +238,18 @@ def main() -> None:
         train.to_csv(args.out / f"train_{tag}.csv", index=False)
         print(train.round(3).to_string(index=False), flush=True)
     if args.stage in ("all", "sweep"):
-        points, checks = sweep_all(args.work, args.test_data, args.methods, args.rows, args.engine, args.bracket)
-        pd.DataFrame(points).to_csv(args.out / f"sweep_{tag}_{args.engine}.csv", index=False)
-        pd.DataFrame(checks).to_csv(args.out / f"exit_check_{tag}.csv", index=False)
+        points, checks = sweep_all(args.work, args.test_data, args.methods, args.rows, args.engine, args.bracket,
+                                   args.out, tag)  # fmt: skip
         print(pd.DataFrame(points).round(3).to_string(index=False))
         print(pd.DataFrame(checks).round(4).to_string(index=False))
+    if args.replay and args.stage in ("all", "replay"):
+        if not args.scenes:
+            p.error("--replay needs --scenes: the profile whose questions the depths were recorded on")
+        summary = replay_all(args.work, ckpt, args.replay, args.scenes, args.replay_rows,
+                             tuple(args.replay_engines), args.out, tag, args.exits,
+                             args.replay_points == "middle")  # fmt: skip
+        summary.to_csv(args.out / f"replay_{tag}.csv", index=False)
+        print(summary.round(3).to_string(index=False), flush=True)
     name = torch.cuda.get_device_name() if DEVICE != "cpu" else "cpu"
     (args.out / f"device_{tag}.json").write_text(json.dumps({"device": name, "torch": torch.__version__}))
 

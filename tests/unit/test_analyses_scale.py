@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from analyses.scale import compute_scale, load_scale
+from analyses.scale import compute_replay, compute_scale, load_replay, load_scale
 
 
 def test_scale_rows_pair_the_full_model_with_the_earliest_exit(tmp_path):
@@ -27,3 +28,37 @@ def test_scale_rows_pair_the_full_model_with_the_earliest_exit(tmp_path):
 def test_no_scale_files_give_an_empty_table(tmp_path):
     sweeps, checks = load_scale(tmp_path)
     assert sweeps.empty and compute_scale(sweeps, checks).empty
+
+
+def _replay_samples(engine: str) -> pd.DataFrame:
+    return pd.DataFrame({
+        "method": ["free"] * 2, "threshold": [0.88] * 2, "engine": [engine] * 2, "sample_id": ["a", "b"],
+        "tokens": [2, 2], "mean_exit_layer": [8.0, 20.0], "exit_layers": ["[8, 8]", "[8, 32]"],
+        "replay_ms": [30.0, 50.0], "full_ms": [60.0, 60.0], "prefix_ms": [20.0, 20.0],
+        "cost_layers": [20.0, 46.0], "full_cost_layers": [66.0, 66.0], "exits_at": ["8,16,24"] * 2,
+    })  # fmt: skip
+
+
+def test_replay_rows_measure_the_depths_against_both_expectations(tmp_path):
+    pd.concat([_replay_samples("eager"), _replay_samples("graphs")]).to_csv(
+        tmp_path / "replay_samples_blip2-opt-2.7b.csv", index=False
+    )
+    costs = pd.DataFrame({"policy": ["propagate"], "model": ["OPT-2.7b LM"], "num_layers": [32],
+                          "ms_per_skipped_layer": [0.06], "ms_fixed_per_token": [0.66],
+                          "ms_per_exit_check": [0.12], "engine": ["graphs"]})  # fmt: skip
+    table = compute_replay(load_replay(tmp_path), costs).set_index("engine")
+    row = table.loc["graphs"]
+    assert row["model"] == "blip2-opt-2.7b" and row["questions"] == 2 and row["tokens"] == 4
+    assert row["measured_speedup"] == 120.0 / 80.0 and row["decode_measured_speedup"] == 80.0 / 40.0
+    assert row["expected_speedup"] == 132.0 / 66.0
+    assert row["expected_with_prefix"] == 120.0 / (40.0 + 80.0 / 2.0)  # the prefix is not skipped
+    assert row["mean_exit_layer"] == 14.0
+    # three tokens at 8 (one check each: exit 8), one at 32 (three checks); FREE's check adds a layer
+    check = 0.12 + 0.06
+    full = 4 * (0.66 + 32 * 0.06)
+    assert abs(row["projected_speedup"] - full / (4 * 0.66 + (3 * 8 + 32) * 0.06 + 6 * check)) < 1e-9
+    assert np.isnan(table.loc["eager", "projected_speedup"])  # no eager cost row: no projection
+
+
+def test_no_replay_files_give_an_empty_table(tmp_path):
+    assert compute_replay(load_replay(tmp_path)).empty

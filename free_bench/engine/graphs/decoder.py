@@ -25,7 +25,7 @@ import torch
 
 from free_bench.core.errors import FreeBenchError
 from free_bench.engine.cost import CostModel, cost_model
-from free_bench.engine.exit_runtime import LIVE_RULES, verdict
+from free_bench.engine.exit_runtime import LIVE_RULES, check_schedule, verdict
 from free_bench.engine.graphs.capture import Graphed, Pass, capture
 from free_bench.engine.graphs.fused import FusedOPT, fused_layer
 from free_bench.engine.graphs.static import StaticKV, StaticMasks
@@ -305,8 +305,11 @@ class GraphDecoder:
         max_new_tokens: int,
         threshold: float | None,
         eos_ids: list[int],
+        schedule: list[int] | None = None,
     ) -> dict:
-        """One row: the fields of a `GenerateResult` (tokens (1, T), exit layers, confidences, costs)."""
+        """One row: the fields of a `GenerateResult` (tokens (1, T), exit layers, confidences, costs).
+        `schedule`: a replay (`engine.generate`), token t stops after the segment ending at layer
+        schedule[t]; every status read a live decode makes up to there is still made."""
         if pixel_values.shape[0] != 1:
             raise FreeBenchError(
                 f"the graphs engine decodes batch 1 (got {pixel_values.shape[0]} rows); "
@@ -324,15 +327,23 @@ class GraphDecoder:
             self._capture(self.step)
         if threshold is not None:
             self.threshold.fill_(float(threshold))
+        stops = None
+        if schedule is not None:
+            if self.method is None:
+                raise FreeBenchError("an exit schedule needs exits: the full model has no exit to stop at")
+            ends = [end for _, end in self.bounds]
+            stops = [ends.index(k) for k in check_schedule(schedule, self.exits, self.bb.num_layers)]
+            max_new_tokens = len(stops)
         layers, tokens, scores, spent = [], [], [], 0.0
         eos = set(eos_ids)
         for t in range(max_new_tokens):
+            forced = None if stops is None else stops[t]
             if t == 0:
-                layer, token, score, cost = self._prompt_step(embeds)
+                layer, token, score, cost = self._prompt_step(embeds, forced)
             else:
                 self.ids.fill_(tokens[-1])
                 self.masks.position.fill_(length + t - 1)
-                layer, token, score, cost = self._token_step()
+                layer, token, score, cost = self._run(self.step, forced)
             layers.append(layer)
             tokens.append(token)
             scores.append(score)
@@ -355,37 +366,45 @@ class GraphDecoder:
         if self.gen_kv is not None:
             self.gen_kv.index = positions
 
-    def _prompt_step(self, embeds: torch.Tensor) -> tuple[int, int, torch.Tensor, float]:
+    def _prompt_step(
+        self, embeds: torch.Tensor, forced: int | None = None
+    ) -> tuple[int, int, torch.Tensor, float]:
         """The first new token from the whole prompt (1, P, D'): the pass of its length."""
         p = self._prompt_pass(embeds.shape[1])
         if self.capture and not p.captured:
             self._capture(p)
         assert p.embeds is not None
         p.embeds.copy_(embeds)
-        return self._run(p)
+        return self._run(p, forced)
 
-    def _token_step(self) -> tuple[int, int, torch.Tensor, float]:
-        return self._run(self.step)
-
-    def _run(self, p: Pass) -> tuple[int, int, torch.Tensor, float]:
+    def _run(self, p: Pass, forced: int | None = None) -> tuple[int, int, torch.Tensor, float]:
         """Segment after segment until an exit fires (one status read each: the exit check's sync;
-        a static exit needs none), then, under `propagate`, that exit's K/V fill."""
+        a static exit needs none), then, under `propagate`, that exit's K/V fill. `forced`: the segment
+        a replay stops after, whatever the status says (read all the same, as a live decode does)."""
         self._address(p.positions)
-        stop = len(p.segments) - 1
+        last = len(p.segments) - 1
+        stop = last if forced is None else forced
         for i, seg in enumerate(p.segments):
             seg.replay()
-            if i < stop and self.policy != "full" and (self.rule == "static" or bool(self.status[0])):
+            if i == last or self.policy == "full":
+                continue
+            fired = self.rule == "static" or bool(self.status[0])
+            if (fired and forced is None) or i == forced:
                 stop = i
                 break
         if self.policy == "propagate" and stop < len(self.exits):
             p.fills[self.bounds[stop][1]].replay()
-        return self._decided(stop)
+        return self._decided(stop, forced is not None)
 
-    def _decided(self, stop: int) -> tuple[int, int, torch.Tensor, float]:
+    def _decided(self, stop: int, forced: bool = False) -> tuple[int, int, torch.Tensor, float]:
         """(exit layer, token, score (1,) on the device, cost in layer-equivalents) of a step that ran
-        segments 0..stop; reading the status is the step's last host sync."""
+        segments 0..stop; reading the status is the step's last host sync. A replay (`forced`) left at
+        segment `stop` whether or not its rule fired: its token is the first that fired, else the one
+        in flight."""
         decided, token, exit_at = self.status.tolist()
-        assert decided, "the last segment always decides"
+        if forced:
+            exit_at, token = self.bounds[stop][1], token if decided else int(self.ids[0, 0])
+        assert decided or forced, "the last segment always decides"
         ran_to, reads, L = self.bounds[stop][1], self.rule in _READS_LOGITS, self.bb.num_layers
         cost = ran_to + (self.cost.head if ran_to == L else 0.0)  # same prices as engine.decode_exits
         for k in self.exits:
