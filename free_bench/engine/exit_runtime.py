@@ -19,9 +19,11 @@ import torch
 from free_bench.core.errors import FreeBenchError
 from free_bench.engine import skip as runner_skip
 from free_bench.methods import rules
+from free_bench.methods.heads import attention_modules
 from free_bench.methods.mue import cosine
 from free_bench.methods.protocol import ExitMethod
-from free_bench.models.runner_kv import KVStore
+from free_bench.models import runner_t5
+from free_bench.models.runner_kv import KVStore, T5StepCache
 from free_bench.models.runner_state import DecodeState
 
 LIVE_RULES = ("max_prob", "entropy", "patience", "static", "cosine")
@@ -92,8 +94,13 @@ class ExitRuntime:
         self.reads_previous = self.rule == "cosine"  # MuE compares layer k's input and output
         self.generators = method.generators  # FREE/distill decoder-layer exits, else None
         self.gen_kv = None  # one slot per trained generator: a restricted method consults some of them
+        self.gen_cross, self.gen_cache = None, None  # T5 generators: their cross K/V and the cache pairing both
         if self.generators is not None:
             self.gen_kv = KVStore(len(self.generators.layers), state.batch_size, state.max_len)
+            if self.generators.lm_type == "t5":
+                assert state.encoder_hidden is not None
+                self.gen_cross = runner_t5.cross_kv(list(self.generators.layers.values()), state.encoder_hidden)
+                self.gen_cache = T5StepCache(self.gen_kv, self.gen_cross)
         self._tokens: torch.Tensor | None = None  # PABEE: previous exit's argmax per row in flight
         self._counts: torch.Tensor | None = None
         self.schedule = None if schedule is None else check_schedule(schedule, self.layers, state.num_layers)
@@ -102,7 +109,7 @@ class ExitRuntime:
     def slot(self, k: int) -> int:
         """The generator KV slot of exit k (the layer_idx its attention writes under)."""
         assert self.generators is not None
-        return int(self.generators.layers[str(k)].self_attn.layer_idx)
+        return int(attention_modules(self.generators.layers[str(k)])[0].layer_idx)
 
     # --- per token ---------------------------------------------------------------------------
     def start_token(self) -> None:
@@ -126,9 +133,15 @@ class ExitRuntime:
         self.gen_kv.pos, self.gen_kv.rows = st.kv.pos, rows
         mask = None if st.self_mask is None else st.self_mask[rows]
         try:
+            if self.gen_cross is not None:  # T5: its own self-attention store and cross K/V, the state's bias
+                self.gen_cross.rows = rows
+                cross_mask = None if st.cross_mask is None else st.cross_mask[rows]
+                return self.generators.t5_step(k, hidden, st, mask, cross_mask, self.gen_cache)
             return self.generators(k, hidden, mask4d=mask, cache=self.gen_kv)
         finally:
             self.gen_kv.rows = None
+            if self.gen_cross is not None:
+                self.gen_cross.rows = None
 
     def check(
         self, k: int, hidden: torch.Tensor, rows: torch.Tensor, previous: torch.Tensor | None = None
@@ -176,6 +189,6 @@ class ExitRuntime:
         deeper = [k for k in self.layers if k > above]
         for k in deeper:
             layer = self.generators.layers[str(k)]
-            key, value = runner_skip.kv_projection("opt", layer, hidden)
+            key, value = runner_skip.kv_projection(self.generators.lm_type, layer, hidden)
             self.gen_kv.write(self.slot(k), key.to(hidden.dtype), value.to(hidden.dtype), rows)
         return len(deeper)

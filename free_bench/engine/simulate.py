@@ -17,6 +17,7 @@ import torch
 from free_bench.methods import rules
 from free_bench.methods.mue import cosine
 from free_bench.methods.protocol import ExitMethod
+from free_bench.models.runner_state import Encoded
 
 
 @dataclass(eq=False)
@@ -52,10 +53,12 @@ class ExitScores:
 
 @torch.inference_mode()
 def exit_scores(
-    method: ExitMethod, hidden_states: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
-) -> ExitScores:
+    method: ExitMethod, hidden_states: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+    encoder: Encoded | None = None,
+) -> ExitScores:  # fmt: skip
     """hidden_states (L+1, B, T, D) of one teacher-forced pass, mask (B, T), positions (N, 2) of the
-    (row, column) pairs whose next token is decided -> the scores there."""
+    (row, column) pairs whose next token is decided -> the scores there. `encoder`: the pass's T5
+    encoder output (what T5 generator exits read)."""
     num_layers = hidden_states.shape[0] - 1
     layers = tuple(k for k in method.layers if k < num_layers)
     rows, cols = positions[:, 0], positions[:, 1]
@@ -63,7 +66,7 @@ def exit_scores(
     final_prob, final_tokens = final.softmax(-1).max(-1)
     tokens, probs, ents = [], [], []
     for k in layers:  # the whole sequence goes through each exit module (generators attend over it)
-        exit_h = method.exit_hidden(k, hidden_states[k], mask)[rows, cols]  # (N, D)
+        exit_h = method.exit_hidden(k, hidden_states[k], mask, encoder)[rows, cols]  # (N, D)
         logits = method.head_logits(k, exit_h[:, None])[:, 0].float()[None]  # (1, N, V)
         tokens.append(logits[0].argmax(-1))
         probs.append(rules.max_prob(logits)[0])

@@ -49,7 +49,7 @@ def per_exit_vqa(
         batch = prompt_batch(bb, [E.vqa_pair(tok, q, "", bb.prompts["vqa"]) for q in chunk["question"]])
         tf, at = first_answer_pass(bb, pixel_values(bb, chunk["image"]), batch)
         h, mask = tf.hidden_states, tf.attention_mask
-        heads = [(k, "exit", method.exit_logits(k, h[k], mask)[:, at]) for k in method.layers]
+        heads = [(k, "exit", method.exit_logits(k, h[k], mask, tf.encoder)[:, at]) for k in method.layers]
         heads.append((bb.num_layers, "final", bb.logits_from_hidden(h[-1][:, at])))
         for layer, kind, logits in heads:  # logits (B, V) at the first answer position (left padding)
             probs = logits.float().softmax(-1)
@@ -109,7 +109,7 @@ def per_exit_captions(
         full = generate(bb, pixel_values=pixels, **prompts, max_new_tokens=MAX_NEW["caption"])
         answers = [until_eos(t.tolist(), tok.eos_token_id) for t in full.tokens]
         b = teacher_force(bb, pixels, prompts, answers, with_targets=False)
-        heads = [(k, "exit", method.exit_logits(k, b.hidden[k], b.mask)) for k in method.layers]
+        heads = [(k, "exit", method.exit_logits(k, b.hidden[k], b.mask, b.encoder)) for k in method.layers]
         heads.append((bb.num_layers, "final", bb.logits_from_hidden(b.hidden[-1])))
         for layer, kind, logits in heads:  # (B, T, V)
             ids = logits.argmax(-1)  # (B, T)

@@ -145,7 +145,7 @@ def record(method: ExitMethod, rows: datasets.Dataset, task: str, batch_size: in
         tf = teacher_forced_batch(method.backbone, chunk, regime, task)
         tf_s += _synced_clock(method) - t0
         pos = tf.loss_mask.nonzero()  # (n, 2) row-major: rows, then their positions in order
-        parts.append(exit_scores(method, tf.hidden, tf.mask, pos))
+        parts.append(exit_scores(method, tf.hidden, tf.mask, pos, tf.encoder))
         rix.append(pos[:, 0] + start)
         first = tf.loss_mask.argmax(1)  # (b,) first decided column of each row
         steps.append(pos[:, 1] - first[pos[:, 0]])

@@ -39,7 +39,7 @@ def distill_losses(method: ExitMethod, batch: L.LossInputs) -> dict[str, torch.T
         real = features(method.backbone, batch.hidden_states[-1]) if w_feat > 0 else None  # (B, T, F)
     kl, feat, ce = [], [], []
     for k in method.layers:
-        gen = method.exit_hidden(k, batch.hidden_states[k].detach(), batch.mask)  # (B, T, D)
+        gen = method.exit_hidden(k, batch.hidden_states[k].detach(), batch.mask, batch.encoder)  # (B, T, D)
         logits = method.head_logits(k, gen)  # (B, T, V)
         kl.append(L.kl_to_teacher(logits, teacher, batch.loss_mask, temp))
         if real is not None:

@@ -28,6 +28,7 @@ from free_bench.methods.options import parse_placement
 if TYPE_CHECKING:
     from free_bench.methods.spec import MethodSpec
     from free_bench.models.base import Backbone
+    from free_bench.models.runner_state import Encoded
 
 
 class Exits(nn.Module):
@@ -110,11 +111,13 @@ class Exits(nn.Module):
 
     # --- exit modules ------------------------------------------------------------------------
     def exit_hidden(
-        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The exit module's hidden-to-hidden part; identity for the logit lens. (B, T, D) -> (B, T, D)."""
+        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        encoder: Encoded | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """The exit module's hidden-to-hidden part; identity for the logit lens. (B, T, D) -> (B, T, D).
+        `encoder`: the T5 prefix's encoder output, which T5 generator exits cross-attend to."""
         module = self.exit_module
-        return hidden if module is None else module.exit_hidden(k, hidden, attention_mask)
+        return hidden if module is None else module.exit_hidden(k, hidden, attention_mask, encoder)
 
     def head_logits(self, k: int, hidden: torch.Tensor) -> torch.Tensor:
         """The exit's head (frozen final norm + LM head, or its own head). (B, T, D) -> (B, T, V)."""
@@ -124,13 +127,14 @@ class Exits(nn.Module):
         return module.head_logits(self.backbone, k, hidden)
 
     def exit_logits(
-        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        encoder: Encoded | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         """Output of LM layer k (B, T, D) -> exit logits (B, T, V); attention_mask (B, T), 1 = real."""
         self.exit_position(k)
         if hidden.dim() != 3:
             raise FreeBenchError(f"exit hidden states must be (B, T, D), got shape {tuple(hidden.shape)}")
-        return self.head_logits(k, self.exit_hidden(k, hidden, attention_mask))
+        return self.head_logits(k, self.exit_hidden(k, hidden, attention_mask, encoder))
 
     def exit_modules(self, k: int) -> list[nn.Module]:
         """The modules exit k adds on top of the shared frozen head (for its cost); none = logit lens."""
@@ -138,10 +142,11 @@ class Exits(nn.Module):
         return [] if module is None else module.modules_at(k)
 
     def all_exit_logits(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        encoder: Encoded | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         """Teacher-forced logits of every exit: (L+1, B, T, D) -> (E, B, T, V), for rule simulation."""
-        return torch.stack([self.exit_logits(k, hidden_states[k], attention_mask) for k in self.layers])
+        return torch.stack([self.exit_logits(k, hidden_states[k], attention_mask, encoder) for k in self.layers])
 
     def similarities(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The cosine rule's scores (MuE), as `all_exit_logits` are the logit rules':
@@ -177,6 +182,7 @@ class Exits(nn.Module):
         mask: torch.Tensor,
         regime: str,
         loss_mask: torch.Tensor | None = None,
+        encoder: Encoded | None = None,
     ) -> dict[str, torch.Tensor]:
         """Task/generator losses: {"loss": total to backpropagate, other keys: detached terms}.
 
@@ -186,16 +192,17 @@ class Exits(nn.Module):
         if self.spec.losses is None:
             raise FreeBenchError(f"{self.name} exits have nothing to train (trainable=False)")
         loss_mask = self._checked(hidden_states, targets, mask, regime, loss_mask)
-        return self.spec.losses(self, LossInputs(hidden_states, targets, mask, regime, loss_mask))
+        return self.spec.losses(self, LossInputs(hidden_states, targets, mask, regime, loss_mask, encoder))
 
     def discriminator_loss(
-        self, hidden_states: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
+        self, hidden_states: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor | None = None,
+        encoder: Encoded | None = None,
+    ) -> dict[str, torch.Tensor]:  # fmt: skip
         """The adversary's step (adversarial methods): {"loss", "disc", "disc_acc" (E,), "disc_acc@k"}."""
         if self.spec.discriminator_loss is None:
             raise FreeBenchError(f"{self.name} exits have no discriminator (adversarial=False)")
         return self.spec.discriminator_loss(
-            self, hidden_states, mask, mask if loss_mask is None else loss_mask
+            self, hidden_states, mask, mask if loss_mask is None else loss_mask, encoder
         )
 
     def _checked(

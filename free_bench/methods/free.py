@@ -20,6 +20,7 @@ from free_bench.methods.protocol import ExitMethod
 from free_bench.methods.registry import register
 from free_bench.methods.spec import MethodSpec
 from free_bench.models.base import Backbone
+from free_bench.models.runner_state import Encoded
 
 
 def build_free(
@@ -53,7 +54,7 @@ def free_losses(method: ExitMethod, batch: L.LossInputs) -> dict[str, torch.Tens
     temp = method.options["temperature"]
     task, adv = [], []
     for k in method.layers:
-        gen = method.exit_hidden(k, batch.hidden_states[k].detach(), batch.mask)  # (B, T, D)
+        gen = method.exit_hidden(k, batch.hidden_states[k].detach(), batch.mask, batch.encoder)  # (B, T, D)
         task.append(L.task_term(method.head_logits(k, gen), batch, teacher, temp))  # logits (B, T, V)
         fake = _frozen_d(method, k, features(method.backbone, gen))  # (B, T)
         adv.append(L.bce_with_logits(fake, True, batch.loss_mask))
@@ -69,8 +70,9 @@ def free_losses(method: ExitMethod, batch: L.LossInputs) -> dict[str, torch.Tens
 
 
 def free_discriminator_loss(
-    method: ExitMethod, hidden_states: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor
-) -> dict[str, torch.Tensor]:
+    method: ExitMethod, hidden_states: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor,
+    encoder: Encoded | None = None,
+) -> dict[str, torch.Tensor]:  # fmt: skip
     """BCE: real = features of h_L, fake = features of G_e(h_e), both detached; masked token mean.
 
     Returns {"loss": mean over exits, "disc": detached copy, "disc_acc": (E,) accuracy per exit
@@ -79,7 +81,7 @@ def free_discriminator_loss(
     with torch.no_grad():
         real = features(method.backbone, hidden_states[-1])  # (B, T, F)
         fakes = [
-            features(method.backbone, method.exit_hidden(k, hidden_states[k], mask)) for k in method.layers
+            features(method.backbone, method.exit_hidden(k, hidden_states[k], mask, encoder)) for k in method.layers
         ]
     losses, accs = [], []
     for k, fake in zip(method.layers, fakes, strict=True):

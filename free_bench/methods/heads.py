@@ -17,16 +17,19 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.masking_utils import create_causal_mask
 
 from free_bench.core.errors import FreeBenchError
+from free_bench.models import runner_t5
 from free_bench.models.base import Backbone
+from free_bench.models.runner_state import DecodeState, Encoded
 
 
 class ExitModule(Protocol):
     """What an exit module adds between LM layer k's output and the logits."""
 
     def exit_hidden(
-        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Hidden-to-hidden part of exit k. (B, T, D) -> (B, T, D)."""
+        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        encoder: Encoded | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """Hidden-to-hidden part of exit k. (B, T, D) -> (B, T, D); `encoder`: a T5 prefix's output."""
         ...
 
     def head_logits(self, backbone: Backbone, k: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -87,8 +90,9 @@ class LightHeads(nn.Module):
                 self.heads[str(k)] = head
 
     def exit_hidden(
-        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        encoder: Encoded | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         return self.adapters[str(k)](hidden)  # (B, T, D)
 
     def head_logits(self, backbone: Backbone, k: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -108,24 +112,28 @@ def _source_layer(backbone: Backbone, k: int, init_layer: str) -> int:
 
 
 class Generators(nn.Module):
-    """FREE/distillation exits: per exit one decoder layer of the LM's own class and config,
-    deep-copied from a backbone layer (trainable copy; the backbone's layer stays frozen)."""
+    """FREE/distillation exits: per exit one decoder layer of the LM's own class and config (an OPT
+    decoder layer, or a T5 decoder block with its cross-attention), deep-copied from a backbone layer
+    (trainable copy; the backbone's layer stays frozen).
+
+    A T5 block also reads the encoder output and the decoder's relative position bias: teacher forcing
+    passes the `Encoded` prefix (`encoder`), and the bias comes from the backbone's first block, as HF
+    shares it; decoding passes what the runner's state holds (`t5_step`)."""
 
     def __init__(self, backbone: Backbone, layers: tuple[int, ...], init_layer: str) -> None:
         super().__init__()
-        if backbone.lm_type != "opt":
-            raise FreeBenchError(
-                f"FREE/distill generator layers support OPT backbones; T5 decoder blocks need the encoder "
-                f"output and relative position bias, which exit training does not carry "
-                f"(backbone {backbone.spec!r} is {backbone.lm_type}); use deebert/pabee light heads for T5"
-            )
+        if backbone.lm_type not in ("opt", "t5"):
+            raise FreeBenchError(f"FREE/distill generator layers need an OPT or T5 backbone, not {backbone.lm_type}")
+        self.lm_type = backbone.lm_type
+        self.backbone = backbone  # plain attribute (a dataclass): never a submodule
         self.config = backbone.decoder.config
         self.layers = nn.ModuleDict()
         for index, k in enumerate(layers):
             layer = copy.deepcopy(backbone.layers[_source_layer(backbone, k, init_layer) - 1])
             layer.requires_grad_(True)
             # Its own KV slot: an engine can give all generators one KV store with E layers.
-            layer.self_attn.layer_idx = index
+            for attn in attention_modules(layer):
+                attn.layer_idx = index
             self.layers[str(k)] = layer
 
     def causal_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -150,26 +158,38 @@ class Generators(nn.Module):
         *,
         mask4d: torch.Tensor | None = None,
         cache: object | None = None,
+        encoder: Encoded | None = None,
     ) -> torch.Tensor:
-        """(B, T, D) output of layer k -> generator output (B, T, D), called as the runner calls OPT
-        layers. Teacher forcing passes the 2D `attention_mask`; decoding passes `mask4d` and `cache`.
-        OPT positions are absolute embeddings added before layer 1, so the layer needs no positions."""
+        """(B, T, D) output of layer k -> generator output (B, T, D), called as the runner calls its
+        layers. Teacher forcing passes the 2D `attention_mask` (and for T5 the `encoder` output);
+        decoding an OPT passes `mask4d` and `cache` (T5 decodes through `t5_step`). OPT positions are
+        absolute embeddings added before layer 1, so an OPT layer needs no positions."""
+        layer = self.layers[str(k)]
+        if self.lm_type == "t5":
+            if encoder is None:
+                raise FreeBenchError("a T5 generator exit reads the encoder output: pass encoder=")
+            self_mask, bias, cross_mask, cross_bias = runner_t5.sequence_inputs(
+                self.backbone, hidden, attention_mask, encoder.hidden, encoder.mask
+            )
+            args = (hidden, self_mask, bias, encoder.hidden, cross_mask, cross_bias)
+            return _training_attention(lambda: layer(*args)[0], hidden)  # (B, T, D)
         if cache is None and mask4d is None:
             mask4d = self.causal_mask(hidden, attention_mask)
-        layer = self.layers[str(k)]
-        if torch.is_grad_enabled() and hidden.device.type == "cuda":
-            # Training: PyTorch's math attention. The fused CUDA kernel's backward returned NaN gradients
-            # (forward and loss still finite) at step 7-8 of exit training at OPT-2.7b width in bf16 on
-            # an H200, where the math kernel's stayed finite on the same batches; its (B, H, T, T)
-            # scores are small at training lengths. Decoding (no grad) keeps the fused kernel.
-            with sdpa_kernel([SDPBackend.MATH]):
-                return layer(hidden, attention_mask=mask4d, cache=cache)
-        return layer(hidden, attention_mask=mask4d, cache=cache)
+        return _training_attention(lambda: layer(hidden, attention_mask=mask4d, cache=cache), hidden)
+
+    def t5_step(self, k: int, hidden: torch.Tensor, state: DecodeState, self_mask: torch.Tensor | None,
+                cross_mask: torch.Tensor | None, cache: object) -> torch.Tensor:  # fmt: skip
+        """Exit k's T5 block on the decoding step's positions (b, q, D), with the runner state's bias
+        and the generators' own `cache` (self-attention store + their cross K/V)."""
+        block = self.layers[str(k)]
+        return block(hidden, self_mask, state.position_bias, state.encoder_hidden, cross_mask, state.cross_bias,
+                     cache=cache)[0]  # fmt: skip
 
     def exit_hidden(
-        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self(k, hidden, attention_mask)  # (B, T, D)
+        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        encoder: Encoded | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        return self(k, hidden, attention_mask, encoder=encoder)  # (B, T, D)
 
     def head_logits(self, backbone: Backbone, k: int, hidden: torch.Tensor) -> torch.Tensor:
         """The shared frozen final norm + LM head. (B, T, D) -> (B, T, V)."""
@@ -177,6 +197,24 @@ class Generators(nn.Module):
 
     def modules_at(self, k: int) -> list[nn.Module]:
         return [self.layers[str(k)]]
+
+
+def attention_modules(layer: nn.Module) -> list[nn.Module]:
+    """The attention modules of an OPT layer or a T5 block, whose `layer_idx` picks their cache slot."""
+    if hasattr(layer, "self_attn"):
+        return [layer.self_attn]
+    return [layer.layer[0].SelfAttention, layer.layer[1].EncDecAttention]
+
+
+def _training_attention(call, hidden: torch.Tensor) -> torch.Tensor:
+    """`call()`, under PyTorch's math attention when training on CUDA. The fused CUDA kernel's backward
+    returned NaN gradients (forward and loss still finite) at step 7-8 of exit training at OPT-2.7b width
+    in bf16 on an H200, where the math kernel's stayed finite on the same batches; its (B, H, T, T)
+    scores are small at training lengths. Decoding (no grad) keeps the fused kernel."""
+    if torch.is_grad_enabled() and hidden.device.type == "cuda":
+        with sdpa_kernel([SDPBackend.MATH]):
+            return call()
+    return call()
 
 
 class Discriminators(nn.Module):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from free_bench.methods.protocol import ExitMethod
     from free_bench.models.base import Backbone
+    from free_bench.models.runner_state import Encoded
 
 IGNORE = -100
 
@@ -29,6 +30,7 @@ class LossInputs:
     mask: torch.Tensor  # (B, T) 1 = real token (attention)
     regime: str  # semi | unsupervised
     loss_mask: torch.Tensor  # (B, T) where the terms average
+    encoder: Encoded | None = None  # T5: the prefix's encoder output (T5 generator exits read it)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -104,7 +106,8 @@ def task_terms(method: ExitMethod, batch: LossInputs) -> list[torch.Tensor]:
     temperature = method.options["temperature"]
     return [
         task_term(
-            method.exit_logits(k, batch.hidden_states[k].detach(), batch.mask), batch, teacher, temperature
+            method.exit_logits(k, batch.hidden_states[k].detach(), batch.mask, batch.encoder), batch, teacher,
+            temperature,
         )
         for k in method.layers
     ]

@@ -15,6 +15,7 @@ from torch import nn
 
 from free_bench.methods.heads import Discriminators, Generators
 from free_bench.models.base import Backbone
+from free_bench.models.runner_state import Encoded
 
 
 class ExitMethod(Protocol):
@@ -42,9 +43,10 @@ class ExitMethod(Protocol):
 
     # --- exit modules ------------------------------------------------------------------------
     def exit_hidden(
-        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Exit k's hidden-to-hidden part. (B, T, D) -> (B, T, D)."""
+        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        encoder: Encoded | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """Exit k's hidden-to-hidden part. (B, T, D) -> (B, T, D); `encoder`: a T5 prefix's output."""
         ...
 
     def head_logits(self, k: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -52,8 +54,9 @@ class ExitMethod(Protocol):
         ...
 
     def exit_logits(
-        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self, k: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        encoder: Encoded | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         """Output of LM layer k (B, T, D) -> exit logits (B, T, V)."""
         ...
 
@@ -62,8 +65,9 @@ class ExitMethod(Protocol):
         ...
 
     def all_exit_logits(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        encoder: Encoded | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         """(L+1, B, T, D) -> (E, B, T, V)."""
         ...
 
@@ -94,6 +98,7 @@ class ExitMethod(Protocol):
         mask: torch.Tensor,
         regime: str,
         loss_mask: torch.Tensor | None = None,
+        encoder: Encoded | None = None,
     ) -> dict[str, torch.Tensor]:
         """{"loss": what `exit_parameters()` backpropagate, other keys: detached terms}."""
         ...
@@ -103,8 +108,9 @@ class ExitMethod(Protocol):
         ...
 
     def discriminator_loss(
-        self, hidden_states: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
+        self, hidden_states: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor | None = None,
+        encoder: Encoded | None = None,
+    ) -> dict[str, torch.Tensor]:  # fmt: skip
         """Adversarial methods' D step: {"loss", "disc", "disc_acc", "disc_acc@k"}."""
         ...
 

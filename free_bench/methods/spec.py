@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 # (method, one checked batch) -> {"loss": total to backpropagate, other keys: detached terms}
 LossFn = Callable[["ExitMethod", LossInputs], dict[str, torch.Tensor]]
 # (method, hidden_states (L+1, B, T, D), mask (B, T), loss_mask (B, T))
+# (method, hidden states, mask, loss mask, T5 encoder output or None) -> the D step's terms
 DiscriminatorLossFn = Callable[
-    ["ExitMethod", torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]
+    ["ExitMethod", torch.Tensor, torch.Tensor, torch.Tensor, Any], dict[str, torch.Tensor]
 ]
 # (spec, backbone, placement, resolved options) -> the composed method
 Builder = Callable[["MethodSpec", "Backbone", tuple[int, ...], dict[str, Any]], "ExitMethod"]

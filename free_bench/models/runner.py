@@ -26,7 +26,7 @@ import torch
 from free_bench.core.errors import FreeBenchError
 from free_bench.models import runner_opt, runner_t5
 from free_bench.models.base import Backbone
-from free_bench.models.runner_state import DecodeState
+from free_bench.models.runner_state import DecodeState, Encoded
 
 _IMPL = {"opt": runner_opt, "t5": runner_t5}
 
@@ -38,6 +38,7 @@ class TeacherForcedOutput:
     hidden_states: torch.Tensor  # (L+1, B, T, D): [0] = layer-1 input, [i] = output of layer i
     attention_mask: torch.Tensor  # (B, T) 1 at real positions
     target_slice: slice  # positions along T whose next-token logits predict `target_ids`
+    encoder: Encoded | None = None  # T5: the encoder output the decoder blocks cross-attended to
 
 
 def image_features(backbone: Backbone, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -238,7 +239,8 @@ def teacher_forced_hidden_states(
         states.append(hidden)
     end_token(state)
     dtype = reduce(torch.promote_types, (h.dtype for h in states))  # T5 keeps `wo` in fp32
-    return TeacherForcedOutput(torch.stack([h.to(dtype) for h in states]), mask, targets)
+    encoded = None if state.encoder_hidden is None else Encoded(state.encoder_hidden, state.encoder_mask)
+    return TeacherForcedOutput(torch.stack([h.to(dtype) for h in states]), mask, targets, encoded)
 
 
 def first_answer_pass(

@@ -15,6 +15,14 @@ from free_bench.models.runner_kv import CrossKV, KVStore
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
 
+@dataclass(frozen=True, eq=False)
+class Encoded:
+    """A T5 encoder's output over a batch's prefix: what a decoder block cross-attends to."""
+
+    hidden: torch.Tensor  # (B, S, D)
+    mask: torch.Tensor  # (B, S) 1 = real
+
+
 @dataclass(eq=False)
 class DecodeState:
     """Decoding state of one batch. Token(s) in flight occupy KV positions [pos, pos + q_len).

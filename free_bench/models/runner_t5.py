@@ -25,13 +25,7 @@ def new_state(
     enc = backbone.language_model.encoder(
         inputs_embeds=inputs_embeds, attention_mask=attention_mask, return_dict=True
     ).last_hidden_state  # (B, S, D)
-    keys, values = [], []
-    for block in layers:
-        attn = block.layer[1].EncDecAttention
-        kv_shape = (*enc.shape[:-1], -1, attn.key_value_proj_dim)  # as T5Attention.forward shapes them
-        keys.append(attn.k(enc).view(kv_shape).transpose(1, 2))  # (B, H, S, Dh)
-        values.append(attn.v(enc).view(kv_shape).transpose(1, 2))
-    cross = CrossKV(keys, values)
+    cross = cross_kv(layers, enc)
     batch = enc.shape[0]
     kv = KVStore(len(layers), batch, max_len)
     pad_mask = torch.ones(batch, max_len, dtype=torch.bool, device=enc.device)  # (B, max_len)
@@ -50,6 +44,38 @@ def new_state(
         cross=cross,
         start_ids=torch.full((batch,), start_id, dtype=torch.long, device=enc.device),
     )
+
+
+def cross_kv(blocks: list[nn.Module], enc: torch.Tensor) -> CrossKV:
+    """Each block's cross-attention K/V (B, H, S, Dh) over the encoder output (B, S, D), computed once."""
+    keys, values = [], []
+    for block in blocks:
+        attn = block.layer[1].EncDecAttention
+        kv_shape = (*enc.shape[:-1], -1, attn.key_value_proj_dim)  # as T5Attention.forward shapes them
+        keys.append(attn.k(enc).view(kv_shape).transpose(1, 2))  # (B, H, S, Dh)
+        values.append(attn.v(enc).view(kv_shape).transpose(1, 2))
+    return CrossKV(keys, values)
+
+
+def sequence_inputs(
+    backbone: Backbone, hidden: torch.Tensor, decoder_mask: torch.Tensor | None, encoder_hidden: torch.Tensor,
+    encoder_mask: torch.Tensor,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """What a decoder block is handed for a whole sequence (B, T, D) from position 0, without a cache,
+    as `set_masks` builds it for decoding: (self mask, relative position bias, cross mask, cross bias)."""
+    dec = backbone.decoder
+    T = hidden.shape[1]
+    attn0 = backbone.layers[0].layer[0].SelfAttention
+    bias = attn0.compute_bias(T, T, device=hidden.device, past_seen_tokens=0)  # (1, H, T, T)
+    pad = None if decoder_mask is None else decoder_mask.to(hidden.device).bool()
+    self_mask = create_causal_mask(config=dec.config, inputs_embeds=hidden, attention_mask=pad, cache=None)
+    cross_mask = create_bidirectional_mask(
+        config=dec.config, inputs_embeds=hidden, attention_mask=encoder_mask, encoder_hidden_states=encoder_hidden
+    )
+    cross = backbone.layers[0].layer[1].EncDecAttention
+    cross_bias = torch.zeros((1, cross.n_heads, T, encoder_hidden.shape[1]), device=hidden.device,
+                             dtype=cross.q.weight.dtype)  # fmt: skip
+    return self_mask, bias, cross_mask, cross_bias
 
 
 def decoder_start_id(backbone: Backbone) -> int:

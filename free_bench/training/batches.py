@@ -23,6 +23,7 @@ from free_bench.data.inputs import pixel_values, prompt_batch
 from free_bench.engine import generate
 from free_bench.models.base import Backbone
 from free_bench.models.runner import teacher_forced_hidden_states
+from free_bench.models.runner_state import Encoded
 from free_bench.training.distributed import SINGLE, Dist, check_batch
 
 IGNORE = -100
@@ -37,6 +38,7 @@ class TFBatch:
     targets: (
         torch.Tensor | None
     )  # (B, T) answer ids at loss positions, IGNORE elsewhere; None if unsupervised
+    encoder: Encoded | None = None  # T5: the prefix's encoder output (T5 generator exits read it)
 
 
 class TeacherForcedBatches(Sequence[TFBatch]):
@@ -186,7 +188,7 @@ def teacher_force(
     if with_targets:
         targets = torch.full((B, T), IGNORE, dtype=torch.long, device=dev)
         targets[:, tf.target_slice] = target_ids.to(dev).masked_fill(target_mask.to(dev) == 0, IGNORE)
-    return TFBatch(tf.hidden_states.detach(), tf.attention_mask, loss_mask, targets)
+    return TFBatch(tf.hidden_states.detach(), tf.attention_mask, loss_mask, targets, tf.encoder)
 
 
 def until_eos(tokens: list[int], eos: int) -> list[int]:

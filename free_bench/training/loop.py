@@ -142,7 +142,7 @@ def _step(
 ) -> dict:
     entry: dict = {}
     if disc_opt is not None:  # D step first, on detached features
-        d = method.discriminator_loss(b.hidden, b.mask, b.loss_mask)
+        d = method.discriminator_loss(b.hidden, b.mask, b.loss_mask, b.encoder)
         disc_opt.zero_grad(set_to_none=True)
         d["loss"].backward()
         average_gradients(_disc_params(method), dist)
@@ -150,7 +150,7 @@ def _step(
         disc_opt.step()
         entry["disc"] = float(d["disc"])
         entry.update({k: float(v) for k, v in d.items() if k.startswith("disc_acc@")})
-    g = method.losses(b.hidden, b.targets if regime == "semi" else None, b.mask, regime, b.loss_mask)
+    g = method.losses(b.hidden, b.targets if regime == "semi" else None, b.mask, regime, b.loss_mask, b.encoder)
     gen_opt.zero_grad(set_to_none=True)
     g["loss"].backward()
     average_gradients(method.exit_parameters(), dist)

@@ -13,6 +13,13 @@ act, the measured and expected speedups) and `exit_check_<size>.csv` (one exit c
 events). With random weights the exits' confidences are noise, so the sweep brackets what a method can
 do: threshold 0 exits at the first exit on every token, the highest threshold never exits (every check
 paid, no layer skipped). Each run folder resumes, so a killed run continues where it stopped.
+
+`--replay SWEEP [SWEEP ...]` (with `--scenes P`) then replays the per-token exit depths that P's live
+sweeps recorded (`free_bench.evaluation.replay`) with this model's exits, through `--replay-engines`,
+into `replay_samples_<size>.csv` and `replay_<size>.csv`:
+
+    python tests/benchmarks/bench_scale.py --size blip2-opt-2.7b --scenes cpu --work /tmp/scale \
+        --out results/gpu/scale --stage replay --replay results/gpu/scale/replay_source/live-free-semi-b1 --replay-rows 60
 """
 
 from __future__ import annotations
@@ -115,8 +122,15 @@ def _exit_check(method, time_region) -> dict:
     h = torch.randn(1, 1, bb.lm_config.hidden_size, device=bb.device, dtype=bb.dtype)  # (B, T, D)
     mask = torch.ones(1, 1, dtype=torch.long, device=bb.device)
 
+    encoder = None
+    if method.generators is not None and bb.lm_type == "t5":  # a T5 block cross-attends: 32 query + 8 text
+        from free_bench.models.runner_state import Encoded
+
+        encoder = Encoded(torch.randn(1, 40, h.shape[-1], device=bb.device, dtype=bb.dtype),
+                          torch.ones(1, 40, dtype=torch.long, device=bb.device))  # fmt: skip
+
     def check() -> None:
-        method.exit_logits(k, h, mask).float().softmax(-1).max(-1)
+        method.exit_logits(k, h, mask, encoder).float().softmax(-1).max(-1)
 
     def layer() -> None:
         bb.logits_from_hidden(h)

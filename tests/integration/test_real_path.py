@@ -72,18 +72,21 @@ def test_the_exported_checkpoint_and_files_give_what_the_embedded_path_gives(smo
     assert manifest["data"] == {"folder": str(exported["test"].resolve())}
 
 
-def test_a_users_checkpoint_and_official_files(smoke_env, exported, tmp_path):
-    """A BLIP-2 made with transformers alone, its own tokenizer and LAVIS's prompts: through every command."""
+@pytest.mark.parametrize(("size", "exits", "depth", "vqa_prompt"), [("tiny-opt", "2,4", 4, "Question: {} Answer:"),
+                                                                  ("tiny-t5", "1,2", 3, "Question: {} Short answer:")])  # fmt: skip
+def test_a_users_checkpoint_and_official_files(smoke_env, exported, tmp_path, size, exits, depth, vqa_prompt):
+    """A BLIP-2 made with transformers alone, its own tokenizer and LAVIS's prompts: through every command
+    (FREE's generator exits: an OPT decoder layer, or a T5 block reading the encoder output)."""
     from free_bench.models.random_checkpoint import save_random_blip2
 
-    ckpt = save_random_blip2(tmp_path / "user-blip2", "tiny-opt")
+    ckpt = save_random_blip2(tmp_path / "user-blip2", size)
     assert "free_bench" not in (ckpt / "config.json").read_text()
     out = tmp_path / "run"
     data = ["--data", str(exported["exit_train"])]
     _ok(cli("train-exits", "--method", "free", "--backbone", str(ckpt), "--regime", "semi", "--tasks", "vqa",
-            "--steps", "3", "--exits", "2,4", "--out", str(out / "exits"), "--device", "cpu", *data, env=smoke_env))  # fmt: skip
+            "--steps", "3", "--exits", exits, "--out", str(out / "exits"), "--device", "cpu", *data, env=smoke_env))  # fmt: skip
     manifest = json.loads((out / "exits" / "manifest.json").read_text())["config"]
-    assert manifest["prompts"] == {"vqa": "Question: {} Answer:", "caption": "a photo of"}
+    assert manifest["prompts"] == {"vqa": vqa_prompt, "caption": "a photo of"}
     assert manifest["backbone"]["spec"] == str(ckpt.resolve()) and manifest["data"]["folder"]
     res = cli("sweep", "--method", "free", "--exits", str(out / "exits"), "--split", "test", "--mode", "live",
               "--thresholds", "0.0", "--max-rows", "4", "--warmup", "1", "--out", str(out / "sweep"),
@@ -94,7 +97,8 @@ def test_a_users_checkpoint_and_official_files(smoke_env, exported, tmp_path):
     samples = pd.read_parquet(out / "sweep" / "samples.parquet")
     for layers, mean in zip(samples["exit_layers"], samples["exit_layer_mean"], strict=True):
         depths = json.loads(layers)  # every generated token's exit layer: what a replay reads
-        assert depths and set(depths) <= {2, 4} and sum(depths) / len(depths) == pytest.approx(mean)
+        allowed = {int(k) for k in exits.split(",")} | {depth}  # an exit, or the whole model
+        assert depths and set(depths) <= allowed and sum(depths) / len(depths) == pytest.approx(mean)
     assert json.loads((out / "sweep" / "manifest.json").read_text())["prompts"]["vqa"] == "Q: {} A:"
 
 

@@ -100,3 +100,13 @@ def test_what_a_replay_refuses(tmp_path: Path, target) -> None:
     (odd,) = recorded_points(_sweep(tmp_path / "t", {"11": [1]}, depth=4, exits_at="1"))
     with pytest.raises(FreeBenchError, match="no trained exit at layer"):
         target_method(odd, method)  # exit 1 of 4 -> layer 1 of 4, which these exits lack
+
+
+def test_the_committed_replay_source_reads_as_recorded() -> None:
+    """The cpu profile's live sweeps whose depths results/gpu/scale replays: three points of 200 questions."""
+    root = Path(__file__).resolve().parents[2] / "results" / "gpu" / "scale" / "replay_source"
+    points = recorded_points(root / "live-free-semi-b1")
+    assert [p.threshold for p in points] == [0.86, 0.88, 0.9]
+    for p in points:
+        assert (p.method, p.exits_at, p.depth, len(p.samples)) == ("free", (2, 4, 6), 8, 200)
+        assert all(set(layers) <= {2, 4, 6, 8} for _, layers in p.samples)

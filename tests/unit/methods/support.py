@@ -24,7 +24,7 @@ def _batch(bb: Backbone, seed: int = 3) -> dict[str, torch.Tensor]:
     mask = out.attention_mask
     targets = torch.full(mask.shape, -100, dtype=torch.long)
     targets[:, out.target_slice] = target_ids.masked_fill(tmask == 0, -100)
-    return {"hidden": out.hidden_states, "mask": mask, "targets": targets}
+    return {"hidden": out.hidden_states, "mask": mask, "targets": targets, "encoder": out.encoder}
 
 def _disc_params(method: ExitMethod) -> list[torch.nn.Parameter]:
     return [] if method.discriminators is None else list(method.discriminators.parameters())

@@ -50,10 +50,32 @@ def test_generator_init_layer(init_layer: str, source: int, opt_bb: Backbone, op
     torch.testing.assert_close(out[real], hs[source][real], atol=1e-5, rtol=1e-5)
 
 
-def test_generators_need_opt(t5_bb: Backbone) -> None:
-    for name in ("free", "distill"):
-        with pytest.raises(FreeBenchError, match="support OPT backbones; T5"):
-            get_method(name)(t5_bb, [1, 3])
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_t5_generator_copy_reproduces_backbone_block(k: int, t5_bb: Backbone, t5_batch: dict) -> None:
+    """A T5 block's copy on h_{k-1}, with the encoder output, the causal + padding mask and the first
+    block's relative bias, gives the runner's h_k (block 1's copy included: it carries the bias table,
+    which is not what is read). Without the encoder output it is refused."""
+    method = get_method("free")(t5_bb, [k])
+    hs, mask, enc = t5_batch["hidden"], t5_batch["mask"], t5_batch["encoder"]
+    with torch.no_grad():
+        out = method.exit_hidden(k, hs[k - 1], mask, enc)
+    real = mask.bool()
+    torch.testing.assert_close(out[real], hs[k][real].to(out.dtype), atol=1e-5, rtol=1e-5)
+    with pytest.raises(FreeBenchError, match="reads the encoder output"):
+        method.exit_hidden(k, hs[k - 1], mask)
+
+
+@pytest.mark.parametrize("name", ["free", "distill"])
+def test_t5_generator_losses_train_only_the_exits(name: str, t5_bb: Backbone, t5_batch: dict) -> None:
+    method = get_method(name)(t5_bb, [1, 3])
+    b = t5_batch
+    out = method.losses(b["hidden"], b["targets"], b["mask"], "semi", encoder=b["encoder"])
+    assert torch.isfinite(out["loss"])
+    _check_grads(method, t5_bb, out["loss"], [p for n, p in method.named_parameters()
+                                               if n.startswith("generators.") and "relative_attention_bias" not in n])
+    if method.discriminators is not None:
+        d = method.discriminator_loss(b["hidden"], b["mask"], encoder=b["encoder"])
+        assert torch.isfinite(d["loss"])
 
 
 # --- losses ----------------------------------------------------------------------------------------

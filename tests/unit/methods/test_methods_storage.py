@@ -217,3 +217,14 @@ def test_capabilities_a_method_lacks(opt_bb: Backbone, opt_batch: dict) -> None:
         deebert.exit_index(logits)
     with pytest.raises(FreeBenchError, match=r"\(E, N\) similarities"):
         get_method("mue")(opt_bb, [1, 2]).exit_index(logits, 0.5)
+
+
+def test_save_load_t5_generators(t5_bb: Backbone, t5_batch: dict, tmp_path) -> None:
+    """FREE on T5: the generator blocks (self- and cross-attention) and the discriminators round-trip."""
+    method = get_method("free")(t5_bb, [1, 2])
+    _perturb(method)
+    loaded = load_exits(save_method(method, tmp_path / "t5-free"), t5_bb)
+    assert loaded.state_dict().keys() == method.state_dict().keys()
+    hs, mask, enc = t5_batch["hidden"], t5_batch["mask"], t5_batch["encoder"]
+    with torch.no_grad():
+        assert torch.equal(loaded.all_exit_logits(hs, mask, enc), method.all_exit_logits(hs, mask, enc))
