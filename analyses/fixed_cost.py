@@ -29,7 +29,8 @@ def compute_fixed_share(samples: pd.DataFrame) -> pd.DataFrame:
     timed = samples.dropna(subset=["latency_ms", "full_latency_ms", "prefix_ms"])
     if timed.empty:
         return pd.DataFrame(columns=keys + ["prefix_share", "measured_speedup", "expected_speedup",
-                                            "lm_measured_speedup", "expected_with_prefix"])  # fmt: skip
+                                            "lm_measured_speedup", "expected_with_prefix",
+                                            "lm_measured_over_expected"])  # fmt: skip
     sums = timed.groupby(keys, as_index=False, dropna=False)[NEEDED[len(KEYS) :]].sum()
     full, early, fixed = sums["full_latency_ms"], sums["latency_ms"], sums["prefix_ms"]
     out = sums[keys].copy()
@@ -40,4 +41,5 @@ def compute_fixed_share(samples: pd.DataFrame) -> pd.DataFrame:
     out["expected_with_prefix"] = full / (fixed + (full - fixed) / out["expected_speedup"])
     out["measured_over_expected"] = out["measured_speedup"] / out["expected_speedup"]
     out["measured_over_expected_with_prefix"] = out["measured_speedup"] / out["expected_with_prefix"]
+    out["lm_measured_over_expected"] = out["lm_measured_speedup"] / out["expected_speedup"]  # after the prefix
     return out.reset_index(drop=True)

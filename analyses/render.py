@@ -203,7 +203,7 @@ def _replay_md(b: Built) -> list[str]:
         "recorded, the method's checks below it run), the full model decoding as many tokens and the prefix "
         "timed beside each, CUDA events, batch 1. `expected_with_prefix` counts the measured prefix and "
         "scales the rest by the layer count; `projected_speedup` prices the same depths with the engine "
-        "benchmarks' costs and leaves the prefix out, so it compares with `decode_measured_speedup`.",
+        "benchmarks' costs and leaves the prefix out, so it compares with `lm_measured_speedup` (the decode after the prefix).",
         "",
         md_table(b.tables["blip2_replay"]),
         "",

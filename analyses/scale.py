@@ -55,11 +55,13 @@ def load_replay(folder: Path) -> pd.DataFrame:
 
 def compute_replay(samples: pd.DataFrame, costs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per model, method, threshold and engine: the replayed depths' measured speedups, end to end and
-    after the prefix (summed times, full model / replay), beside the layer-count expectation alone
-    (what the decode phase should give) and with the measured prefix counted (prefix + the rest
-    scaled by it), and where `costs` (`analyses.projection.costs_from_bench`) hold the engine's, the
-    projection of the same depths (which leaves the prefix out: compare it with the decode phase)."""
+    of the LM part after the prefix (summed times, full model / replay), beside the layer-count
+    expectation alone (what the LM part should give) and with the measured prefix counted
+    (`analyses.fixed_cost.compute_fixed_share`, the live sweeps' own table), and where `costs`
+    (`analyses.projection.costs_from_bench`) hold the engine's, the projection of the same depths
+    (which leaves the prefix out: compare it with `lm_measured_speedup`)."""
     from analyses.checks import require
+    from analyses.fixed_cost import compute_fixed_share
     from analyses.projection import compute_projection
 
     if samples.empty:
@@ -67,23 +69,23 @@ def compute_replay(samples: pd.DataFrame, costs: pd.DataFrame | None = None) -> 
     need = [*REPLAY_KEYS, "tokens", "mean_exit_layer", "replay_ms", "full_ms", "prefix_ms", "cost_layers",
             "full_cost_layers", "exits_at"]  # fmt: skip
     require(samples, need, "replay samples")
+    as_sweep = samples.rename(columns={"replay_ms": "latency_ms", "full_ms": "full_latency_ms"}).assign(
+        regime=samples.get("regime", "none"), kv_policy="propagate", batch_size=1, task="vqa", split="test",
+        perturbation="none", sweep=samples["model"],
+    )  # fmt: skip
+    shares = compute_fixed_share(as_sweep).rename(columns={"sweep": "model"})
     rows = []
     for key, g in samples.groupby(REPLAY_KEYS, sort=True):
-        full, rep, pre = g["full_ms"].sum(), g["replay_ms"].sum(), g["prefix_ms"].sum()
-        expected = g["full_cost_layers"].sum() / g["cost_layers"].sum()
-        with_prefix = full / (pre + (full - pre) / expected)
-        decode = (full - pre) / (rep - pre)
-        row = dict(zip(REPLAY_KEYS, key, strict=True)) | {
-            "source": g["source"].iloc[0] if "source" in g.columns else "",
-            "questions": len(g), "tokens": int(g["tokens"].sum()),
+        rows.append(dict(zip(REPLAY_KEYS, key, strict=True)) | {
+            "source": g["source"].iloc[0] if "source" in g.columns else "", "questions": len(g),
+            "tokens": int(g["tokens"].sum()),
             "mean_exit_layer": float((g["mean_exit_layer"] * g["tokens"]).sum() / g["tokens"].sum()),
-            "prefix_share": pre / full, "measured_speedup": full / rep, "expected_with_prefix": with_prefix,
-            "measured_over_expected": (full / rep) / with_prefix, "decode_measured_speedup": decode,
-            "expected_speedup": expected, "decode_measured_over_expected": decode / expected,
-        }  # fmt: skip
-        row["projected_speedup"] = _projected(g, key, costs, compute_projection)
-        rows.append(row)
-    return pd.DataFrame(rows)
+            "projected_speedup": _projected(g, key, costs, compute_projection),
+        })  # fmt: skip
+    cols = ["prefix_share", "measured_speedup", "expected_with_prefix", "measured_over_expected_with_prefix",
+            "lm_measured_speedup", "expected_speedup", "lm_measured_over_expected"]  # fmt: skip
+    table = pd.DataFrame(rows).merge(shares[[*REPLAY_KEYS, *cols]], on=REPLAY_KEYS, how="left")
+    return table[[*REPLAY_KEYS, "source", "questions", "tokens", "mean_exit_layer", *cols, "projected_speedup"]]
 
 
 def _projected(g: pd.DataFrame, key: tuple, costs: pd.DataFrame | None, project) -> float:

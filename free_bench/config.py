@@ -25,6 +25,7 @@ TASKS: tuple[str, ...] = ("vqa", "caption")
 MODES: tuple[str, ...] = ("simulated", "live")
 KV_POLICIES: tuple[str, ...] = ("propagate", "deferred", "full")
 ENGINES: tuple[str, ...] = ("eager", "graphs")
+DECODES: tuple[str, ...] = ("greedy", "speculative")  # greedy exits (lossy), or drafts verified (lossless)
 LM_TYPES: tuple[str, ...] = ("opt", "t5")
 PERTURBATIONS: tuple[str, ...] = (
     "gaussian_noise", "blur", "brightness", "contrast", "jpeg", "occlusion", "typo", "word_drop",

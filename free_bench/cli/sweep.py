@@ -23,7 +23,7 @@ def perturbation(text: str) -> str:
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
-    from free_bench.config import ENGINES, KV_POLICIES, MODES, SWEEP_METHODS, SWEEP_SPLITS, TASKS
+    from free_bench.config import DECODES, ENGINES, KV_POLICIES, MODES, SWEEP_METHODS, SWEEP_SPLITS, TASKS
 
     p.add_argument("--method", required=True, choices=SWEEP_METHODS, help="the exit method")
     p.add_argument(
@@ -43,6 +43,10 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="eager", choices=ENGINES,
                    help="live: eager (Python layer loop) or graphs (CUDA graphs per segment; batch 1, OPT, CUDA)")  # fmt: skip
     p.add_argument("--no-compact", action="store_true", help="live: exited rows ride along (no compaction)")
+    p.add_argument("--decode", default="greedy", choices=DECODES,
+                   help="live: greedy early exits (default), or speculative: the exits draft, one full pass "
+                        "verifies (lossless; batch 1, eager, propagate)")
+    p.add_argument("--draft-len", type=at_least(1), default=4, help="speculative: most tokens a draft holds (default 4)")
     p.add_argument("--no-hf-baseline", action="store_true",
                    help="live: do not time HF generate() beside the engine's full model (its times are NaN)")  # fmt: skip
     p.add_argument(
@@ -71,13 +75,15 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats, exits_at=args.exits_at, compact=not args.no_compact, engine=args.engine,
         data=None if args.data is None else str(args.data.resolve()), backbone=args.backbone,
         prompt=args.prompt, caption_prompt=args.caption_prompt, scorer=args.scorer,
-        hf_baseline=not args.no_hf_baseline,
+        hf_baseline=not args.no_hf_baseline, decode=args.decode, draft_len=args.draft_len,
     )  # fmt: skip
     df = run_sweep_ranks(spec, args.out, device=args.device, overwrite=args.overwrite)
     if df is None:  # a torchrun rank other than 0: rank 0 gathers and prints
         return 0
     cols = ["method", "threshold", "task", "metric", "value", "expected_speedup", "measured_speedup",
             "mean_exit_layer", "latency_ms_median"]  # fmt: skip
+    if args.decode == "speculative":
+        cols += ["acceptance_rate", "tokens_per_pass"]
     print(df[cols].sort_values(["task", "method", "threshold"]).round(4).to_string(index=False))
     print(f"wrote {args.out / 'sweep.parquet'}")
     return 0

@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 
-from free_bench.config import ENGINES, KV_POLICIES
+from free_bench.config import DECODES, ENGINES, KV_POLICIES
 from free_bench.core.errors import FreeBenchError, check_choice
 from free_bench.engine.cost import cost_model
 from free_bench.engine.decode_exits import check_pairing, decode_with_exits
 from free_bench.engine.graphs.decoder import GraphDecoder
+from free_bench.engine.speculative import speculative_decode
 from free_bench.methods import rules
 from free_bench.methods.protocol import ExitMethod, is_exit_method
 from free_bench.models import runner
@@ -33,6 +34,7 @@ class GenerateResult:
     cost_layers: float  # layer-equivalents spent on real new tokens, exits and KV fills included
     full_cost_layers: float  # what the full model spends on the same tokens (layers + head)
     confidences: torch.Tensor | None = None  # (B, T) the rule's score where each token left; NaN at padding
+    speculative: dict | None = None  # decode="speculative": drafted, accepted, verify_passes and rates
 
     @property
     def expected_speedup(self) -> float:
@@ -71,6 +73,8 @@ def generate(
     engine: str = "eager",
     schedule: Sequence[int] | None = None,
     stop_at_eos: bool = True,
+    decode: str = "greedy",
+    draft_len: int = 4,
 ) -> GenerateResult:
     """Greedy decoding; with `exits=None` every token runs all `backbone.num_layers` layers.
 
@@ -85,7 +89,11 @@ def generate(
     consulted exit, or `num_layers`) whatever the rule says, the rule's checks below it run and are
     paid, and exactly `len(schedule)` tokens are decoded (`max_new_tokens` is ignored). Its tokens are
     not the method's answer; its time is what those depths cost. `stop_at_eos=False` decodes every one
-    of `max_new_tokens` (the full model timed beside a replay)."""
+    of `max_new_tokens` (the full model timed beside a replay).
+
+    `decode="speculative"` (one row, eager engine, `propagate`): the exits draft up to `draft_len`
+    tokens, one full-depth pass verifies them (`engine.speculative`); the tokens are the full model's
+    whatever the threshold, and `speculative` holds the acceptance counts."""
     if schedule is not None:
         if exits is None:
             raise FreeBenchError("an exit schedule needs exits: pass the method whose checks it pays")
@@ -115,6 +123,19 @@ def generate(
         if engine == "graphs":
             check_pairing(backbone, exits)
             threshold = rules.check_threshold(exits.rule, threshold, exits.layers)
+    check_choice("decode", decode, DECODES)
+    if decode == "speculative":
+        if exits is None or schedule is not None or engine != "eager" or kv_policy != "propagate":
+            raise FreeBenchError(
+                "speculative decoding drafts with exits (pass them) on the eager engine under kv_policy "
+                "'propagate', without a schedule"
+            )
+        assert threshold is not None
+        fields = speculative_decode(
+            backbone, exits, pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens, threshold=threshold, draft_len=draft_len, eos_ids=eos_ids,
+        )  # fmt: skip
+        return GenerateResult(text=_decode_text(backbone, fields["tokens"]), **fields)
     if engine == "graphs":
         decoder = graph_decoder(backbone, exits, kv_policy, threshold, input_ids, max_new_tokens)
         fields = decoder.decode(

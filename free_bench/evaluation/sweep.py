@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from free_bench.config import MODES
+from free_bench.config import DECODES, MODES
 from free_bench.config import SWEEP_SPLITS as SPLITS
 from free_bench.core.errors import FreeBenchError, check_choice
 from free_bench.core.records import SWEEP, SWEEP_SAMPLES, device_name, read_json, write_json, write_parquet
@@ -61,6 +61,8 @@ class SweepSpec:
     caption_prompt: str | None = None
     scorer: str = "lavis"  # VQA accuracy rule (evaluation.metrics.vqa.SCORERS)
     hf_baseline: bool = True  # live: time HF generate() beside the engine's full model (else engine only)
+    decode: str = "greedy"  # live: greedy exits, or "speculative": the exits draft, a full pass verifies
+    draft_len: int = 4  # speculative: most tokens drafted before a verification pass
 
     def check(self) -> None:
         check_choice("mode", self.mode, MODES)
@@ -85,6 +87,15 @@ class SweepSpec:
             raise FreeBenchError(
                 f"--engine graphs runs the kv policies {list(GRAPH_POLICIES)}, not {self.kv_policy!r}"
             )
+        check_choice("decode", self.decode, DECODES)
+        if self.decode == "speculative" and (self.mode != "live" or self.batch_size != 1 or self.engine != "eager"
+                                             or self.kv_policy != "propagate"):  # fmt: skip
+            raise FreeBenchError(
+                "--decode speculative decodes live at batch 1 on the eager engine under propagate "
+                "(--mode live --batch-size 1 --engine eager --kv-policy propagate)"
+            )
+        if self.draft_len < 1:
+            raise FreeBenchError(f"--draft-len must be >= 1, got {self.draft_len}")
         if self.perturb is not None:
             from free_bench.data.perturb import parse_spec
 
@@ -305,7 +316,9 @@ def _run_sweep(spec: SweepSpec, out: Path, device: str | None, progress: bool,
     bb, cost = method.backbone, cost_model(method.backbone, method)
     base = {"regime": regime, "kv_policy": spec.kv_policy, "batch_size": spec.batch_size, "split": spec.split,
             "perturbation": spec.perturb or "none", "device": device_name(),
-            "engine": spec.engine if spec.mode == "live" else "none"}  # fmt: skip
+            "engine": spec.engine if spec.mode == "live" else "none",
+            "decode": spec.decode if spec.mode == "live" else "none",
+            "draft_len": spec.draft_len if spec.decode == "speculative" else 0}  # fmt: skip
     timings = {}
 
     def scored(task: str) -> dict:  # the rows name the VQA scorer (captions: none)
@@ -428,7 +441,7 @@ def _live(spec, method, rows, task, out, base, progress) -> dict:
     for t in todo:
         res, full = S.live_outputs(bb, None if t is None else method, *args, t, spec.kv_policy, spec.warmup,
                                    spec.repeats, compact=spec.compact, engine=spec.engine,
-                                   hf=spec.hf_baseline)  # fmt: skip
+                                   hf=spec.hf_baseline, decode=spec.decode, draft_len=spec.draft_len)  # fmt: skip
         if t is None:
             _write_live_point(out, task, "full", full_point, res, full, base, rows)
             continue

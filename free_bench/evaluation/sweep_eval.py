@@ -47,6 +47,7 @@ class Outputs:
     depths: list[list[int]] = field(default_factory=list)  # per row, the exit layer of each generated token
     # live, with exits: the full model's own outputs from the decodes timed beside them (its sweep point)
     full_model: Outputs | None = None
+    speculative: dict[str, int] = field(default_factory=dict)  # summed drafted / accepted / verify_passes
 
     def add(self, res, index: int, own_ms: float, times: dict[str, float]) -> None:
         """One decoded batch (a GenerateResult): texts, exit layers, costs, and its times per row."""
@@ -65,6 +66,8 @@ class Outputs:
         self.rows["batch"].extend([index] * b)
         self.rows["exit_layer_mean"].extend(depth.tolist())
         self.depths.extend(row[keep].tolist() for row, keep in zip(res.exit_layers, real, strict=True))
+        for key in ("drafted", "accepted", "verify_passes") if getattr(res, "speculative", None) else ():
+            self.speculative[key] = self.speculative.get(key, 0) + res.speculative[key]
 
     def summary(self) -> dict:
         hist = Counter(self.exit_layers)
@@ -74,7 +77,17 @@ class Outputs:
             if self.exit_layers
             else float("nan"),
             "exit_layer_hist": json.dumps({str(k): hist[k] for k in sorted(hist)}),
+            **self._speculative_summary(),
         }
+
+    def _speculative_summary(self) -> dict:
+        """Speculative decoding: the share of drafted tokens the full model kept, and the tokens each
+        verification pass yielded (NaN for greedy decoding)."""
+        s, nan = self.speculative, float("nan")
+        if not s:
+            return {"acceptance_rate": nan, "tokens_per_pass": nan}
+        return {"acceptance_rate": s["accepted"] / s["drafted"] if s["drafted"] else nan,
+                "tokens_per_pass": len(self.exit_layers) / s["verify_passes"] if s["verify_passes"] else nan}  # fmt: skip
 
 
 # Per-row numbers a sweep point keeps (records.SWEEP_SAMPLES). In a batch of B rows, the batch's costs
@@ -269,7 +282,7 @@ def warmed_shapes(backbone: Backbone, method: ExitMethod | None, engine: str, po
 def live_outputs(
     backbone: Backbone, method: ExitMethod | None, rows: datasets.Dataset, task: str, batch_size: int,
     threshold: float | None, policy: str, warmup: int, repeats: int, compact: bool = True, engine: str = "eager",
-    hf: bool = True,
+    hf: bool = True, decode: str = "greedy", draft_len: int = 4,
 ) -> tuple[Outputs, dict[str, float]]:  # fmt: skip
     """Decode every batch through the engine (timed), with the full model timed beside it on the same
     batch, interleaved (HF `generate()`, the engine with exits off, then the early-exit decode), so
@@ -307,7 +320,8 @@ def live_outputs(
 
         def early() -> None:
             last["res"] = generate(backbone, method, pixel_values=pv, **prompts, max_new_tokens=new,
-                                   threshold=threshold, kv_policy=policy, compact=compact, engine=engine)  # fmt: skip
+                                   threshold=threshold, kv_policy=policy, compact=compact, engine=engine,
+                                   decode=decode, draft_len=draft_len)  # fmt: skip
 
         return {**({"hf_ms": hf_generate} if hf else {}), "engine_ms": full_model, "prefix_ms": prefix,
                 **({"early": early} if method is not None else {})}  # fmt: skip

@@ -111,6 +111,26 @@ def test_live_sweep_times_against_the_full_model(trained, tmp_path):
     assert all(f.stat().st_mtime_ns == t for f, t in kept.items())
 
 
+def test_a_speculative_sweep_answers_as_the_full_model(trained, tmp_path):
+    """Drafted by the exits, verified by one full pass: every threshold's answers and accuracy are the
+    full model's; the rows say how many drafts were kept and how many tokens a pass gave."""
+    env, exits = trained
+    out = tmp_path / "spec"
+    res = _sweep(env, exits, out, "--mode", "live", "--thresholds", "0", "0.9", "--decode", "speculative",
+                 "--draft-len", "3", "--warmup", "1")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    df = SWEEP.validate(pd.read_parquet(out / "sweep.parquet"))
+    full = df[df.method == "full"].iloc[0]
+    points = df[df.method == "free"]
+    assert (points["value"] == full.value).all() and len(points) == 2
+    assert (points["decode"] == "speculative").all() and (points["draft_len"] == 3).all()
+    assert points["acceptance_rate"].between(0, 1).all() and (points["tokens_per_pass"] >= 1).all()
+    assert "acceptance_rate" in res.stdout
+    samples = SWEEP_SAMPLES.validate(pd.read_parquet(out / "samples.parquet"))
+    per = samples.pivot_table(index="sample_id", columns="threshold", values="value")
+    assert (per[0.0] == per[0.9]).all()
+
+
 def _samples_agree_with_points(df: pd.DataFrame, out) -> pd.DataFrame:
     """samples.parquet: a row per (point, sample), whose means and sums give the point's own numbers."""
     samples = SWEEP_SAMPLES.validate(pd.read_parquet(out / "samples.parquet"))
@@ -139,6 +159,9 @@ def _samples_agree_with_points(df: pd.DataFrame, out) -> pd.DataFrame:
             "kv policies",
         ),
         (["--mode", "live", "--thresholds", "0.5", "--engine", "graphs", "--device", "cpu"], "CUDA"),
+        (["--mode", "live", "--thresholds", "0.5", "--decode", "speculative", "--batch-size", "4"],
+         "--decode speculative decodes live at batch 1"),
+        (["--mode", "live", "--thresholds", "0.5", "--decode", "speculative", "--draft-len", "0"], "--draft-len"),
     ],
 )
 def test_bad_input_writes_nothing(trained, tmp_path, extra, message):

@@ -49,7 +49,7 @@ def test_replay_rows_measure_the_depths_against_both_expectations(tmp_path):
     table = compute_replay(load_replay(tmp_path), costs).set_index("engine")
     row = table.loc["graphs"]
     assert row["model"] == "blip2-opt-2.7b" and row["questions"] == 2 and row["tokens"] == 4
-    assert row["measured_speedup"] == 120.0 / 80.0 and row["decode_measured_speedup"] == 80.0 / 40.0
+    assert row["measured_speedup"] == 120.0 / 80.0 and row["lm_measured_speedup"] == 80.0 / 40.0
     assert row["expected_speedup"] == 132.0 / 66.0
     assert row["expected_with_prefix"] == 120.0 / (40.0 + 80.0 / 2.0)  # the prefix is not skipped
     assert row["mean_exit_layer"] == 14.0
