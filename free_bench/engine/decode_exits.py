@@ -43,7 +43,8 @@ class _Step:
         self.layers = torch.full((b,), num_layers, dtype=torch.long, device=device)
         self.scores = torch.full((b,), float("nan"), device=device)
         self.decided = torch.zeros(b, dtype=torch.bool, device=device)
-        self.cost = 0.0
+        self.cost = 0.0  # layer-equivalents, each row's work counted for that row
+        self.batch_cost = 0.0  # the same step with each layer, check and head counted once if any row ran it
 
     def take(self, local: torch.Tensor, tokens: torch.Tensor, layer: int, scores: torch.Tensor) -> None:
         self.tokens[local], self.layers[local], self.scores[local] = tokens, layer, scores.float()
@@ -65,9 +66,11 @@ def decode_step(
         if runtime.reads_previous:  # MuE compares layer k's input with its output
             hidden = policy.run(hidden, depth, k - 1, rows, host)
             out.cost += len(host) * (k - 1 - depth)
+            out.batch_cost += k - 1 - depth
             depth, previous = k - 1, hidden[:, -1]
         hidden = policy.run(hidden, depth, k, rows, host)
         out.cost += len(host) * (k - depth)
+        out.batch_cost += k - depth
         depth = k
         policy.before_check(k, rows, host)
         check = runtime.check(k, hidden, rows, previous)
@@ -76,6 +79,7 @@ def decode_step(
         out.cost += len(host) * cost.check(k, runtime.reads_logits) + (
             0 if runtime.reads_logits else n_fire * cost.head
         )
+        out.batch_cost += cost.check(k, runtime.reads_logits) + (0 if runtime.reads_logits or not n_fire else cost.head)
         if not n_fire:
             continue
         idx = fire.nonzero().squeeze(1)
@@ -95,6 +99,7 @@ def decode_step(
     if host and not (policy.compacts and bool(out.decided.all())):
         hidden = policy.run(hidden, depth, num_layers, rows, host)
         out.cost += len(host) * (num_layers - depth + cost.head)
+        out.batch_cost += num_layers - depth + cost.head
         logits = backbone.logits_from_hidden(hidden[:, -1]).float()  # (b, V)
         probs, tokens = logits.softmax(-1).max(-1)
         undecided = ~out.decided[local]
@@ -135,6 +140,7 @@ def decode_with_exits(
     scores = torch.full((batch, max_new_tokens), float("nan"), device=device)  # (B, N)
     eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
     host, spent, produced, hidden_in = list(range(batch)), 0.0, 0, first
+    batch_spent, steps_run = 0.0, 0  # per step, each layer once if any row ran it; steps decoded
     for t in range(max_new_tokens):
         if t:
             hidden_in = runner.begin_token(state, tokens[:, t - 1])  # (B, 1, D)
@@ -143,6 +149,7 @@ def decode_with_exits(
         runner.end_token(state)
         tokens[rows, t], exit_layers[rows, t], scores[rows, t] = step.tokens, step.layers, step.scores
         spent += step.cost
+        batch_spent, steps_run = batch_spent + step.batch_cost, steps_run + 1
         produced += len(host)
         if eos.numel():
             done = torch.isin(step.tokens, eos).tolist()
@@ -156,4 +163,8 @@ def decode_with_exits(
         "confidences": scores[:, :steps],
         "cost_layers": spent + policy.spent,
         "full_cost_layers": produced * cost.full,
+        # a batch at batch-1 widths pays a layer about once whatever its rows (weight- or launch-bound):
+        # what it saves is the layers no row in flight ran; a batched KV fill counts once too
+        "batch_cost_layers": batch_spent + policy.batch_spent,
+        "batch_full_cost_layers": steps_run * cost.full,
     }

@@ -35,11 +35,21 @@ class GenerateResult:
     full_cost_layers: float  # what the full model spends on the same tokens (layers + head)
     confidences: torch.Tensor | None = None  # (B, T) the rule's score where each token left; NaN at padding
     speculative: dict | None = None  # decode="speculative": drafted, accepted, verify_passes and rates
+    # the batch's own count (eager early-exit decodes): per step each layer, check and head once if any
+    # row ran it, against the full model's steps; NaN where not counted
+    batch_cost_layers: float = float("nan")
+    batch_full_cost_layers: float = float("nan")
 
     @property
     def expected_speedup(self) -> float:
         """Full-model cost / cost spent, in layer-equivalents (engine.cost), exit modules included."""
         return self.full_cost_layers / self.cost_layers
+
+    @property
+    def expected_batch_speedup(self) -> float:
+        """The same with a batch's layers counted once per step if any row ran them (what a batch at
+        batch-1 widths saves: only the layers no row runs); NaN where not counted."""
+        return self.batch_full_cost_layers / self.batch_cost_layers
 
 
 def special_tokens(backbone: Backbone) -> tuple[list[int], int]:
@@ -135,14 +145,14 @@ def generate(
             backbone, exits, pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
             max_new_tokens=max_new_tokens, threshold=threshold, draft_len=draft_len, eos_ids=eos_ids,
         )  # fmt: skip
-        return GenerateResult(text=_decode_text(backbone, fields["tokens"]), **fields)
+        return _one_row(backbone, fields)
     if engine == "graphs":
         decoder = graph_decoder(backbone, exits, kv_policy, threshold, input_ids, max_new_tokens)
         fields = decoder.decode(
             pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens, threshold=threshold,
             eos_ids=eos_ids, schedule=None if schedule is None else list(schedule),
         )  # fmt: skip
-        return GenerateResult(text=_decode_text(backbone, fields["tokens"]), **fields)
+        return _one_row(backbone, fields)
     if exits is not None:
         assert threshold is not None
         fields = decode_with_exits(
@@ -187,7 +197,15 @@ def generate(
 
     tokens, exit_layers, confidences = tokens[:, :steps], exit_layers[:, :steps], confidences[:, :steps]
     full = float((exit_layers > 0).sum().item()) * cost_model(backbone).full
-    return GenerateResult(tokens, exit_layers, _decode_text(backbone, tokens), full, full, confidences)
+    per_step = steps * cost_model(backbone).full  # a batch's steps, each every layer once
+    return GenerateResult(tokens, exit_layers, _decode_text(backbone, tokens), full, full, confidences,
+                          batch_cost_layers=per_step, batch_full_cost_layers=per_step)  # fmt: skip
+
+
+def _one_row(backbone: Backbone, fields: dict) -> GenerateResult:
+    """A one-row decode's result: its batch count is its own."""
+    return GenerateResult(text=_decode_text(backbone, fields["tokens"]), **fields,
+                          batch_cost_layers=fields["cost_layers"], batch_full_cost_layers=fields["full_cost_layers"])  # fmt: skip
 
 
 # what `engine="graphs"` builds: q/k/v as one product, each segment compiled by inductor before

@@ -27,6 +27,7 @@ class Policy:
     def __init__(self, state: DecodeState, runtime: ExitRuntime, cost: CostModel) -> None:
         self.state, self.runtime, self.cost = state, runtime, cost
         self.spent = 0.0  # policy work beyond the layers and exits the engine counts itself
+        self.batch_spent = 0.0  # the same with one batched call counted once, whatever its rows
 
     def run(
         self, hidden: torch.Tensor, start: int, end: int, rows: torch.Tensor, host: list[int]
@@ -65,6 +66,7 @@ class Propagate(Policy):
             runner_skip.fill_kv_from(self.state, layer, hidden, rows)  # layers layer+1..L, one matmul
             filled = self.state.num_layers - layer + self.runtime.fill_generators(layer, hidden, rows)
             self.spent += len(rows) * filled * self.cost.kv_fill
+            self.batch_spent += filled * self.cost.kv_fill  # the group's rows in one product
         self.pending = []
 
 
@@ -116,6 +118,7 @@ class Deferred(Policy):
             buf[sub, start:pos] = y[:, : pos - start]
             out[idx] = y[:, pos - start :]
             self.spent += len(local) * (pos - start) / q  # the extra positions, in own-step units
+            self.batch_spent += (pos - start) / q
         return out
 
     def before_check(self, k: int, rows: torch.Tensor, host: list[int]) -> None:
@@ -133,6 +136,7 @@ class Deferred(Policy):
             with runner_skip.replay(st, start, like):
                 rt.generator(k, x, sub)
             self.spent += len(local) * (pos - start) * self.cost.exit_extra.get(k, 0.0)
+            self.batch_spent += (pos - start) * self.cost.exit_extra.get(k, 0.0)
 
     def exited(self, layer: int, hidden: torch.Tensor, rows: torch.Tensor, host: list[int]) -> None:
         pos, q = self.state.pos, hidden.shape[1]

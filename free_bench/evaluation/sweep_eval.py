@@ -48,6 +48,8 @@ class Outputs:
     # live, with exits: the full model's own outputs from the decodes timed beside them (its sweep point)
     full_model: Outputs | None = None
     speculative: dict[str, int] = field(default_factory=dict)  # summed drafted / accepted / verify_passes
+    batch_spent: float = 0.0  # live: the batches' own count, each layer once per step if any row ran it
+    batch_full: float = 0.0
 
     def add(self, res, index: int, own_ms: float, times: dict[str, float]) -> None:
         """One decoded batch (a GenerateResult): texts, exit layers, costs, and its times per row."""
@@ -56,6 +58,8 @@ class Outputs:
         self.exit_layers.extend(res.exit_layers[real].tolist())
         self.spent += res.cost_layers
         self.full += res.full_cost_layers
+        self.batch_spent += res.batch_cost_layers
+        self.batch_full += res.batch_full_cost_layers
         self.latencies_ms.append(own_ms)
         b = len(res.exit_layers)
         depth = (res.exit_layers * real).sum(1).double() / real.sum(1).clamp(min=1)  # (b,) mean exit layer
@@ -77,6 +81,8 @@ class Outputs:
             if self.exit_layers
             else float("nan"),
             "exit_layer_hist": json.dumps({str(k): hist[k] for k in sorted(hist)}),
+            # a batch's layers once per step if any row ran them, beside the per-row count above
+            "expected_batch_speedup": self.batch_full / self.batch_spent if self.batch_spent else float("nan"),
             **self._speculative_summary(),
         }
 

@@ -85,6 +85,8 @@ def test_live_sweep_times_against_the_full_model(trained, tmp_path):
     full = df[df.method == "full"].iloc[0]
     assert df.loc[1.0, "value"] == full.value and df.loc[0.0, "mean_exit_layer"] == 1
     assert df.loc[0.0, "expected_speedup"] > 1.2
+    # batches of 4: each layer counted once per step if any row ran it, never above the per-row count
+    assert (df["expected_batch_speedup"] <= df["expected_speedup"] + 1e-9).all() and full.expected_batch_speedup == 1
     timings = json.loads((out / "manifest.json").read_text())["timings"]["vqa"]
     assert set(timings) == {"full", "0.0", "1.0"}  # the full model is timed beside every point
     assert all(t["engine_ms"] > t["prefix_ms"] > 0 and t["hf_ms"] > 0 for t in timings.values())

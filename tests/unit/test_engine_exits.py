@@ -313,3 +313,21 @@ def test_stacked_kv_equals_each_layers_projection(bb: Backbone) -> None:
             k_ref, v_ref = kv_projection(bb.lm_type, layer, hidden)
             torch.testing.assert_close(k[i], k_ref, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(v[i], v_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_a_batch_counts_each_layer_once_per_step(bb: Backbone) -> None:
+    """At batch 1 the batch count is the row's; in a batch it is what the deepest row in flight ran, so
+    it expects less than the per-row count whenever rows leave at different exits, and a batch whose
+    rows all exit at the first exit expects what each of them does."""
+    one = tiny_inputs(bb.model, 1, seed=5)
+    m = _method(bb, "deebert")
+    t = float(generate(bb, m, **one, max_new_tokens=N_NEW, threshold=ALWAYS["entropy"]).confidences.median())
+    alone = generate(bb, m, **one, max_new_tokens=N_NEW, threshold=t)
+    assert alone.expected_batch_speedup == pytest.approx(alone.expected_speedup)
+    batch = generate(bb, m, **_inputs(bb), max_new_tokens=N_NEW, threshold=t)
+    assert batch.expected_batch_speedup < batch.expected_speedup  # the deepest row sets each step
+    first = generate(bb, m, **_inputs(bb), max_new_tokens=N_NEW, threshold=ALWAYS["entropy"])
+    assert (first.exit_layers[first.exit_layers > 0] == m.layers[0]).all()
+    assert first.expected_batch_speedup == pytest.approx(first.expected_speedup)
+    full = generate(bb, **_inputs(bb), max_new_tokens=N_NEW)
+    assert full.expected_batch_speedup == 1.0
