@@ -10,7 +10,8 @@ so that two sweeps differing only in a setting the table has no column for can b
 Every sweep and samples frame also gets `engine` (the decode engine of live points: eager or graphs;
 "none" for simulated ones), because a measured speedup is only meaningful against the full model timed
 through the same engine. Tables written before the column existed get it from the manifest's spec, else
-"eager" (the only engine there was) for live rows.
+"eager" (the only engine there was) for live rows. Speculative sweeps' live rows are
+"<engine>-speculative": lossless, they are curves of their own.
 """
 
 from __future__ import annotations
@@ -100,12 +101,16 @@ def _exit_run(run: Path, res: Results) -> None:
     res.exit_runs = pd.concat([res.exit_runs, pd.DataFrame([row])], ignore_index=True)
 
 
-def with_engine(df: pd.DataFrame, spec_engine: object = None) -> pd.DataFrame:
+def with_engine(df: pd.DataFrame, spec_engine: object = None, spec_decode: object = None) -> pd.DataFrame:
     """`df` with an `engine` on every row: simulated rows (timer "none") are "none"; a live row keeps its
-    own engine, else takes the spec's, else `LEGACY_ENGINE`."""
+    own engine, else takes the spec's, else `LEGACY_ENGINE`. A speculative sweep's live rows (drafts
+    verified by the full model: lossless) are "<engine>-speculative", so they are never pooled with
+    the same engine's lossy early exits."""
     live_default = str(spec_engine) if spec_engine else LEGACY_ENGINE
     own = df["engine"] if "engine" in df.columns else pd.Series(pd.NA, index=df.index, dtype=object)
-    own = own.astype(object).where(own.notna() & (own.astype(str) != ""), live_default)
+    own = own.astype(object).where(own.notna() & (own.astype(str) != ""), live_default).astype(str)
+    if spec_decode == "speculative":
+        own = own + "-speculative"
     return df.assign(engine=own.where(df["timer"] != "none", "none").astype(str))
 
 
@@ -118,7 +123,8 @@ def _sweep(folder: Path, res: Results) -> None:
         "compact": str(spec["compact"]).lower() if "compact" in spec else "n/a",
         "exits_at": str(spec.get("exits_at") or ""),  # the exits consulted (analyses.projection)
     }
-    sweep = with_engine(pd.read_parquet(folder / "sweep.parquet").assign(**tags), spec.get("engine"))
+    sweep = with_engine(pd.read_parquet(folder / "sweep.parquet").assign(**tags), spec.get("engine"),
+                        spec.get("decode"))  # fmt: skip
     res.sweep = pd.concat([res.sweep, sweep], ignore_index=True)
     if timed := timing_rows(folder.name, meta.get("timings")):
         res.sweep_timings = pd.concat([res.sweep_timings, pd.DataFrame(timed)], ignore_index=True)

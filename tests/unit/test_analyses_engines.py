@@ -95,6 +95,18 @@ def test_rows_without_engine_load_as_eager_when_live_and_none_when_simulated(tmp
     assert res.samples["timer"].notna().all()
 
 
+def test_a_speculative_sweep_is_a_curve_of_its_own(tmp_path: Path) -> None:
+    """Speculative points are lossless: never pooled with the same engine's early exits."""
+    _write(tmp_path, "live-greedy", _rows("cuda_event"), spec={"engine": "eager"})
+    _write(tmp_path, "live-spec", _rows("cuda_event"), spec={"engine": "eager", "decode": "speculative"})
+    res = load_results(tmp_path)
+    got = res.sweep.groupby("sweep")["engine"].unique().map(list).to_dict()
+    assert got == {"live-greedy": ["eager"], "live-spec": ["eager-speculative"]}
+    assert res.samples.groupby("sweep")["engine"].unique().map(list).to_dict() == got
+    curves = compute_curves(res.sweep, res.samples, n_boot=20)
+    assert set(curves.loc[curves["timer"] != "none", "engine"]) == {"eager", "eager-speculative"}
+
+
 def test_engine_column_of_the_table_wins_over_the_spec(tmp_path: Path) -> None:
     rows = _rows("cuda_event", "graphs") + _rows("none")
     _write(tmp_path, "mixed", [r | {"engine": r.get("engine", "")} for r in rows], spec={"engine": "eager"})
