@@ -5,9 +5,15 @@ depths with the engine benchmarks' costs instead."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
+
+from analyses.checks import require
+from analyses.fixed_cost import compute_fixed_share
+from analyses.projection import compute_projection
 
 
 def load_scale(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -60,10 +66,6 @@ def compute_replay(samples: pd.DataFrame, costs: pd.DataFrame | None = None) -> 
     (`analyses.fixed_cost.compute_fixed_share`, the live sweeps' own table), and where `costs`
     (`analyses.projection.costs_from_bench`) hold the engine's, the projection of the same depths
     (which leaves the prefix out: compare it with `lm_measured_speedup`)."""
-    from analyses.checks import require
-    from analyses.fixed_cost import compute_fixed_share
-    from analyses.projection import compute_projection
-
     if samples.empty:
         return pd.DataFrame()
     need = [*REPLAY_KEYS, "tokens", "mean_exit_layer", "replay_ms", "full_ms", "prefix_ms", "cost_layers",
@@ -80,7 +82,7 @@ def compute_replay(samples: pd.DataFrame, costs: pd.DataFrame | None = None) -> 
             "source": g["source"].iloc[0] if "source" in g.columns else "", "questions": len(g),
             "tokens": int(g["tokens"].sum()),
             "mean_exit_layer": float((g["mean_exit_layer"] * g["tokens"]).sum() / g["tokens"].sum()),
-            "projected_speedup": _projected(g, key, costs, compute_projection),
+            "projected_speedup": _projected(g, key, costs),
         })  # fmt: skip
     cols = ["prefix_share", "measured_speedup", "expected_with_prefix", "measured_over_expected_with_prefix",
             "lm_measured_speedup", "expected_speedup", "lm_measured_over_expected"]  # fmt: skip
@@ -88,14 +90,11 @@ def compute_replay(samples: pd.DataFrame, costs: pd.DataFrame | None = None) -> 
     return table[[*REPLAY_KEYS, "source", "questions", "tokens", "mean_exit_layer", *cols, "projected_speedup"]]
 
 
-def _projected(g: pd.DataFrame, key: tuple, costs: pd.DataFrame | None, project) -> float:
+def _projected(g: pd.DataFrame, key: tuple, costs: pd.DataFrame | None) -> float:
     """The projection (`analyses.projection`) of these tokens' depths with the costs of their engine
     under `propagate` at the same depth, or NaN without such a cost row or per-token layers."""
     if costs is None or costs.empty or "exit_layers" not in g.columns or g["exit_layers"].isna().any():
         return float("nan")
-    import json
-    from collections import Counter
-
     model, method, threshold, engine = key
     if "opt" not in str(model).lower():  # the engine benchmarks are of OPT-2.7b's LM shape only
         return float("nan")
@@ -107,5 +106,5 @@ def _projected(g: pd.DataFrame, key: tuple, costs: pd.DataFrame | None, project)
     point = pd.DataFrame([{"method": method, "kv_policy": "propagate", "threshold": threshold, "engine": engine,
                            "exit_layer_hist": json.dumps({str(k): v for k, v in sorted(hist.items())}),
                            "exits_at": g["exits_at"].iloc[0], "depth": depth}])  # fmt: skip
-    projected = project(point, same)
+    projected = compute_projection(point, same)
     return float(projected["projected_speedup"].iloc[0]) if len(projected) else float("nan")

@@ -158,8 +158,8 @@ class ExitRuntime:
         self, k: int, hidden: torch.Tensor, rows: torch.Tensor, previous: torch.Tensor | None
     ) -> Check:
         m, last = self.method, hidden[:, -1:]  # (b, 1, D)
-        static_at = self.threshold if self.forced_layer() is None else self.forced_layer()
-        if self.rule == "static" and k != static_at:  # decided by position alone: nothing to compute
+        forced = self.forced_layer()
+        if self.rule == "static" and k != (self.threshold if forced is None else forced):  # decided by position alone: nothing to compute
             nothing = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
             return Check(
                 nothing.long(), nothing, torch.full(nothing.shape, float("nan"), device=hidden.device)

@@ -107,7 +107,7 @@ def generate(
     if schedule is not None:
         if exits is None:
             raise FreeBenchError("an exit schedule needs exits: pass the method whose checks it pays")
-        if len(schedule) == 0:
+        if len(schedule) == 0:  # before max_new_tokens takes its length
             raise FreeBenchError("an exit schedule needs one layer per token; got none")
         if pixel_values.shape[0] != 1:
             raise FreeBenchError(f"an exit schedule replays one row, got a batch of {pixel_values.shape[0]}")

@@ -63,19 +63,26 @@ def sequence_inputs(
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """What a decoder block is handed for a whole sequence (B, T, D) from position 0, without a cache,
     as `set_masks` builds it for decoding: (self mask, relative position bias, cross mask, cross bias)."""
-    dec = backbone.decoder
     T = hidden.shape[1]
     attn0 = backbone.layers[0].layer[0].SelfAttention
     bias = attn0.compute_bias(T, T, device=hidden.device, past_seen_tokens=0)  # (1, H, T, T)
     pad = None if decoder_mask is None else decoder_mask.to(hidden.device).bool()
-    self_mask = create_causal_mask(config=dec.config, inputs_embeds=hidden, attention_mask=pad, cache=None)
-    cross_mask = create_bidirectional_mask(
-        config=dec.config, inputs_embeds=hidden, attention_mask=encoder_mask, encoder_hidden_states=encoder_hidden
-    )
-    cross = backbone.layers[0].layer[1].EncDecAttention
-    cross_bias = torch.zeros((1, cross.n_heads, T, encoder_hidden.shape[1]), device=hidden.device,
-                             dtype=cross.q.weight.dtype)  # fmt: skip
-    return self_mask, bias, cross_mask, cross_bias
+    self_mask = create_causal_mask(config=backbone.decoder.config, inputs_embeds=hidden, attention_mask=pad,
+                                   cache=None)  # fmt: skip
+    return self_mask, bias, *cross_inputs(backbone, hidden, encoder_hidden, encoder_mask)
+
+
+def cross_inputs(
+    backbone: Backbone, hidden: torch.Tensor, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Cross-attention mask (B, 1, q, S) and zero bias (1, H, q, S) for the q = hidden.shape[1] positions."""
+    mask = create_bidirectional_mask(config=backbone.decoder.config, inputs_embeds=hidden,
+                                     attention_mask=encoder_mask, encoder_hidden_states=encoder_hidden)  # fmt: skip
+    attn = backbone.layers[0].layer[1].EncDecAttention
+    # HF's first block makes these zeros (no relative bias in cross-attention) and shares them.
+    bias = torch.zeros((1, attn.n_heads, hidden.shape[1], encoder_hidden.shape[1]), device=hidden.device,
+                       dtype=attn.q.weight.dtype)  # fmt: skip
+    return mask, bias
 
 
 def decoder_start_id(backbone: Backbone) -> int:
@@ -88,25 +95,13 @@ def decoder_start_id(backbone: Backbone) -> int:
 
 
 def _cross_inputs(state: DecodeState, hidden: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Cross-attention mask (B, 1, q, S) and zero bias (1, H, q, S) for q tokens; built once per q."""
+    """`cross_inputs` for q = hidden.shape[1] tokens of the state's batch, built once per q."""
     q = hidden.shape[1]
     cached = state.extras.get(("cross", q))
     if cached is None:
-        dec = state.backbone.decoder
-        mask = create_bidirectional_mask(
-            config=dec.config,
-            inputs_embeds=hidden,
-            attention_mask=state.encoder_mask,
-            encoder_hidden_states=state.encoder_hidden,
-        )
-        attn = state.layers[0].layer[1].EncDecAttention
-        # HF's first block makes these zeros (no relative bias in cross-attention) and shares them.
-        bias = torch.zeros(
-            (1, attn.n_heads, q, state.encoder_hidden.shape[1]),
-            device=hidden.device,
-            dtype=attn.q.weight.dtype,
-        )
-        cached = state.extras[("cross", q)] = (mask, bias)
+        assert state.encoder_hidden is not None
+        cached = state.extras[("cross", q)] = cross_inputs(state.backbone, hidden, state.encoder_hidden,
+                                                           state.encoder_mask)  # fmt: skip
     return cached
 
 
