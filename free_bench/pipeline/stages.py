@@ -248,7 +248,9 @@ def robustness_stage(ctx: Context) -> dict:
     unplaced = [n for n, _ in runs if n not in ops]
     if unplaced:
         raise FreeBenchError(f"robustness runs {unplaced} have no operating point: add them to live_runs")
-    bb = shared_backbone(ctx.cache / "exits" / runs[0][0]) if runs else None  # one for every method
+    if not runs:  # robustness_runs empty: no grid, and nothing written that the report would read as one
+        return {"methods": [], "inputs": 0}
+    bb = shared_backbone(ctx.cache / "exits" / runs[0][0])  # one for every method
     for name, method in runs:
         exits = ctx.cache / "exits" / name
         t = ops[name]["threshold"]

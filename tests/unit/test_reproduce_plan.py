@@ -83,3 +83,21 @@ def test_bad_config_files_are_named(tmp_path: Path) -> None:
             load_settings(path)
     (tmp_path / "ok.toml").write_text('profile = "smoke"\n[exits]\nsteps = 3\n')
     assert load_settings(tmp_path / "ok.toml").exits.steps == 3
+
+
+def test_no_robustness_runs_means_no_grid_and_nothing_written(tmp_path: Path) -> None:
+    """`robustness_runs: []` in a config skips the grid (it crashed concatenating nothing), and writes
+    no robustness folder the report would read as a measured grid."""
+    import dataclasses
+    import json
+
+    from free_bench.pipeline.stages import robustness_stage
+
+    base = get_profile("smoke")
+    settings = dataclasses.replace(base, reproduce=dataclasses.replace(base.reproduce, robustness_runs=()))
+    ctx = Context(profile="smoke", seed=0, results=tmp_path / "results", cache=tmp_path / "cache",
+                  settings=settings, backbone="embedded:smoke")
+    ctx.cache.mkdir(parents=True)
+    (ctx.cache / "sweeps.done.json").write_text(json.dumps({"operating_points": {}}))
+    assert robustness_stage(ctx) == {"methods": [], "inputs": 0}
+    assert not (ctx.results / "sweeps" / "robustness").exists()
