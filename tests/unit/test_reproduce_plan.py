@@ -3,13 +3,15 @@ each chain evaluates (per-exit VQA on val and test; captions, the first seed's, 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pandas as pd
 
 from free_bench.config import get_profile
 from free_bench.pipeline.context import Context
-from free_bench.pipeline.stages import chain_plan, live_grid, run_names
+from free_bench.pipeline.stages import chain_plan, live_grid, robustness_stage, run_names
 
 
 def test_gpu_chains_heaviest_first_and_captions_on_test_only(tmp_path: Path) -> None:
@@ -88,11 +90,6 @@ def test_bad_config_files_are_named(tmp_path: Path) -> None:
 def test_no_robustness_runs_means_no_grid_and_nothing_written(tmp_path: Path) -> None:
     """`robustness_runs: []` in a config skips the grid (it crashed concatenating nothing), and writes
     no robustness folder the report would read as a measured grid."""
-    import dataclasses
-    import json
-
-    from free_bench.pipeline.stages import robustness_stage
-
     base = get_profile("smoke")
     settings = dataclasses.replace(base, reproduce=dataclasses.replace(base.reproduce, robustness_runs=()))
     ctx = Context(profile="smoke", seed=0, results=tmp_path / "results", cache=tmp_path / "cache",
