@@ -199,7 +199,8 @@ def _replay_md(b: Built) -> list[str]:
     return [
         "**Replayed at BLIP-2 size, measured** (`scale/replay_*`, `bench_scale.py --replay`): the per-token exit "
         "depths that live sweeps of an embedded profile recorded (`source`), mapped by depth fraction onto the "
-        "random-init model and decoded there (`generate(..., schedule=...)`: each token stops where it was "
+        "random-init model (`mapping`: exactly, or to the nearest layer where its depth is no multiple of the "
+        "source's; the exits are trained at the mapped layers) and decoded there (`generate(..., schedule=...)`: each token stops where it was "
         "recorded, the method's checks below it run), the full model decoding as many tokens and the prefix "
         "timed beside each, CUDA events, batch 1. `expected_with_prefix` counts the measured prefix and "
         "scales the rest by the layer count; `projected_speedup` prices the same depths with the engine "

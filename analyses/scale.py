@@ -68,6 +68,13 @@ def compute_replay(samples: pd.DataFrame, costs: pd.DataFrame | None = None) -> 
     (which leaves the prefix out: compare it with `lm_measured_speedup`)."""
     if samples.empty:
         return pd.DataFrame()
+    samples = samples if "source" in samples.columns else samples.assign(source="")
+    parts = [_replay_table(part, costs) for _, part in samples.groupby("source", sort=True)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _replay_table(samples: pd.DataFrame, costs: pd.DataFrame | None) -> pd.DataFrame:
+    """`compute_replay` of one source's depths: its thresholds are its own, so sources never pool."""
     need = [*REPLAY_KEYS, "tokens", "mean_exit_layer", "replay_ms", "full_ms", "prefix_ms", "cost_layers",
             "full_cost_layers", "exits_at"]  # fmt: skip
     require(samples, need, "replay samples")
@@ -79,7 +86,8 @@ def compute_replay(samples: pd.DataFrame, costs: pd.DataFrame | None = None) -> 
     rows = []
     for key, g in samples.groupby(REPLAY_KEYS, sort=True):
         rows.append(dict(zip(REPLAY_KEYS, key, strict=True)) | {
-            "source": g["source"].iloc[0] if "source" in g.columns else "", "questions": len(g),
+            "source": g["source"].iloc[0], "questions": len(g),
+            "mapping": g["mapping"].iloc[0] if "mapping" in g.columns and g["mapping"].notna().all() else "exact",
             "tokens": int(g["tokens"].sum()),
             "mean_exit_layer": float((g["mean_exit_layer"] * g["tokens"]).sum() / g["tokens"].sum()),
             "projected_speedup": _projected(g, key, costs),
@@ -87,7 +95,8 @@ def compute_replay(samples: pd.DataFrame, costs: pd.DataFrame | None = None) -> 
     cols = ["prefix_share", "measured_speedup", "expected_with_prefix", "measured_over_expected_with_prefix",
             "lm_measured_speedup", "expected_speedup", "lm_measured_over_expected"]  # fmt: skip
     table = pd.DataFrame(rows).merge(shares[[*REPLAY_KEYS, *cols]], on=REPLAY_KEYS, how="left")
-    return table[[*REPLAY_KEYS, "source", "questions", "tokens", "mean_exit_layer", *cols, "projected_speedup"]]
+    return table[[*REPLAY_KEYS, "source", "mapping", "questions", "tokens", "mean_exit_layer", *cols,
+                  "projected_speedup"]]  # fmt: skip
 
 
 def _projected(g: pd.DataFrame, key: tuple, costs: pd.DataFrame | None) -> float:

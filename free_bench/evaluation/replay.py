@@ -2,7 +2,8 @@
 
 A live sweep records the layer every generated token left at (`exit_layers` in `samples.parquet`).
 A replay maps those depths onto a larger backbone by depth fraction (layer e of D -> e L / D, which
-must land on one of the target's trained exits or on L) and decodes each question's tokens with
+must land on one of the target's trained exits or on L; with `nearest`, the nearest layer, for a target
+whose depth is no multiple of the source's: 24 -> 32 maps exits 4, 8, 12, 16, 20 onto 5, 11, 16, 21, 27) and decodes each question's tokens with
 `generate(..., schedule=...)`: every token stops where the recording says, the method's checks below
 it run and are paid, exactly as many tokens are decoded as were recorded. The full model decoding
 the same number of tokens and the prefix alone (vision tower, Q-Former, projection) are timed beside
@@ -80,32 +81,40 @@ def _layers_seen(g: pd.DataFrame, depth: int) -> tuple[int, ...]:
     return tuple(sorted(k for k in seen if k < depth))
 
 
-def map_layer(layer: int, depth: int, target: int) -> int:
-    """Layer `layer` of a `depth`-layer model at the same depth fraction of a `target`-layer one."""
+def map_layer(layer: int, depth: int, target: int, *, nearest: bool = False) -> int:
+    """Layer `layer` of a `depth`-layer model at the same depth fraction of a `target`-layer one; with
+    `nearest`, the closest layer (halves round up) where the fraction falls between two."""
     mapped = layer * target / depth
+    if nearest:
+        return (2 * layer * target + depth) // (2 * depth)  # round(mapped), halves up, in integers
     if mapped != int(mapped):
         raise FreeBenchError(
             f"exit layer {layer} of {depth} maps to {mapped:g} of {target}: a replay needs a target whose "
-            f"layer count is a multiple of the source's at every exit"
+            f"layer count is a multiple of the source's at every exit, or nearest-layer mapping"
         )
     return int(mapped)
 
 
-def target_method(point: RecordedPoint, method: ExitMethod) -> ExitMethod:
+def target_method(point: RecordedPoint, method: ExitMethod, *, nearest: bool = False) -> ExitMethod:
     """The target's trained exits, consulted at the source's exits mapped by depth fraction."""
     L = method.backbone.num_layers
-    return method.restrict([map_layer(k, point.depth, L) for k in point.exits_at])
+    return method.restrict([map_layer(k, point.depth, L, nearest=nearest) for k in point.exits_at])
 
 
 def replay_point(point: RecordedPoint, method: ExitMethod, rows: datasets.Dataset, *, engines: tuple[str, ...],
-                 warmup: int = 3, progress: bool = True, source: str = "") -> pd.DataFrame:  # fmt: skip
+                 warmup: int = 3, progress: bool = True, source: str = "", nearest: bool = False) -> pd.DataFrame:  # fmt: skip
     """Per sample and engine: tokens, the replay's time, the full model's on as many tokens, the prefix's,
     and the layer-equivalents both spend (the engine's cost model). `rows` hold the samples' questions
-    (matched by `question_id`); `source` names where the depths were recorded."""
-    target = target_method(point, method)
+    (matched by `question_id`); `source` names where the depths were recorded; `nearest` maps layers to
+    the nearest one (`map_layer`), recorded in `mapping`."""
+    target = target_method(point, method, nearest=nearest)
     bb, L = target.backbone, target.backbone.num_layers
+
+    def to_target(k: int) -> int:
+        return map_layer(k, point.depth, L, nearest=nearest)
+
     # a static exit's threshold is its layer, which moves with the depths; any other rule's stays
-    threshold = map_layer(int(point.threshold), point.depth, L) if target.rule == "static" else point.threshold
+    threshold = to_target(int(point.threshold)) if target.rule == "static" else point.threshold
     index = {str(q): i for i, q in enumerate(rows["question_id"])}
     absent = [s for s, _ in point.samples if s not in index]
     if absent:
@@ -114,7 +123,7 @@ def replay_point(point: RecordedPoint, method: ExitMethod, rows: datasets.Datase
     for sample, layers in point.samples:
         row = rows.select([index[sample]])
         pv, prompts = pixel_values(bb, row["image"]), prompt_batch(bb, prompts_for(bb, row, "vqa"))
-        work.append((sample, [map_layer(k, point.depth, L) for k in layers], pv, prompts))
+        work.append((sample, [to_target(k) for k in layers], pv, prompts))
     out = []
     for engine in engines:
         shapes = [(tuple(pv.shape), tuple(p["input_ids"].shape), len(s)) for _, s, pv, p in work]
@@ -138,7 +147,8 @@ def replay_point(point: RecordedPoint, method: ExitMethod, rows: datasets.Datase
                         "replay_ms": times["replay"],
                         "full_ms": times["full"], "prefix_ms": times["prefix"], "cost_layers": res.cost_layers,
                         "full_cost_layers": full.cost_layers, "timer": t.timer,
-                        "exits_at": ",".join(str(k) for k in target.layers)})  # fmt: skip
+                        "exits_at": ",".join(str(k) for k in target.layers),
+                        "mapping": f"{point.depth}->{L} {'nearest' if nearest else 'exact'}"})  # fmt: skip
     return pd.DataFrame(out)
 
 

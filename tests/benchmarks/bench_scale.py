@@ -20,6 +20,9 @@ into `replay_samples_<size>.csv` and `replay_<size>.csv`:
 
     python tests/benchmarks/bench_scale.py --size blip2-opt-2.7b --scenes cpu --work /tmp/scale \
         --out results/gpu/scale --stage replay --replay results/gpu/scale/replay_source/live-free-semi-b1 --replay-rows 60
+
+The gpu profile's 24 layers map onto OPT-2.7b's 32 only with `--replay-map nearest` (its exits 4, 8, 12,
+16, 20 onto 5, 11, 16, 21, 27, which `--exits 5,11,16,21,27` trains).
 """
 
 from __future__ import annotations
@@ -144,10 +147,11 @@ def _exit_check(method, time_region) -> dict:
 
 
 def replay_all(work: Path, ckpt: Path, sources: list[Path], profile: str, rows: int, engines: tuple[str, ...],
-               out: Path, tag: str, placement: str, middle_only: bool) -> pd.DataFrame:  # fmt: skip
+               out: Path, tag: str, placement: str, middle_only: bool, nearest: bool) -> pd.DataFrame:  # fmt: skip
     """Every live point of the `sources` sweep folders (the embedded `profile`'s, per-token depths
     recorded) replayed on this backbone with its exits of the same method: static and mue need no
-    training and are built here. Per-sample rows go to `replay_samples_<size>.csv` as they come."""
+    training and are built here. Per-sample rows go to `replay_samples_<size>.csv` as they come, beside
+    the rows of other sources already there (a source replayed again replaces its own)."""
     from analyses.scale import compute_replay
     from free_bench.data.source import open_scenes
     from free_bench.evaluation.replay import recorded_points, replay_point
@@ -157,7 +161,10 @@ def replay_all(work: Path, ckpt: Path, sources: list[Path], profile: str, rows: 
 
     backbone, methods = None, {}
     test = open_scenes(profile, 0, progress=False).split("test")  # the questions the depths were recorded on
-    frames = []
+    names = {f"{profile} profile, {Path(source).name}" for source in sources}
+    kept = out / f"replay_samples_{tag}.csv"
+    kept = pd.read_csv(kept) if kept.exists() else pd.DataFrame(columns=["source"])
+    frames = [kept[~kept["source"].isin(names)]]
     for source in sources:
         points = recorded_points(source, max_samples=rows)
         if middle_only:  # a sweep's middle threshold: the live sweeps' operating point, its neighbours beside
@@ -175,11 +182,12 @@ def replay_all(work: Path, ckpt: Path, sources: list[Path], profile: str, rows: 
                     print(f"no {point.method} exits at this size: {source} not replayed", flush=True)
                     continue
             engines_here = engines if methods[point.method].backbone.lm_type == "opt" else ("eager",)
-            frames.append(replay_point(point, methods[point.method], test, engines=engines_here,
-                                       source=f"{profile} profile, {Path(source).name}").assign(model=tag))
-            pd.concat(frames).drop(columns="model").to_csv(out / f"replay_samples_{tag}.csv", index=False)
-            print(compute_replay(frames[-1]).round(3).to_string(index=False), flush=True)
-    return compute_replay(pd.concat(frames)) if frames else pd.DataFrame()
+            frames.append(replay_point(point, methods[point.method], test, engines=engines_here, nearest=nearest,
+                                       source=f"{profile} profile, {Path(source).name}"))  # fmt: skip
+            pd.concat(frames).to_csv(out / f"replay_samples_{tag}.csv", index=False)
+            print(compute_replay(frames[-1].assign(model=tag)).round(3).to_string(index=False), flush=True)
+    both = pd.concat(frames, ignore_index=True)
+    return compute_replay(both.assign(model=tag)) if len(both) else pd.DataFrame()
 
 
 def exported_data(profile: str, work: Path) -> tuple[Path, Path]:
@@ -228,6 +236,8 @@ def main() -> None:
     p.add_argument("--replay-points", default="middle", choices=("middle", "all"),
                    help="each source sweep's middle threshold (its operating point), or every threshold")
     p.add_argument("--replay-engines", nargs="+", default=["eager", "graphs"], choices=("eager", "graphs"))
+    p.add_argument("--replay-map", default="exact", choices=("exact", "nearest"),
+                   help="source layer -> target layer by depth fraction: exactly (else an error), or the nearest")
     p.add_argument("--bracket", nargs="*", default=["free"],
                    help="methods swept at both ends (exit at the first exit, never exit); others at the first only")
     args = p.parse_args()
@@ -261,7 +271,7 @@ def main() -> None:
             p.error("--replay needs --scenes: the profile whose questions the depths were recorded on")
         summary = replay_all(args.work, ckpt, args.replay, args.scenes, args.replay_rows,
                              tuple(args.replay_engines), args.out, tag, args.exits,
-                             args.replay_points == "middle")  # fmt: skip
+                             args.replay_points == "middle", args.replay_map == "nearest")  # fmt: skip
         summary.to_csv(args.out / f"replay_{tag}.csv", index=False)
         print(summary.round(3).to_string(index=False), flush=True)
     name = torch.cuda.get_device_name() if DEVICE != "cpu" else "cpu"

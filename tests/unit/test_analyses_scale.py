@@ -62,3 +62,15 @@ def test_replay_rows_measure_the_depths_against_both_expectations(tmp_path):
 
 def test_no_replay_files_give_an_empty_table(tmp_path):
     assert compute_replay(load_replay(tmp_path)).empty
+
+
+def test_replays_of_two_sources_stay_apart_even_at_one_threshold(tmp_path):
+    cpu = _replay_samples("eager").assign(source="cpu profile, live-free-semi-b1")
+    gpu = _replay_samples("eager").assign(source="gpu profile, live-free-semi-s0-b1", mapping="24->32 nearest",
+                                          replay_ms=[40.0, 80.0])  # fmt: skip
+    table = compute_replay(pd.concat([cpu, gpu]).assign(model="blip2-opt-2.7b")).set_index("source")
+    assert len(table) == 2 and (table["questions"] == 2).all()  # not one point of four questions
+    assert table.loc["cpu profile, live-free-semi-b1", "mapping"] == "exact"  # rows from before the column
+    assert table.loc["gpu profile, live-free-semi-s0-b1", "mapping"] == "24->32 nearest"
+    assert table.loc["cpu profile, live-free-semi-b1", "measured_speedup"] == 120.0 / 80.0
+    assert table.loc["gpu profile, live-free-semi-s0-b1", "measured_speedup"] == 120.0 / 120.0

@@ -64,6 +64,9 @@ def test_recorded_points_and_layer_mapping(tmp_path: Path) -> None:
     assert [map_layer(k, 2, 4) for k in (1, 2)] == [2, 4]
     with pytest.raises(FreeBenchError, match="1 of 8 maps to 1.5 of 12"):
         map_layer(1, 8, 12)
+    # 24 layers onto 32: the nearest layer where the fraction falls between two, exact ones kept
+    assert [map_layer(k, 24, 32, nearest=True) for k in (4, 8, 12, 16, 20, 24)] == [5, 11, 16, 21, 27, 32]
+    assert [map_layer(k, 8, 12, nearest=True) for k in (1, 3, 8)] == [2, 5, 12]  # halves (1.5, 4.5) round up
     with pytest.raises(FreeBenchError, match="recorded each token's exit layer"):
         recorded_points(_sweep(tmp_path / "sim", {"11": [1]}, mode="simulated"))
     with pytest.raises(FreeBenchError, match="not a finished sweep folder: no manifest.json"):
@@ -89,6 +92,18 @@ def test_a_replay_follows_the_mapped_depths_and_times_both_decodes(tmp_path: Pat
     assert summary["expected_speedup"] == pytest.approx(per["full_cost_layers"].sum() / per["cost_layers"].sum())
     assert 1 < summary["expected_with_prefix"] < summary["expected_speedup"]  # the prefix is not skipped
     assert summary["measured_speedup"] == pytest.approx(per["full_ms"].sum() / per["replay_ms"].sum())
+    assert (per["mapping"] == "2->4 exact").all()
+
+
+def test_a_source_whose_depth_does_not_divide_the_target_replays_at_the_nearest_layers(tmp_path, target) -> None:
+    bb, rows = target
+    method = get_method("deebert")(bb, "1,3")
+    (point,) = recorded_points(_sweep(tmp_path / "s", {"11": [1, 2, 3]}, depth=3, exits_at="1,2"))
+    with pytest.raises(FreeBenchError, match="1 of 3 maps to 1.33333 of 4"):
+        target_method(point, method)
+    assert target_method(point, method, nearest=True).layers == (1, 3)  # 4/3 -> 1, 8/3 -> 3
+    per = replay_point(point, method, rows, engines=("eager",), warmup=0, progress=False, nearest=True)
+    assert json.loads(per["exit_layers"].iloc[0]) == [1, 3, 4] and per["mapping"].iloc[0] == "3->4 nearest"
 
 
 def test_what_a_replay_refuses(tmp_path: Path, target) -> None:
@@ -110,3 +125,14 @@ def test_the_committed_replay_source_reads_as_recorded() -> None:
     for p in points:
         assert (p.method, p.exits_at, p.depth, len(p.samples)) == ("free", (2, 4, 6), 8, 200)
         assert all(set(layers) <= {2, 4, 6, 8} for _, layers in p.samples)
+
+
+def test_the_committed_gpu_profile_source_reads_as_recorded() -> None:
+    """The gpu profile's live sweeps replayed with nearest-layer mapping: 24 layers, exits every 4."""
+    root = Path(__file__).resolve().parents[2] / "results" / "gpu" / "scale" / "replay_source_gpu"
+    for name, method in [("live-free-semi-b1", "free"), ("live-pabee-semi-b1", "pabee")]:
+        points = recorded_points(root / name)
+        assert len(points) == 3
+        for p in points:
+            assert (p.method, p.exits_at, p.depth, len(p.samples)) == (method, (4, 8, 12, 16, 20), 24, 100)
+            assert all(set(layers) <= {4, 8, 12, 16, 20, 24} for _, layers in p.samples)
