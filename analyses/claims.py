@@ -13,6 +13,7 @@ from analyses.claim_speedup import SPEEDUP_TOL, TARGET_SPEEDUP, verdict_speedup
 from analyses.fmt import UNITS
 from analyses.fmt import ci as _ci
 from analyses.fmt import finite as _finite
+from analyses.guarantees import verdict_compute_robustness
 
 __all__ = ["SPEEDUP_TOL", "TARGET_SPEEDUP", "UNITS", "build_claims", "verdict_dip", "verdict_overthinking",
            "verdict_robustness", "verdict_speedup"]  # fmt: skip
@@ -205,4 +206,6 @@ def build_claims(
             t.get("robustness_drop_ci"),
             missing.get("robustness_drop_ci"),
         ),
+        ("FREE is more robust (compute: speedup kept under a slowdown attack)",)
+        + verdict_compute_robustness(t.get("attack"), t.get("attack_ci"), missing.get("attack")),
     ]

@@ -8,6 +8,7 @@ import pandas as pd
 
 from analyses.built import MAX_DROP, Built, clean_test
 from analyses.fmt import ci as _ci
+from analyses.report_guarantees import guarantees_md
 from analyses.sweep_cost import TARGET, summary
 
 
@@ -339,6 +340,7 @@ def render_report(b: Built, made: str) -> str:
         ("Overthinking", _overthinking_md),
         ("Mid-crisis", _midcrisis_md),
         ("Robustness", _robustness_md),
+        ("Guarantees and attacks", lambda b: guarantees_md(b, md_table, _figure, _missing)),
     )
     for title, fn in sections:
         out += [f"## {title}", ""] + fn(b)

@@ -33,6 +33,7 @@ from analyses.midcrisis import compute_dip, compute_dip_ci, compute_layer_curves
 from analyses.overthinking import compute_overthinking, compute_overthinking_by_layer
 from analyses.projection import compute_projection, costs_from_bench, physical_costs, projection_points
 from analyses.render import md_table, render_report
+from analyses.report_guarantees import attack_part, calibration_part
 from analyses.report_robustness import robustness_part
 from analyses.speedup import KEYS, best_at_drop, collapse_points, compute_auc, compute_curves
 from analyses.sweep_cost import compute_sweep_cost
@@ -292,6 +293,8 @@ def build_report(results: Path, *, n_boot: int = 1000, seed: int = 0) -> Path:
     if res.exit_runs is not None:
         b.tables["exits_training"] = res.exit_runs
     b.attempt("robustness", robustness_part)
+    b.attempt("calibration", calibration_part)
+    b.attempt("attack", attack_part)
     b.claims = build_claims(b.tables, b.missing)
     b.tables["claims"] = pd.DataFrame(b.claims, columns=["claim", "verdict", "evidence"])
     written = {write_csv(res.root / "tables" / f"{name}.csv", df) for name, df in b.tables.items()}

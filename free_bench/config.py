@@ -149,6 +149,16 @@ class ReproduceConfig:
     perturbations: tuple[str, ...] | None = None  # None: every perturbation in data.perturb
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
     max_drop: float = 0.01  # the operating point: the cheapest threshold within this of the full model on val
+    # Learn-then-Test on val for these runs, its threshold then evaluated on test, clean and under the grid
+    calibration_runs: tuple[str, ...] = ("free:semi", "deebert:semi", "pabee:semi", "distill:semi")
+    calibration_epsilon: float = 0.05  # the certified risk level (consistency: answers unlike the full model's)
+    calibration_delta: float = 0.1
+    calibration_risk: str = "consistency"
+    calibration_rows: int | None = None  # val questions calibrated on (None: all)
+    # slowdown attack at each run's operating point (the calibration runs): test questions, L-inf budget, steps
+    attack_rows: int = 64
+    attack_eps: float = 8 / 255
+    attack_steps: int = 10
     tasks: tuple[str, ...] = ("vqa", "caption")  # what exits train and are evaluated on (VQAv2 alone: vqa)
 
 
@@ -219,6 +229,11 @@ PROFILES: dict[str, Profile] = {
             robustness_batch_size=4,
             perturbations=("gaussian_noise", "typo"),
             severities=(1, 5),
+            calibration_runs=("free:semi", "deebert:semi"),
+            calibration_epsilon=0.2,
+            calibration_rows=24,
+            attack_rows=8,
+            attack_steps=2,
         ),  # fmt: skip
     ),
     "cpu": Profile(

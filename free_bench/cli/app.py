@@ -58,6 +58,8 @@ def _configure_logging(args: argparse.Namespace) -> None:
 def load_commands() -> None:
     """Import every subcommand's module, which registers it; none of them imports torch at import."""
     from free_bench.cli import (  # noqa: F401
+        attack,
+        calibrate,
         data,
         eval_exits,
         export_backbone,

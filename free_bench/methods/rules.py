@@ -178,3 +178,26 @@ def exit_index(rule: str, scores: torch.Tensor, threshold: float, layers: tuple[
             "call exit_index_oracle(logits, final_tokens, labels=None)"
         )
     raise FreeBenchError(f"rule {rule!r} is not one of {', '.join(RULES)}")
+
+
+def thresholds_for(rule: str, layers: list[int], grid: int) -> list[float]:
+    """The threshold grid of a rule: probabilities in [0, 1], entropies in [0, 5] nats, every patience,
+    every exit layer (static)."""
+    if rule in ("max_prob", "cosine"):
+        return [round(i / (grid - 1), 4) for i in range(grid)]
+    if rule == "entropy":
+        return [round(5 * i / (grid - 1), 4) for i in range(grid)]
+    if rule == "patience":
+        return [float(p) for p in range(1, len(layers) + 1)]
+    if rule == "static":
+        return [float(k) for k in layers]
+    raise FreeBenchError(f"no threshold grid for rule {rule!r}")
+
+
+def safest_first(rule: str, thresholds) -> list[float]:
+    """`thresholds` ordered from the one that exits least to the one that exits most: high first for
+    max-prob, cosine, patience and static (a higher bar, more patience, a deeper layer), low first for
+    entropy (an exit fires below the threshold). Learn-then-Test's fixed sequence walks this order."""
+    if rule not in ("max_prob", "cosine", "patience", "static", "entropy"):
+        raise FreeBenchError(f"rule {rule!r} has no threshold order")
+    return sorted((float(t) for t in thresholds), reverse=rule != "entropy")

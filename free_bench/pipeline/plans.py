@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from free_bench.core.errors import FreeBenchError
 from free_bench.core.records import atomic_path, write_json
 from free_bench.pipeline.context import Context
 
@@ -29,20 +28,6 @@ log = logging.getLogger(__name__)
 def copy_file(src: Path, dst: Path) -> None:
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-
-
-def thresholds_for(rule: str, layers: list[int], grid: int) -> list[float]:
-    """The threshold grid of a rule: probabilities in [0, 1], entropies in [0, 5] nats, every patience,
-    every exit layer (static)."""
-    if rule in ("max_prob", "cosine"):
-        return [round(i / (grid - 1), 4) for i in range(grid)]
-    if rule == "entropy":
-        return [round(5 * i / (grid - 1), 4) for i in range(grid)]
-    if rule == "patience":
-        return [float(p) for p in range(1, len(layers) + 1)]
-    if rule == "static":
-        return [float(k) for k in layers]
-    raise FreeBenchError(f"no threshold grid for rule {rule!r}")
 
 
 def sweep_plan(ctx: Context, name: str, method: str, exits: Path, split: str, mode: str, thresholds,

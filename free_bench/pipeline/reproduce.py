@@ -1,4 +1,4 @@
-"""`reproduce`: data -> backbone -> exits -> sweeps -> robustness -> report, into results/<profile>/,
+"""`reproduce`: data -> backbone -> exits -> sweeps -> robustness -> guarantees -> report, into results/<profile>/,
 reusing finished stages.
 
 Stages are functions `(ctx) -> dict` run in `STAGES` order; each writes its outputs atomically and a
@@ -19,7 +19,7 @@ from pathlib import Path
 from free_bench.config import cache_dir, get_profile
 from free_bench.core.errors import FreeBenchError
 from free_bench.core.records import Manifest, atomic_path, write_json
-from free_bench.pipeline import stages
+from free_bench.pipeline import guarantees, stages
 from free_bench.pipeline.context import Context
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ STAGES: list[tuple[str, Callable[[Context], dict]]] = [
     ("exits", stages.exits_stage),
     ("sweeps", stages.sweeps_stage),
     ("robustness", stages.robustness_stage),
+    ("guarantees", guarantees.guarantees_stage),
     ("report", stages.report_stage),
 ]
 

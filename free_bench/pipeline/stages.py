@@ -20,8 +20,9 @@ import pandas as pd
 from free_bench.config import ReproduceConfig
 from free_bench.core.errors import FreeBenchError
 from free_bench.core.records import SWEEP, SWEEP_SAMPLES, write_json, write_parquet
+from free_bench.methods.rules import thresholds_for
 from free_bench.pipeline.context import Context
-from free_bench.pipeline.plans import copy_file, run_planned, sweep_plan, thresholds_for
+from free_bench.pipeline.plans import copy_file, run_planned, sweep_plan
 
 if TYPE_CHECKING:
     from free_bench.models.base import Backbone

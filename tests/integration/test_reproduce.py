@@ -28,7 +28,7 @@ def _reproduce(tmp_path, *extra):
     return subprocess.run([*cmd, *extra], capture_output=True, text=True, env=env)
 
 
-STAGES = ["data", "backbone", "exits", "sweeps", "robustness", "report"]
+STAGES = ["data", "backbone", "exits", "sweeps", "robustness", "guarantees", "report"]
 FIGURES = ["speedup_measured_vqa", "speedup_expected_vqa", "speedup_expected_caption", "overthinking_by_layer",
            "midcrisis_layers", "robustness_heatmap"]  # fmt: skip
 
@@ -63,7 +63,16 @@ def test_reproduce_smoke_writes_every_artefact_and_reuses_stages(tmp_path):
     rob = pd.read_parquet(out / "sweeps" / "robustness" / "sweep.parquet")
     assert {"none", "gaussian_noise:1", "gaussian_noise:5", "typo:1", "typo:5"} == set(rob["perturbation"])
     assert set(rob["split"]) == {"test", "test_novel"} and (rob["timer"] == "cpu_wall").all()
-    # report: every figure (png + pdf), the tables, the four claims
+    # guarantees: a certificate per calibration run, evaluated under the grid's shifts, and the attack
+    for run in ("free-semi", "deebert-semi"):
+        cert = json.loads((out / "calibration" / run / "calibration.json").read_text())
+        assert cert["n"] == 24 and cert["epsilon"] == 0.2 and len(cert["p_values"]) == len(cert["thresholds"])
+        if cert["threshold"] is not None:
+            ev = pd.read_parquet(out / "calibration" / run / "evaluation.parquet")
+            assert set(ev["perturbation"]) == {"none", "gaussian_noise", "typo"} and len(ev) == 5
+        attack = pd.read_parquet(out / "attack" / run / "attack.parquet")
+        assert set(attack["condition"]) == {"clean", "attacked"}
+    # report: every figure (png + pdf), the tables, the claims
     for stem in FIGURES:
         assert (out / "figures" / f"{stem}.png").exists() and (out / "figures" / f"{stem}.pdf").exists(), stem
     report = (out / "REPORT.md").read_text()

@@ -210,7 +210,10 @@ def test_build_report_writes_report_figures_and_tables(tiny_report: Path) -> Non
         assert len(pd.read_csv(root / "tables" / f"{name}.csv")) > 0, name
     assert not list(root.rglob(".*")), "a temporary file was left behind"
     claims = _claims(report)
-    assert len(claims) == 4 and all(claims.values())
+    assert len(claims) == 5 and all(claims.values())
+    # no attack tables in this folder: the compute-robustness verdict says so, and the parts are missing
+    assert claims["FREE is more robust (compute: speedup kept under a slowdown attack)"] == "not measured"
+    assert "- missing: calibration (" in text and "- missing: attack (" in text
     curves = pd.read_csv(root / "tables" / "speedup_curves.csv")
     sim_free = curves[(curves["method"] == "free") & (curves["timer"] == "none") & (curves["task"] == "vqa")]
     assert (sim_free["n_seeds"] == 2).all()  # sim-free and sim-free-s1 are averaged as two seeds

@@ -14,7 +14,7 @@ from free_bench.cli.app import build_parser, load_commands
 from free_bench.cli.registry import COMMANDS
 
 COMMAND_NAMES = ["data", "pretrain", "export-backbone", "train-exits", "eval-exits", "sweep", "score-captions",
-                 "regress", "reproduce"]  # fmt: skip
+                 "regress", "reproduce", "calibrate", "attack"]  # fmt: skip
 
 
 def _cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
