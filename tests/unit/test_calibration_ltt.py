@@ -75,3 +75,14 @@ def test_fixed_sequence_stops_at_the_first_threshold_not_certified() -> None:
 def test_bad_input_is_named(thresholds, losses, kw, match) -> None:
     with pytest.raises(FreeBenchError, match=match):
         ltt_threshold(thresholds, losses, **({"epsilon": 0.1, "delta": 0.1} | kw))
+
+
+def test_thresholds_run_from_the_safest_for_every_rule() -> None:
+    from free_bench.methods.rules import safest_first, thresholds_for
+
+    assert safest_first("max_prob", thresholds_for("max_prob", [2, 4], 3)) == [1.0, 0.5, 0.0]  # a high bar exits least
+    assert safest_first("entropy", thresholds_for("entropy", [2, 4], 3)) == [0.0, 2.5, 5.0]  # exits below the value
+    assert safest_first("patience", thresholds_for("patience", [2, 4, 6], 0)) == [3.0, 2.0, 1.0]
+    assert safest_first("static", thresholds_for("static", [2, 4, 6], 0)) == [6.0, 4.0, 2.0]  # the deepest first
+    with pytest.raises(FreeBenchError, match="rule 'oracle' has no threshold order"):
+        safest_first("oracle", [0.5])
