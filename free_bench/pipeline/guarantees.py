@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 
-from free_bench.core.errors import FreeBenchError
 from free_bench.pipeline.context import Context
 from free_bench.pipeline.plans import copy_file
 from free_bench.pipeline.stages import run_names
@@ -42,11 +41,12 @@ def guarantees_stage(ctx: Context) -> dict:
     cfg = ctx.settings.reproduce
     runs = _runs(ctx)
     if not runs:
-        return {"calibrated": {}, "attacked": []}
+        return {"calibrated": {}, "attacked": [], "not_attacked": {}}
     ops = json.loads((ctx.cache / "sweeps.done.json").read_text())["operating_points"]
-    unplaced = [n for n, _ in runs if n not in ops]
-    if unplaced:
-        raise FreeBenchError(f"calibration runs {unplaced} have no operating point: add them to live_runs")
+    # the attack runs at a run's val operating point, which only live runs have; calibration needs none
+    unplaced = {n: "no val operating point (not in reproduce.live_runs)" for n, _ in runs if n not in ops}
+    for name, why in unplaced.items():
+        log.warning("[guarantees] %s calibrated but not attacked: %s", name, why)
     certified = {}
     for name, method in runs:
         exits = ctx.cache / "exits" / name
@@ -60,10 +60,12 @@ def guarantees_stage(ctx: Context) -> dict:
             if (work / f).is_file():  # no evaluation.parquet when nothing was certified
                 copy_file(work / f, ctx.results / "calibration" / name / f)
         certified[name] = json.loads((work / "calibration.json").read_text())["threshold"]
+        if name in unplaced:
+            continue
         attack = ctx.cache / "attack" / name
         if not (attack / "attack.parquet").is_file():
             attack_run(exits, attack, method=method, split="test", max_rows=cfg.attack_rows, eps=cfg.attack_eps,
                        steps=cfg.attack_steps, threshold=ops[name]["threshold"], data=ctx.data)  # fmt: skip
         for f in ATTACK_FILES:
             copy_file(attack / f, ctx.results / "attack" / name / f)
-    return {"calibrated": certified, "attacked": [n for n, _ in runs]}
+    return {"calibrated": certified, "attacked": [n for n, _ in runs if n not in unplaced], "not_attacked": unplaced}

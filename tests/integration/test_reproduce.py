@@ -126,6 +126,10 @@ def test_reproduce_with_several_exit_seeds_keeps_one_backbone(tmp_path):
     assert seeds == {0, 1}
     curves = pd.read_csv(out / "tables" / "speedup_curves.csv")
     assert (curves.loc[curves["method"] == "free", "n_seeds"] == 2).any()
+    # deebert is calibrated but, with no live sweep and so no operating point, not attacked: said so
+    guarantees = json.loads((out / "manifest.json").read_text())["guarantees"]
+    assert set(guarantees["calibrated"]) == {"free-semi-s0", "deebert-semi-s0"}
+    assert guarantees["attacked"] == ["free-semi-s0"] and "deebert-semi-s0" in guarantees["not_attacked"]
 
 
 def test_exit_workers_fail_loudly_and_name_the_log(tmp_path, monkeypatch):
