@@ -41,11 +41,11 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=at_least(0), default=3, help="live: untimed batches first (default 3)")
     p.add_argument("--repeats", type=at_least(1), default=1, help="live: timed repeats per batch, median kept")
     p.add_argument("--engine", default="eager", choices=ENGINES,
-                   help="live: eager (Python layer loop) or graphs (CUDA graphs per segment; batch 1, OPT, CUDA)")  # fmt: skip
+                   help="live: eager (Python layer loop) or graphs (CUDA graphs per segment and bucket of rows; OPT, CUDA)")  # fmt: skip
     p.add_argument("--no-compact", action="store_true", help="live: exited rows ride along (no compaction)")
     p.add_argument("--decode", default="greedy", choices=DECODES,
                    help="live: greedy early exits (default), or speculative: the exits draft, one full pass "
-                        "verifies (lossless; batch 1, eager, propagate)")
+                        "verifies (lossless; batch 1, propagate)")
     p.add_argument("--draft-len", type=at_least(1), default=4, help="speculative: most tokens a draft holds (default 4)")
     p.add_argument("--no-hf-baseline", action="store_true",
                    help="live: do not time HF generate() beside the engine's full model (its times are NaN)")  # fmt: skip

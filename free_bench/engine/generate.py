@@ -16,7 +16,9 @@ from free_bench.config import DECODES, ENGINES, KV_POLICIES
 from free_bench.core.errors import FreeBenchError, check_choice
 from free_bench.engine.cost import cost_model
 from free_bench.engine.decode_exits import check_pairing, decode_with_exits
+from free_bench.engine.graphs.batched import decode_batch
 from free_bench.engine.graphs.decoder import GraphDecoder
+from free_bench.engine.graphs.speculative import speculative_graphs
 from free_bench.engine.speculative import speculative_decode
 from free_bench.methods import rules
 from free_bench.methods.protocol import ExitMethod, is_exit_method
@@ -92,8 +94,10 @@ def generate(
     (max prob, entropy, patience, static layer or cosine) and the layers above it do not run for it;
     `kv_policy` says what fills their KV entries. `compact=False` keeps exited rows of a batch
     running, discarded, until the slowest row is done (to measure what compaction saves).
-    `engine="graphs"` replays CUDA graphs per segment between exits (`engine.graphs`: batch 1, OPT,
-    propagate or full policy); the eager engine runs the same layers from Python.
+    `engine="graphs"` replays CUDA graphs per segment between exits (`engine.graphs`: OPT, propagate
+    or full policy; a batch decodes in a bucket of rows, exited rows riding along within a step and,
+    with `compact`, finished rows' bucket shrinking between steps); the eager engine runs the same
+    layers from Python.
 
     `schedule` replays recorded exit depths on one row: token t leaves at layer `schedule[t]` (a
     consulted exit, or `num_layers`) whatever the rule says, the rule's checks below it run and are
@@ -101,9 +105,9 @@ def generate(
     not the method's answer; its time is what those depths cost. `stop_at_eos=False` decodes every one
     of `max_new_tokens` (the full model timed beside a replay).
 
-    `decode="speculative"` (one row, eager engine, `propagate`): the exits draft up to `draft_len`
-    tokens, one full-depth pass verifies them (`engine.speculative`); the tokens are the full model's
-    whatever the threshold, and `speculative` holds the acceptance counts."""
+    `decode="speculative"` (one row, `propagate`, either engine): the exits draft up to `draft_len`
+    tokens, one full-depth pass verifies them (`engine.speculative`, `engine.graphs.speculative`); the
+    tokens are the full model's whatever the threshold, and `speculative` holds the acceptance counts."""
     if schedule is not None:
         if exits is None:
             raise FreeBenchError("an exit schedule needs exits: pass the method whose checks it pays")
@@ -135,24 +139,38 @@ def generate(
             threshold = rules.check_threshold(exits.rule, threshold, exits.layers)
     check_choice("decode", decode, DECODES)
     if decode == "speculative":
-        if exits is None or schedule is not None or engine != "eager" or kv_policy != "propagate":
+        if exits is None or schedule is not None or kv_policy != "propagate":
             raise FreeBenchError(
-                "speculative decoding drafts with exits (pass them) on the eager engine under kv_policy "
-                "'propagate', without a schedule"
+                "speculative decoding drafts with exits (pass them) under kv_policy 'propagate', without a schedule"
             )
         assert threshold is not None
+        if engine == "graphs":
+            decoder = graph_decoder(backbone, exits, kv_policy, threshold, input_ids, max_new_tokens + draft_len + 1)
+            fields = speculative_graphs(
+                decoder, pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens,
+                threshold=threshold, draft_len=draft_len, eos_ids=eos_ids,
+            )  # fmt: skip
+            return _one_row(backbone, fields)
         fields = speculative_decode(
             backbone, exits, pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
             max_new_tokens=max_new_tokens, threshold=threshold, draft_len=draft_len, eos_ids=eos_ids,
         )  # fmt: skip
         return _one_row(backbone, fields)
     if engine == "graphs":
-        decoder = graph_decoder(backbone, exits, kv_policy, threshold, input_ids, max_new_tokens)
-        fields = decoder.decode(
-            pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens, threshold=threshold,
-            eos_ids=eos_ids, schedule=None if schedule is None else list(schedule),
-        )  # fmt: skip
-        return _one_row(backbone, fields)
+        def decoder_for(rows: int) -> GraphDecoder:
+            return graph_decoder(backbone, exits, kv_policy, threshold, input_ids, max_new_tokens, rows)
+
+        if pixel_values.shape[0] == 1:
+            fields = decoder_for(1).decode(
+                pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens, threshold=threshold,
+                eos_ids=eos_ids, pad_id=pad_id, schedule=None if schedule is None else list(schedule),
+            )  # fmt: skip
+        else:
+            fields = decode_batch(
+                decoder_for, pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens,
+                threshold=threshold, eos_ids=eos_ids, pad_id=pad_id, compact=compact,
+            )  # fmt: skip
+        return GenerateResult(text=_decode_text(backbone, fields["tokens"]), **fields)
     if exits is not None:
         assert threshold is not None
         fields = decode_with_exits(
@@ -221,9 +239,10 @@ def graph_decoder(
     threshold: float | None,
     input_ids: torch.Tensor | None,
     max_new_tokens: int,
+    batch_size: int = 1,
 ) -> GraphDecoder:
-    """The captured decoder for this method, policy and KV capacity, built once and kept on the
-    method (or the backbone for the full model): capturing costs far more than a decode."""
+    """The captured decoder for this method, policy, KV capacity and bucket of rows, built once and
+    kept on the method (or the backbone for the full model): capturing costs far more than a decode."""
     if backbone.device.type != "cuda":
         raise FreeBenchError(
             f"engine 'graphs' captures CUDA graphs and needs a CUDA device; the backbone is on "
@@ -239,11 +258,12 @@ def graph_decoder(
     )
     owner = exits if exits is not None else backbone
     decoders = owner.__dict__.setdefault("_graph_decoders", {})
-    key = (kv_policy, capacity, static)
+    key = (kv_policy, capacity, static, batch_size)
     if key not in decoders:
         decoders[key] = GraphDecoder(
-            backbone, exits, kv_policy=kv_policy, capacity=capacity, static_layer=static, **GRAPHS_ENGINE
-        )
+            backbone, exits, kv_policy=kv_policy, capacity=capacity, static_layer=static,
+            batch_size=batch_size, **GRAPHS_ENGINE,
+        )  # fmt: skip
     return decoders[key]
 
 

@@ -86,22 +86,42 @@ def speculative_decode(
         hidden = runner.step_layers(state, runner.begin_token(state, ids), 0, L)  # (1, q, D)
         runner.end_token(state)
         probs, full = backbone.logits_from_hidden(hidden[0]).float().softmax(-1).max(-1)  # (q,) each
-        full_tokens = full.tolist()
-        keep = 0
-        while keep < len(drafts) and drafts[keep] == full_tokens[keep] and drafts[keep] not in eos:
-            keep += 1
-        if keep < len(drafts) and drafts[keep] == full_tokens[keep]:  # an agreeing EOS ends the answer
-            keep += 1
-            new = drafts[:keep]
-            new_layers, new_probs = draft_layers[:keep], draft_probs[:keep]
-        else:  # the agreeing drafts, then the full model's own token after them
-            new = [*drafts[:keep], full_tokens[keep]]
-            new_layers, new_probs = [*draft_layers[:keep], L], [*draft_probs[:keep], float(probs[keep])]
+        new, new_layers, new_probs, keep = accept_round(drafts, draft_layers, draft_probs, full.tolist(),
+                                                        probs.tolist(), eos, L)  # fmt: skip
         spent += cost.full
         passes, drafted, accepted = passes + 1, drafted + len(drafts), accepted + keep
         state.kv.pos = start + len(new)  # the cache is the full model's through the kept inputs
         tokens, layers, confidences = tokens + new, layers + new_layers, confidences + new_probs
         last = torch.tensor([tokens[-1]], device=dev)
+    return speculative_fields(tokens, layers, confidences, eos, max_new_tokens, spent + policy.spent, cost.full,
+                              (drafted, accepted, passes), dev)  # fmt: skip
+
+
+def accept_round(
+    drafts: list[int], draft_layers: list[int], draft_probs: list[float], full_tokens: list[int],
+    full_probs: list[float], eos: set[int], num_layers: int,
+) -> tuple[list[int], list[int], list[float], int]:  # fmt: skip
+    """A round's verdict: the longest agreeing prefix of the drafts, then the full model's own token
+    after it (unless an agreeing EOS ended the answer). `full_tokens`/`full_probs` (q = drafts + 1):
+    the full model's token after each of the round's inputs. Returns (tokens kept, their layers, their
+    probabilities, drafts accepted)."""
+    keep = 0
+    while keep < len(drafts) and drafts[keep] == full_tokens[keep] and drafts[keep] not in eos:
+        keep += 1
+    if keep < len(drafts) and drafts[keep] == full_tokens[keep]:  # an agreeing EOS ends the answer
+        keep += 1
+        return drafts[:keep], draft_layers[:keep], draft_probs[:keep], keep
+    return ([*drafts[:keep], full_tokens[keep]], [*draft_layers[:keep], num_layers],
+            [*draft_probs[:keep], float(full_probs[keep])], keep)  # fmt: skip
+
+
+def speculative_fields(
+    tokens: list[int], layers: list[int], confidences: list[float], eos: set[int], max_new_tokens: int,
+    spent: float, full: float, counts: tuple[int, int, int], device: torch.device,
+) -> dict:  # fmt: skip
+    """A lone row's speculative decode as the fields of a `GenerateResult`: cut after the first EOS
+    and at `max_new_tokens`; `counts` = (drafted, accepted, verification passes)."""
+    drafted, accepted, passes = counts
     if eos and any(t in eos for t in tokens):  # nothing after the first EOS
         end = next(i for i, t in enumerate(tokens) if t in eos) + 1
         tokens, layers, confidences = tokens[:end], layers[:end], confidences[:end]
@@ -110,10 +130,10 @@ def speculative_decode(
              "acceptance_rate": accepted / drafted if drafted else float("nan"),
              "tokens_per_pass": len(tokens) / passes if passes else float("nan")}  # fmt: skip
     return {
-        "tokens": torch.tensor([tokens], dtype=torch.long, device=dev),
-        "exit_layers": torch.tensor([layers], dtype=torch.long, device=dev),
-        "confidences": torch.tensor([confidences], device=dev),
-        "cost_layers": spent + policy.spent,
-        "full_cost_layers": len(tokens) * cost.full,
+        "tokens": torch.tensor([tokens], dtype=torch.long, device=device),
+        "exit_layers": torch.tensor([layers], dtype=torch.long, device=device),
+        "confidences": torch.tensor([confidences], device=device),
+        "cost_layers": spent,
+        "full_cost_layers": len(tokens) * full,
         "speculative": stats,
     }

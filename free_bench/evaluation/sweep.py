@@ -81,18 +81,18 @@ class SweepSpec:
         if not self.thresholds:
             raise FreeBenchError("give at least one threshold")
         check_choice("engine", self.engine, ENGINES)
-        if self.engine == "graphs" and (self.mode != "live" or self.batch_size != 1):
-            raise FreeBenchError("--engine graphs decodes live at batch 1 (--mode live --batch-size 1)")
+        if self.engine == "graphs" and self.mode != "live":
+            raise FreeBenchError("--engine graphs decodes live (--mode live)")
         if self.engine == "graphs" and self.kv_policy not in GRAPH_POLICIES:
             raise FreeBenchError(
                 f"--engine graphs runs the kv policies {list(GRAPH_POLICIES)}, not {self.kv_policy!r}"
             )
         check_choice("decode", self.decode, DECODES)
-        if self.decode == "speculative" and (self.mode != "live" or self.batch_size != 1 or self.engine != "eager"
+        if self.decode == "speculative" and (self.mode != "live" or self.batch_size != 1
                                              or self.kv_policy != "propagate"):  # fmt: skip
             raise FreeBenchError(
-                "--decode speculative decodes live at batch 1 on the eager engine under propagate "
-                "(--mode live --batch-size 1 --engine eager --kv-policy propagate)"
+                "--decode speculative decodes live at batch 1 under propagate "
+                "(--mode live --batch-size 1 --kv-policy propagate)"
             )
         if self.draft_len < 1:
             raise FreeBenchError(f"--draft-len must be >= 1, got {self.draft_len}")

@@ -147,11 +147,44 @@ VARIANTS = {
     "compiled": {"compile_segments": True},
     "fused": {"fuse": True},
     "layers": {"fuse": True, "compile_layers": True},
+    "tuned": {"fuse": True, "compile_segments": True, "tune": True},
+    "tuned-layers": {"fuse": True, "compile_layers": True, "tune": True},
 }
+# references a user would pick instead, timed beside the engines (full-depth regions only)
+REFERENCES = ("hf-static",)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the graphs engine captures CUDA graphs")
+def test_tuned_graphs_near_the_floor(benchmark) -> None:
+    """A candidate: inductor's coordinate-descent tuning, under which one-row matrix products become
+    tuned reductions (`GraphDecoder(tune=True)`, gpt-fast's batch-1 setting), with one compiled layer
+    function for every layer; timed interleaved with the same untuned and HF's static-cache generate
+    (transformers compiles its forward), with a kernel profile of each graphs variant's full decode."""
+    graphs_near_the_floor(benchmark, "cuda", *_SHAPES["cuda"],
+                          engines=("tuned-layers", "layers", "hf-static"), profile=True)  # fmt: skip
+
+
+def kernel_profile(fn, repeats: int = 3, top: int = 12) -> list[dict]:
+    """Where a region's GPU time goes: the `top` kernels by device time per call (CUDA graphs'
+    kernels included), each with its share of the call's kernel time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.device_time_total for e in events)
+    ranked = sorted(events, key=lambda e: e.device_time_total, reverse=True)[:top]
+    return [{"kernel": e.key[:120], "ms_per_call": e.device_time_total / 1e3 / repeats, "calls": e.count / repeats,
+             "share": e.device_time_total / total} for e in ranked]  # fmt: skip
 
 
 def graphs_near_the_floor(
-    benchmark, device: str, name: str, dtype: torch.dtype, shape: dict, engines: tuple[str, ...]
+    benchmark, device: str, name: str, dtype: torch.dtype, shape: dict, engines: tuple[str, ...],
+    profile: bool = False,
 ) -> None:
     """The body of the benchmarks above: `engines[0]` is the one reported under the plain keys
     (`measured_speedup`, `ms_per_token_full`, ...), every other one under `<engine>_` keys."""
@@ -167,6 +200,9 @@ def graphs_near_the_floor(
     built: dict = {}  # the graphs engine's variants (VARIANTS), one decoder per method and threshold
 
     def run(engine: str, method=None, threshold=None, n: int = NEW_TOKENS):
+        if engine == "hf-static":
+            return lambda: bb.model.generate(**inputs, do_sample=False, max_new_tokens=n,
+                                             cache_implementation="static")  # fmt: skip
         if engine not in VARIANTS:
             return lambda: generate(
                 bb, method, **inputs, max_new_tokens=n, threshold=threshold, engine=engine
@@ -188,15 +224,18 @@ def graphs_near_the_floor(
 
     regions = {}
     for e in engines:
-        regions.update({f"{e}_full": run(e), f"{e}_full_1": run(e, n=1), f"{e}_static": run(e, static, half),
-                        f"{e}_checked": run(e, never, 0.0)})  # fmt: skip
+        regions.update({f"{e}_full": run(e), f"{e}_full_1": run(e, n=1)})
+        if e not in REFERENCES:
+            regions.update({f"{e}_static": run(e, static, half), f"{e}_checked": run(e, never, 0.0)})
     if "eager" in engines:
         regions["hf"] = lambda: bb.model.generate(**inputs, do_sample=False, max_new_tokens=NEW_TOKENS)
-    assert bool((run("graphs", static, half)().exit_layers == half).all())
+    first = run(engines[0], static, half)()
+    first_layers = first["exit_layers"] if isinstance(first, dict) else first.exit_layers
+    assert bool((first_layers == half).all())
     reference = run("eager")().tokens  # the eager engine's full-depth tokens (HF's, as the tests check)
     # bf16 kernels that inductor fuses may round differently: agreement is reported, not assumed; the
     # captured HF layers run the eager engine's kernels and must agree
-    agree = {e: float((tokens(e) == reference).float().mean()) for e in engines}
+    agree = {e: float((tokens(e) == reference).float().mean()) for e in engines if e not in REFERENCES}
     assert agree.get("graphs-plain", 1.0) == 1.0
     samples: dict[str, list[float]] = {k: [] for k in regions}
     for _ in range(3):  # interleaved rounds: clock drift hits every region alike
@@ -205,6 +244,10 @@ def graphs_near_the_floor(
     benchmark.pedantic(regions[f"{engines[0]}_static"], rounds=3, warmup_rounds=1, iterations=1)
     med = {k: torch.tensor(v).median().item() for k, v in samples.items()}
     weight_bytes, floor_ms = _weight_floor_ms(bb, device)
+    # one exit check reads its own modules and the LM head (with the final norm): its floor
+    check_params = [*never.exit_modules(exits[0]), bb.lm_head] + ([bb.final_norm] if bb.final_norm is not None else [])
+    check_bytes = float(sum(p.numel() * p.element_size() for m in check_params for p in m.parameters()))
+    check_floor_ms = floor_ms * check_bytes / weight_bytes
     expected = generate(bb, static, **inputs, max_new_tokens=NEW_TOKENS, threshold=half).expected_speedup
     info: dict = {
         "model": name,
@@ -217,12 +260,19 @@ def graphs_near_the_floor(
         "expected_speedup": expected,
         "floor_ms_per_token": floor_ms,
         "weight_gib": weight_bytes / 2**30,
+        "exit_check_floor_ms": check_floor_ms,
     }
     for e in engines:
         per_token = (med[f"{e}_full"] - med[f"{e}_full_1"]) / (NEW_TOKENS - 1)
         tag = e.replace("-", "_")  # fused-compiled -> fused_compiled_ keys
         suffix = "" if e == engines[0] else f"_{tag}"
         prefix = "" if e == engines[0] else f"{tag}_"
+        if e in REFERENCES:
+            info.update({f"ms_per_token_full{suffix}": per_token, f"ms_per_decode_full{suffix}": med[f"{e}_full"],
+                         f"full_over_floor{suffix}": per_token / floor_ms})  # fmt: skip
+            continue
+        if profile:
+            info[f"profile{suffix}"] = kernel_profile(regions[f"{e}_full"])
         info.update(
             {
                 f"{prefix}measured_speedup": med[f"{e}_full"] / med[f"{e}_static"],
@@ -232,6 +282,8 @@ def graphs_near_the_floor(
                 f"ms_per_exit_check{suffix}": (med[f"{e}_checked"] - med[f"{e}_full"])
                 / NEW_TOKENS
                 / len(exits),
+                f"exit_check_over_floor{suffix}": (med[f"{e}_checked"] - med[f"{e}_full"]) / NEW_TOKENS
+                / len(exits) / check_floor_ms,
             }
         )
         if e != "eager":

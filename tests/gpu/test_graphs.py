@@ -148,3 +148,66 @@ def test_thresholds_evaluate_alike_on_the_host(bb: Backbone) -> None:
         assert torch.equal(a.tokens.cpu(), b.tokens) and torch.equal(a.exit_layers.cpu(), b.exit_layers)
         on_gpu = float(S.step_costs(cost, m, rec, a.index, "propagate").sum())
         assert on_gpu == pytest.approx(float(S.step_costs(cost, m, host, b.index, "propagate").sum()))
+
+
+def _thresholds(bb: Backbone, m, inputs: dict) -> list[float]:
+    if m.rule == "static":
+        return [float(m.layers[0])]
+    if m.rule == "patience":
+        return [1.0, 2.0]
+    seen = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=NEVER[m.rule]).confidences
+    return torch.quantile(seen[seen == seen].float(), torch.tensor([0.3, 0.6], device="cuda")).tolist()
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_captured_buckets_decode_a_batch_as_the_eager_engine(compact: bool) -> None:
+    """Five left-padded rows (bucket 8; EOS set to a token some rows emit, so rows finish at different
+    steps and, with `compact`, move into buckets 4, 2, 1): each row's tokens and exits are the eager
+    engine's batch, and its per-row and batch costs too."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    backbone = from_hf(build_tiny_blip2("opt", seed=2, device="cuda"))
+    inputs = {k: v.cuda() for k, v in tiny_inputs(backbone.model, 5, padded=True, seed=11).items()}
+    first = generate(backbone, **inputs, max_new_tokens=N_NEW).tokens
+    backbone.language_model.generation_config.eos_token_id = int(torch.bincount(first[:, :3].flatten()).argmax())
+    for name in ("free", "deebert", "pabee", "static"):
+        m = _method(backbone, name)
+        for t in _thresholds(backbone, m, inputs):
+            got = generate(backbone, m, **inputs, max_new_tokens=N_NEW, threshold=t, engine="graphs", compact=compact)
+            want = generate(backbone, m, **inputs, max_new_tokens=N_NEW, threshold=t)
+            assert torch.equal(got.tokens, want.tokens), (name, t)
+            assert torch.equal(got.exit_layers, want.exit_layers), (name, t)
+            assert got.cost_layers == pytest.approx(want.cost_layers), (name, t)
+            assert got.batch_cost_layers == pytest.approx(want.batch_cost_layers), (name, t)
+    buckets = {key[-1] for key in m.__dict__["_graph_decoders"]}  # the static method's decoders
+    assert (len(buckets) > 1 and 8 in buckets) if compact else buckets == {8}
+
+
+def test_captured_speculative_is_the_full_models(bb: Backbone) -> None:
+    inputs = _inputs(bb)
+    want = bb.model.generate(**inputs, do_sample=False, max_new_tokens=N_NEW)[:, inputs["input_ids"].shape[1] :]
+    for name in ("free", "deebert", "pabee", "static"):
+        m = _method(bb, name)
+        for t in _thresholds(bb, m, inputs):
+            for k in (1, 4):
+                got = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=t, engine="graphs",
+                               decode="speculative", draft_len=k)  # fmt: skip
+                eager = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=t, decode="speculative",
+                                 draft_len=k)  # fmt: skip
+                assert torch.equal(got.tokens, want), (name, t, k)
+                assert got.speculative["verify_passes"] >= 1, (name, t, k)
+                assert got.speculative == eager.speculative, (name, t, k)
+
+
+@pytest.mark.parametrize("options", [{"compile_segments": True}, {"compile_layers": True}])
+def test_tuned_matrix_vector_products_decode_as_the_eager_engine(bb: Backbone, options: dict) -> None:
+    """`tune` (coordinate-descent tuning: one-row products as tuned reductions) changes how inductor
+    computes the layers, not what: captured, the tokens and exits of the eager engine (fp32)."""
+    inputs = _inputs(bb)
+    eos, _ = special_tokens(bb)
+    for name in ("free", "deebert"):
+        m = _method(bb, name)
+        decoder = GraphDecoder(bb, m, kv_policy="propagate", fuse=True, tune=True, **options)
+        out = decoder.decode(inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"),
+                             max_new_tokens=N_NEW, threshold=0.5, eos_ids=eos)  # fmt: skip
+        eager = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=0.5)
+        assert torch.equal(out["tokens"], eager.tokens) and torch.equal(out["exit_layers"], eager.exit_layers)

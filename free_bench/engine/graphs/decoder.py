@@ -8,9 +8,12 @@ and reads one small status tensor after each (the exit check's device-to-host sy
 real deployment cannot avoid), stopping at the first exit that fires. Under `propagate` one more
 graph per exit fills the skipped layers' K/V (CALM's propagation, `runner_skip.StackedKV`).
 
-Shapes must not change between tokens, so the KV cache has a fixed capacity and the engine decodes
-one row (batch 1, the latency setting CUDA graphs are for) of an OPT backbone under the
-`propagate` or `full` policy. The prompt pass is captured the same way once per prompt length (a
+Shapes must not change between tokens, so the KV cache has a fixed capacity and a decoder holds a
+fixed number of rows B (its bucket: batch 1 is the latency setting CUDA graphs are for) of an OPT
+backbone under the `propagate` or `full` policy. In a bucket every row runs every segment until all
+rows have decided (rows that exited ride along, their token kept; under `propagate` their skipped
+layers' K/V are then overwritten from their exit, as the eager engine does); rows that finished (EOS)
+ride along discarded until `graphs.batched` moves the rest into a smaller bucket. The prompt pass is captured the same way once per prompt length (a
 `Pass` of q = P positions beside the token step's q = 1), and the image side of the prefix (vision
 tower, Q-Former, projection: fixed shapes at batch 1) once per image size: for a VQA answer of one
 to three tokens these are most of the work. Without CUDA (`capture=False`) the same fixed-shape
@@ -26,6 +29,7 @@ import torch
 from free_bench.core.errors import FreeBenchError
 from free_bench.engine.cost import CostModel, cost_model
 from free_bench.engine.exit_runtime import LIVE_RULES, check_schedule, verdict
+from free_bench.engine.graphs.accounting import Collected, StepPrices
 from free_bench.engine.graphs.capture import Graphed, Pass, capture
 from free_bench.engine.graphs.fused import FusedOPT, fused_layer
 from free_bench.engine.graphs.static import StaticKV, StaticMasks
@@ -50,12 +54,15 @@ _RECOMPILES = {
 }
 
 
-def _compiled(fn: Callable, mode: str | None = None) -> Callable:
-    """`fn` through inductor, with room for one compiled entry per segment of every decoder."""
+def _compiled(fn: Callable, mode: str | None = None, tune: bool = False) -> Callable:
+    """`fn` through inductor, with room for one compiled entry per segment of every decoder; `tune`:
+    with coordinate-descent tuning, under which one-row matrix products become tuned reductions
+    (`fused.split_bias_linear`)."""
     compiled = torch.compile(fn, dynamic=False, mode=mode)
+    inductor = {"coordinate_descent_tuning": True} if tune else {}
 
     def call(*args, **kwargs):
-        with torch._dynamo.config.patch(**_RECOMPILES):
+        with torch._dynamo.config.patch(**_RECOMPILES), torch._inductor.config.patch(**inductor):
             return compiled(*args, **kwargs)
 
     return call
@@ -67,7 +74,7 @@ _SHARED_LAYERS: dict[str, Callable[..., torch.Tensor]] = {}
 
 
 class GraphDecoder:
-    """Decodes single rows with `method` (None: the full model), reusing its graphs across calls."""
+    """Decodes up to `batch_size` rows with `method` (None: the full model), reusing its graphs."""
 
     def __init__(
         self,
@@ -81,18 +88,25 @@ class GraphDecoder:
         compile_segments: bool | str = False,
         fuse: bool = False,
         compile_layers: bool = False,
+        batch_size: int = 1,
+        tune: bool = False,
     ) -> None:
         if kv_policy not in GRAPH_POLICIES:
             raise FreeBenchError(
                 f"the graphs engine runs the kv policies {list(GRAPH_POLICIES)}, not {kv_policy!r} "
                 "(deferred catches positions up in variable-length calls: use --engine eager)"
             )
+        if tune and not (fuse and (compile_segments or compile_layers)):
+            raise FreeBenchError("tune sets how inductor compiles the fused layers: it needs fuse=True and compiling")
         if compile_layers and (not fuse or compile_segments):
             raise FreeBenchError(
                 "compile_layers compiles runner_fused's layer function: it needs fuse=True, and replaces "
                 "compile_segments"
             )
-        self.masks = StaticMasks(backbone, capacity)  # checks OPT and the capacity
+        if batch_size < 1:
+            raise FreeBenchError(f"a graphs decoder holds at least one row, got batch_size={batch_size}")
+        self.masks = StaticMasks(backbone, capacity, batch_size)  # checks OPT and the capacity
+        self.batch_size = B = batch_size
         self.bb, self.method, self.policy, self.capacity = backbone, method, kv_policy, capacity
         self.capture = backbone.device.type == "cuda" if capture is None else capture
         if self.capture and backbone.device.type != "cuda":
@@ -112,25 +126,29 @@ class GraphDecoder:
                 consulted = (static_layer,) if static_layer < L else ()  # an exit at L is the model
         self.exits = consulted
         self.cost: CostModel = cost_model(backbone, method)
+        self.prices = StepPrices(self.cost, consulted, self.rule in _READS_LOGITS, kv_policy == "propagate",
+                                 method is not None and method.generators is not None)  # fmt: skip
         self.generators = None if method is None else method.generators
         # inductor writes whole buffers in place, views by copies
         separate = bool(compile_segments) or bool(compile_layers)
-        self.kv = StaticKV(L, 1, capacity, dev, separate=separate)
+        self.kv = StaticKV(L, B, capacity, dev, separate=separate)
         self.gen_kv = (
             None
             if self.generators is None
-            else StaticKV(len(self.generators.layers), 1, capacity, dev, separate=separate)
+            else StaticKV(len(self.generators.layers), B, capacity, dev, separate=separate)
         )
-        self.ids = torch.zeros((1, 1), dtype=torch.long, device=dev)  # (1, 1) token in flight
+        self.ids = torch.zeros((B, 1), dtype=torch.long, device=dev)  # (B, 1) tokens in flight
         self.threshold = torch.zeros((), dtype=torch.float32, device=dev)
+        self.live = torch.ones(B, dtype=torch.bool, device=dev)  # (B,) rows still decoding
         # the step's decision so far, updated in place by each segment
-        self.decided = torch.zeros(1, dtype=torch.bool, device=dev)
-        self.token = torch.zeros(1, dtype=torch.long, device=dev)
-        self.score = torch.zeros(1, dtype=torch.float32, device=dev)
-        self.layer = torch.zeros(1, dtype=torch.long, device=dev)
-        self.status = torch.zeros(3, dtype=torch.long, device=dev)  # [decided, token, exit layer]
-        self._pat_token = torch.zeros(1, dtype=torch.long, device=dev)
-        self._pat_count = torch.zeros(1, dtype=torch.long, device=dev)
+        self.decided = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.token = torch.zeros(B, dtype=torch.long, device=dev)
+        self.score = torch.zeros(B, dtype=torch.float32, device=dev)
+        self.layer = torch.zeros(B, dtype=torch.long, device=dev)
+        self.done = torch.zeros(1, dtype=torch.long, device=dev)  # every row decided: the per-segment read
+        self.status = torch.zeros((3, B), dtype=torch.long, device=dev)  # [decided, token, exit layer] per row
+        self._pat_token = torch.zeros(B, dtype=torch.long, device=dev)
+        self._pat_count = torch.zeros(B, dtype=torch.long, device=dev)
         self.bounds = list(zip((0, *consulted), (*consulted, L), strict=True))
         # each segment's last layer as a buffer, not a constant of its code: segments of equal length
         # then trace to equal graphs, and inductor compiles one for all (its FX graph cache)
@@ -141,12 +159,13 @@ class GraphDecoder:
         # per process and shape rather than once per segment
         layer_fn = None
         if compile_layers:
-            if "layer" not in _SHARED_LAYERS:
-                _SHARED_LAYERS["layer"] = _compiled(fused_layer)
-            layer_fn = _SHARED_LAYERS["layer"]
-        self.fused = FusedOPT(backbone, layer_fn=layer_fn) if fuse else None
+            name = "layer-tuned" if tune else "layer"
+            if name not in _SHARED_LAYERS:
+                _SHARED_LAYERS[name] = _compiled(fused_layer, tune=tune)
+            layer_fn = _SHARED_LAYERS[name]
+        self.fused = FusedOPT(backbone, layer_fn=layer_fn, split_bias=tune) if fuse else None
 
-        def token_input() -> torch.Tensor:  # (1, 1, D): the token in flight at `masks.position`
+        def token_input() -> torch.Tensor:  # (B, 1, D): the tokens in flight at `masks.position`
             return self.masks.embed(self.bb.embed_tokens(self.ids), self.masks.position)
 
         self.step = self._pass(self.masks.position, token_input, self.masks.step_mask)
@@ -155,8 +174,9 @@ class GraphDecoder:
             # kernels for batch 1; the graphs stay this decoder's own)
             mode = compile_segments if isinstance(compile_segments, str) else None
             for seg in self.step.segments:
-                seg.run = _compiled(seg.run, mode)
+                seg.run = _compiled(seg.run, mode, tune)
         self.prompts: dict[int, Pass] = {}  # prompt length P -> its pass, built on first use
+        self.spans: dict[int, tuple] = {}  # q -> a full-depth pass over q positions (`full_span`)
         self.images: dict[tuple[int, ...], tuple[torch.Tensor, Graphed, list[torch.Tensor]]] = {}
 
     # --- what a segment computes (q positions: 1 for the token step, P for a prompt) -----------
@@ -165,37 +185,39 @@ class GraphDecoder:
         previous = None
         for j in range(start, end):
             if j == end - 1 and self.rule == "cosine":
-                previous = hidden[:, -1]  # (1, D) input of layer `end`
+                previous = hidden[:, -1]  # (B, D) input of layer `end`
             if self.fused is not None:
-                hidden = self.fused(j, hidden, mask, self.kv)  # (1, q, D)
+                hidden = self.fused(j, hidden, mask, self.kv)  # (B, q, D)
             else:
-                hidden = self.bb.layers[j](hidden, attention_mask=mask, cache=self.kv)  # (1, q, D)
+                hidden = self.bb.layers[j](hidden, attention_mask=mask, cache=self.kv)  # (B, q, D)
         if end == self.bb.num_layers:
-            logits = self.bb.logits_from_hidden(hidden[:, -1]).float()  # (1, V)
+            logits = self.bb.logits_from_hidden(hidden[:, -1]).float()  # (B, V)
             token, score = logits.argmax(-1), logits.softmax(-1).amax(-1)
             fired = torch.ones_like(self.decided)
         else:
             token, score, fired = self._check(i, end, hidden, mask, previous)
-        new = fired & ~self.decided if i else fired
+        # a finished row counts as decided from the first segment on: it never holds the step up
+        new = fired & ~self.decided if i else fired & self.live
         self.token.copy_(torch.where(new, token, self.token))
         self.score.copy_(torch.where(new, score.float(), self.score))
         self.layer.copy_(torch.where(new, self._ends[i], self.layer))
-        self.decided.copy_(self.decided | new if i else new)
-        self.status.copy_(torch.stack([self.decided.long()[0], self.token[0], self.layer[0]]))
+        self.decided.copy_(self.decided | new if i else new | ~self.live)
+        self.done.copy_(self.decided.all().long()[None])
+        self.status.copy_(torch.stack([self.decided.long(), self.token, self.layer]))
         return hidden
 
     def _check(
         self, i: int, k: int, hidden: torch.Tensor, mask: torch.Tensor, previous: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Exit k's rule on layer k's output (1, q, D): (token, score, fired), each (1,)."""
+        """Exit k's rule on layer k's output (B, q, D): (token, score, fired), each (B,)."""
         m = self.method
         assert m is not None
-        last = hidden[:, -1:]  # (1, 1, D)
+        last = hidden[:, -1:]  # (B, 1, D)
         if self.generators is not None:  # FREE/distill: a decoder layer with its own K/V
             last = self.generators(k, hidden, mask4d=mask, cache=self.gen_kv)[:, -1:]
         elif self.rule != "cosine":
             last = m.exit_hidden(k, last)
-        logits = m.head_logits(k, last)[:, 0].float()  # (1, V)
+        logits = m.head_logits(k, last)[:, 0].float()  # (B, V)
         if self.rule == "cosine":
             assert previous is not None
             score = cosine(previous, hidden[:, -1])
@@ -210,10 +232,10 @@ class GraphDecoder:
     def _pass(
         self, positions: torch.Tensor, first: Callable[[], torch.Tensor], mask: Callable[[], torch.Tensor]
     ) -> Pass:
-        """A step of q = len(positions) positions: `first()` is layer 1's input (1, q, D), `mask()` the
+        """A step of q = len(positions) positions: `first()` is layer 1's input (B, q, D), `mask()` the
         attention mask; each segment reads the previous one's output buffer and writes its own."""
-        q, dtype, dev = positions.shape[0], self.bb.dtype, self.bb.device
-        outputs = [torch.zeros((1, q, self.width), dtype=dtype, device=dev) for _ in self.bounds]  # (1, q, D)
+        q, dtype, dev, B = positions.shape[0], self.bb.dtype, self.bb.device, self.batch_size
+        outputs = [torch.zeros((B, q, self.width), dtype=dtype, device=dev) for _ in self.bounds]  # (B, q, D)
 
         def segment(i: int) -> Callable[[], None]:
             def run() -> None:
@@ -237,22 +259,26 @@ class GraphDecoder:
             dev = self.bb.device
             positions = torch.arange(length, device=dev)  # (P,)
             embeds = torch.zeros(
-                (1, length, self.bb.embed_tokens.embedding_dim), dtype=self.bb.dtype, device=dev
+                (self.batch_size, length, self.bb.embed_tokens.embedding_dim), dtype=self.bb.dtype, device=dev
             )
-            mask = self.masks.prompt_mask(length)  # (1, 1, P, C), the same for every prompt of this length
-            p = self._pass(positions, lambda: self.masks.embed(embeds, positions), lambda: mask)
+            # (B, 1, P, C), computed in the graph from the rows' offsets
+            p = self._pass(positions, lambda: self.masks.embed(embeds, positions),
+                           lambda: self.masks.prompt_mask(length))  # fmt: skip
             p.embeds = embeds
             self.prompts[length] = p
         return self.prompts[length]
 
     def _fill(self, k: int, hidden: torch.Tensor) -> None:
-        keys, values = stacked_kv(self.bb)(hidden, k)  # (L - k, 1, H, q, Dh)
-        self.kv.write_layers(k, keys.to(hidden.dtype), values.to(hidden.dtype))
+        """The rows that left at exit k: layer k's output (B, q, D) into the K/V above it (theirs only)."""
+        rows = None if self.batch_size == 1 else (self.layer == k) & self.live  # (B,)
+        keys, values = stacked_kv(self.bb)(hidden, k)  # (L - k, B, H, q, Dh)
+        self.kv.write_layers(k, keys.to(hidden.dtype), values.to(hidden.dtype), rows=rows)
         if self.generators is not None and self.gen_kv is not None:
             for deeper in (e for e in self.exits if e > k):
                 layer = self.generators.layers[str(deeper)]
                 key, value = kv_projection("opt", layer, hidden)
-                self.gen_kv.update(key.to(hidden.dtype), value.to(hidden.dtype), layer.self_attn.layer_idx)
+                self.gen_kv.update(key.to(hidden.dtype), value.to(hidden.dtype), layer.self_attn.layer_idx,
+                                   rows=rows)  # fmt: skip
 
     # --- capture ----------------------------------------------------------------------------------
     def _capture(self, p: Pass) -> None:
@@ -267,7 +293,7 @@ class GraphDecoder:
 
     @torch.inference_mode()
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Vision tower -> Q-Former -> projection (1, Q, D'), replayed per image size once captured."""
+        """Vision tower -> Q-Former -> projection (B, Q, D'), replayed per image size once captured."""
         key = tuple(pixel_values.shape)
         if key not in self.images:
             vision = self.bb.model.vision_model.embeddings.patch_embedding.weight
@@ -290,11 +316,197 @@ class GraphDecoder:
     def prefix(
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`runner.prefix` with the image side replayed: LM input embeddings (1, P, D') and mask (1, P)."""
-        features = self.image_features(pixel_values)  # (1, Q, D')
+        """`runner.prefix` with the image side replayed: LM input embeddings (b, P, D') and mask (b, P)."""
+        features = self.image_features(pixel_values)  # (b, Q, D')
         return runner.prefix(self.bb, pixel_values, input_ids, attention_mask, features=features)
 
+
     # --- decoding ---------------------------------------------------------------------------------
+    def _address(self, positions: torch.Tensor) -> None:
+        """The KV positions (q,) the next layer calls write (the captured graphs read `masks.position`)."""
+        self.kv.index = positions
+        if self.gen_kv is not None:
+            self.gen_kv.index = positions
+
+    def _run(self, p: Pass, forced: int | None = None) -> int:
+        """Segment after segment until every row has decided (one read each: the exit check's sync; a
+        static exit needs none); returns the last segment run. `forced`: the segment a replay stops
+        after, whatever the status says (read all the same, as a live decode does)."""
+        self._address(p.positions)
+        last = len(p.segments) - 1
+        stop = last if forced is None else forced
+        for i, seg in enumerate(p.segments):
+            seg.replay()
+            if i == last or self.policy == "full":
+                continue
+            fired = self.rule == "static" or bool(self.done[0])
+            if (fired and forced is None) or i == forced:
+                stop = i
+                break
+        return stop
+
+    @torch.inference_mode()
+    def start(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        *,
+        max_new_tokens: int,
+        threshold: float | None,
+    ) -> None:
+        """Load n <= B rows for decoding (the bucket's other rows ride along, finished): their prefix,
+        left-padded to one length P, and their offsets; captures the token step on first use."""
+        n, B = pixel_values.shape[0], self.batch_size
+        if n > B:
+            raise FreeBenchError(
+                f"this graphs decoder holds {B} row(s), got {n}"
+                + (" (batch-1 decoder: batches go through engine.graphs.batched)" if B == 1 else "")
+            )
+        if n < B:  # fill the bucket with copies of row 0, marked finished
+            fill = [0] * (B - n)
+            pixel_values = torch.cat([pixel_values, pixel_values[fill]])
+            if input_ids is not None:
+                attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+                input_ids, attention_mask = torch.cat([input_ids, input_ids[fill]]), torch.cat([attention_mask, attention_mask[fill]])
+        embeds, mask = self.prefix(pixel_values, input_ids, attention_mask)  # (B, P, D'), (B, P)
+        if B == 1:
+            embeds, mask = embeds[:, mask[0].bool()], mask[:, mask[0].bool()]  # a lone row needs no padding
+        length = embeds.shape[1]
+        offsets = length - mask.sum(dim=1)  # (B,) left padding
+        slots = torch.arange(length, device=mask.device)
+        if not bool((mask.bool() == (slots[None, :] >= offsets[:, None])).all()):
+            raise FreeBenchError("the graphs engine decodes left-padded prompts (tokenizer.padding_side='left')")
+        if length + max_new_tokens > self.capacity:
+            raise FreeBenchError(
+                f"prompt of {length} positions + {max_new_tokens} new tokens exceed the graphs engine's "
+                f"capacity {self.capacity}"
+            )
+        if self.capture and not self.step.captured:
+            self._capture(self.step)
+        if threshold is not None:
+            self.threshold.fill_(float(threshold))
+        self.masks.offsets.copy_(offsets)
+        self.live.copy_(torch.arange(B, device=self.live.device) < n)
+        self.token.zero_()
+        self._live = [r < n for r in range(B)]
+        self._embeds, self._length, self._t = embeds, length, 0
+
+    @torch.inference_mode()
+    def advance(self, forced: int | None = None) -> dict:
+        """One step for every row in flight: the prompt pass first, then one token. Returns the rows'
+        `tokens`, `layers` (host lists over the bucket), `scores` ((B,) on the device), `live` (the
+        rows that took a token), `row_costs` (theirs) and `batch_cost` (layer-equivalents).
+        `forced` (a replay, batch 1): the segment to stop after, whatever the rule says."""
+        if self._t == 0:
+            p = self._prompt_pass(self._length)
+            if self.capture and not p.captured:
+                self._capture(p)
+            assert p.embeds is not None
+            p.embeds.copy_(self._embeds)
+        else:
+            p = self.step
+            self.ids.copy_(self.token[:, None])
+            self.masks.position.fill_(self._length + self._t - 1)
+        self._t += 1
+        return self._finish(p, forced)
+
+    @torch.inference_mode()
+    def draft(self, token: int, slot: int) -> dict:
+        """One token step of a lone row (a speculative draft): `token` in at KV slot `slot`, decided by
+        the exits; returns what `advance` returns."""
+        self.ids.fill_(token)
+        self.masks.position.fill_(slot)
+        return self._finish(self.step, None)
+
+    def _finish(self, p: Pass, forced: int | None) -> dict:
+        stop = self._run(p, forced)
+        _, tokens, layers = self.status.tolist()  # (3, B): the step's last host sync
+        L, ran_to = self.bb.num_layers, self.bounds[stop][1]
+        if forced is not None:
+            layers = [ran_to] * self.batch_size
+        live = list(self._live)
+        taken = sorted({layers[r] for r in range(self.batch_size) if live[r]})
+        if self.policy == "propagate":
+            for k in (k for k in taken if k < L):
+                p.fills[k].replay()
+        row_ran = (lambda k: L) if self.policy == "full" else (lambda k: k)
+        return {
+            "tokens": tokens, "layers": layers, "scores": self.score.clone(), "live": live,
+            "row_costs": [self.prices.row(layers[r], row_ran(layers[r])) for r in range(self.batch_size) if live[r]],
+            "batch_cost": self.prices.batch(ran_to, taken),
+        }  # fmt: skip
+
+    @torch.inference_mode()
+    def full_span(self, embeds: torch.Tensor, start: int) -> tuple[list[int], list[float]]:
+        """Every layer over q = embeds.shape[1] positions at KV slots start..start+q-1 of a lone row
+        (a prompt, or a speculative round's verification), rewriting their K/V: the full model's token
+        and its probability after each position, one pass per q captured on first use."""
+        q = embeds.shape[1]
+        if q not in self.spans:
+            self.spans[q] = self._span(q)
+        positions, buffer, out, graphed = self.spans[q]
+        positions.copy_(torch.arange(start, start + q, device=positions.device))
+        buffer.copy_(embeds)
+        self._address(positions)
+        graphed.replay()
+        tokens, probs = out.tolist()
+        return [int(t) for t in tokens[0]], probs[0]
+
+    def _span(self, q: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Graphed]:
+        dev, L = self.bb.device, self.bb.num_layers
+        positions = torch.arange(self.capacity - q, self.capacity, device=dev)  # (q,) warmed at the last slots
+        buffer = torch.zeros((self.batch_size, q, self.bb.embed_tokens.embedding_dim), dtype=self.bb.dtype,
+                             device=dev)  # fmt: skip
+        out = torch.zeros((2, self.batch_size, q), dtype=torch.float32, device=dev)  # [token, prob]
+
+        def run() -> None:
+            hidden = self.masks.embed(buffer, positions)  # (B, q, D)
+            mask = self.masks.span_mask(positions)
+            for j in range(L):
+                if self.fused is not None:
+                    hidden = self.fused(j, hidden, mask, self.kv)
+                else:
+                    hidden = self.bb.layers[j](hidden, attention_mask=mask, cache=self.kv)
+            probs, tokens = self.bb.logits_from_hidden(hidden).float().softmax(-1).max(-1)  # (B, q) each
+            out.copy_(torch.stack([tokens.float(), probs]))
+
+        graphed = Graphed(run)
+        if self.capture:
+            self._address(positions)
+            capture([graphed])
+        return positions, buffer, out, graphed
+
+    def finish_rows(self, rows: list[int]) -> None:
+        """Rows of the bucket that emitted EOS: they ride along discarded from the next step on."""
+        if not rows:
+            return
+        for r in rows:
+            self._live[r] = False
+        self.live[torch.tensor(rows, device=self.live.device)] = False
+
+    @property
+    def live_rows(self) -> list[int]:
+        return [r for r, alive in enumerate(self._live) if alive]
+
+    @torch.inference_mode()
+    def adopt(self, source: GraphDecoder, rows: list[int]) -> None:
+        """Continue `source`'s rows `rows` in this (smaller) bucket, between steps: their K/V, offsets
+        and tokens in flight move into rows 0..len(rows)-1 (compaction)."""
+        if self.capture and not self.step.captured:
+            self._capture(self.step)  # warm-up writes buffers: before the rows move in
+        n, dev = len(rows), self.live.device
+        idx = torch.tensor(rows, device=dev)
+        self.kv.take_rows(source.kv, idx)
+        if self.gen_kv is not None and source.gen_kv is not None and source.gen_kv.keys is not None:
+            self.gen_kv.take_rows(source.gen_kv, idx)
+        self.masks.offsets.copy_(source.masks.offsets[idx[torch.arange(self.batch_size, device=dev) % n]])
+        self.token.copy_(source.token[idx[torch.arange(self.batch_size, device=dev) % n]])
+        self.threshold.copy_(source.threshold)
+        self.live.copy_(torch.arange(self.batch_size, device=dev) < n)
+        self._live = [r < n for r in range(self.batch_size)]
+        self._embeds, self._length, self._t = None, source._length, source._t
+
     @torch.inference_mode()
     def decode(
         self,
@@ -305,112 +517,28 @@ class GraphDecoder:
         max_new_tokens: int,
         threshold: float | None,
         eos_ids: list[int],
+        pad_id: int = 0,
         schedule: list[int] | None = None,
     ) -> dict:
-        """One row: the fields of a `GenerateResult` (tokens (1, T), exit layers, confidences, costs).
-        `schedule`: a replay (`engine.generate`), token t stops after the segment ending at layer
-        schedule[t]; every status read a live decode makes up to there is still made."""
-        if pixel_values.shape[0] != 1:
-            raise FreeBenchError(
-                f"the graphs engine decodes batch 1 (got {pixel_values.shape[0]} rows); "
-                "batched decoding with compaction is the eager engine's (--engine eager)"
-            )
-        embeds, mask = self.prefix(pixel_values, input_ids, attention_mask)  # (1, P, D')
-        embeds = embeds[:, mask[0].bool()]  # a lone row needs no padding
-        length = embeds.shape[1]
-        if length + max_new_tokens > self.capacity:
-            raise FreeBenchError(
-                f"prompt of {length} positions + {max_new_tokens} new tokens exceed the graphs engine's "
-                f"capacity {self.capacity}"
-            )
-        if self.capture and not self.step.captured:
-            self._capture(self.step)
-        if threshold is not None:
-            self.threshold.fill_(float(threshold))
+        """n <= B rows in this bucket, rows riding along to the end: the fields of a `GenerateResult`
+        (tokens (n, T), exit layers, confidences, per-row and batch costs). `schedule`: a replay of one
+        row (`engine.generate`), token t stops after the segment ending at layer schedule[t]; every
+        status read a live decode makes up to there is still made."""
         stops = None
         if schedule is not None:
             if self.method is None:
                 raise FreeBenchError("an exit schedule needs exits: the full model has no exit to stop at")
+            if pixel_values.shape[0] != 1:
+                raise FreeBenchError(f"an exit schedule replays one row, got {pixel_values.shape[0]}")
             ends = [end for _, end in self.bounds]
             stops = [ends.index(k) for k in check_schedule(schedule, self.exits, self.bb.num_layers)]
             max_new_tokens = len(stops)
-        layers, tokens, scores, spent = [], [], [], 0.0
-        eos = set(eos_ids)
+        self.start(pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens, threshold=threshold)
+        rows = Collected(pixel_values.shape[0], max_new_tokens, self.cost.full, eos_ids, pad_id, self.bb.device)
         for t in range(max_new_tokens):
-            forced = None if stops is None else stops[t]
-            if t == 0:
-                layer, token, score, cost = self._prompt_step(embeds, forced)
-            else:
-                self.ids.fill_(tokens[-1])
-                self.masks.position.fill_(length + t - 1)
-                layer, token, score, cost = self._run(self.step, forced)
-            layers.append(layer)
-            tokens.append(token)
-            scores.append(score)
-            spent += cost
-            if token in eos:
+            step = self.advance(None if stops is None else stops[t])
+            self.finish_rows(rows.record(step, list(range(rows.n))))
+            if not self.live_rows:
                 break
-        dev = self.bb.device
-        n = len(tokens)
-        return {
-            "tokens": torch.tensor([tokens], dtype=torch.long, device=dev),
-            "exit_layers": torch.tensor([layers], dtype=torch.long, device=dev),
-            "confidences": torch.cat(scores)[None],  # (1, T)
-            "cost_layers": spent,
-            "full_cost_layers": n * self.cost.full,
-        }
+        return rows.fields()
 
-    def _address(self, positions: torch.Tensor) -> None:
-        """The KV positions (q,) the next layer calls write (the captured graphs read `masks.position`)."""
-        self.kv.index = positions
-        if self.gen_kv is not None:
-            self.gen_kv.index = positions
-
-    def _prompt_step(
-        self, embeds: torch.Tensor, forced: int | None = None
-    ) -> tuple[int, int, torch.Tensor, float]:
-        """The first new token from the whole prompt (1, P, D'): the pass of its length."""
-        p = self._prompt_pass(embeds.shape[1])
-        if self.capture and not p.captured:
-            self._capture(p)
-        assert p.embeds is not None
-        p.embeds.copy_(embeds)
-        return self._run(p, forced)
-
-    def _run(self, p: Pass, forced: int | None = None) -> tuple[int, int, torch.Tensor, float]:
-        """Segment after segment until an exit fires (one status read each: the exit check's sync;
-        a static exit needs none), then, under `propagate`, that exit's K/V fill. `forced`: the segment
-        a replay stops after, whatever the status says (read all the same, as a live decode does)."""
-        self._address(p.positions)
-        last = len(p.segments) - 1
-        stop = last if forced is None else forced
-        for i, seg in enumerate(p.segments):
-            seg.replay()
-            if i == last or self.policy == "full":
-                continue
-            fired = self.rule == "static" or bool(self.status[0])
-            if (fired and forced is None) or i == forced:
-                stop = i
-                break
-        if self.policy == "propagate" and stop < len(self.exits):
-            p.fills[self.bounds[stop][1]].replay()
-        return self._decided(stop, forced is not None)
-
-    def _decided(self, stop: int, forced: bool = False) -> tuple[int, int, torch.Tensor, float]:
-        """(exit layer, token, score (1,) on the device, cost in layer-equivalents) of a step that ran
-        segments 0..stop; reading the status is the step's last host sync. A replay (`forced`) left at
-        segment `stop` whether or not its rule fired: its token is the first that fired, else the one
-        in flight."""
-        decided, token, exit_at = self.status.tolist()
-        if forced:
-            exit_at, token = self.bounds[stop][1], token if decided else int(self.ids[0, 0])
-        assert decided or forced, "the last segment always decides"
-        ran_to, reads, L = self.bounds[stop][1], self.rule in _READS_LOGITS, self.bb.num_layers
-        cost = ran_to + (self.cost.head if ran_to == L else 0.0)  # same prices as engine.decode_exits
-        for k in self.exits:
-            if k <= ran_to:
-                cost += self.cost.check(k, reads) + (self.cost.head if not reads and k == exit_at else 0.0)
-        if self.policy == "propagate" and exit_at < L:
-            deeper = len([e for e in self.exits if e > exit_at]) if self.generators is not None else 0
-            cost += (L - exit_at + deeper) * self.cost.kv_fill
-        return int(exit_at), int(token), self.score.clone(), cost

@@ -29,6 +29,15 @@ from free_bench.models.base import Backbone
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
 
 
+def split_bias_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear` as a matrix product and a separate bias add. Traced by inductor with
+    `coordinate_descent_tuning`, a product with one row becomes a tuned reduction that reads the weight
+    near the memory bandwidth (inductor's `mm` decomposition; gpt-fast's batch-1 setting), which
+    `F.linear`'s fused bias (addmm) does not get."""
+    out = x @ weight.t()
+    return out if bias is None else out + bias
+
+
 def fused_layer(
     hidden: torch.Tensor,
     mask: torch.Tensor | None,
@@ -42,6 +51,7 @@ def fused_layer(
     pre_norm: bool,
     eps: tuple[float, float],
     act: Callable[[torch.Tensor], torch.Tensor],
+    linear: Callable[..., torch.Tensor] = F.linear,
 ) -> torch.Tensor:
     """`FusedOPT`'s layer as a function of its weights and its layer's K/V buffers (B, H, C, Dh),
     written at `index`. Every layer of a model shares it, so torch.compile traces and compiles it once
@@ -52,17 +62,17 @@ def fused_layer(
     head_dim = d // heads
     residual = hidden
     x = F.layer_norm(hidden, (d,), ln1_w, ln1_b, eps[0]) if pre_norm else hidden
-    query, key, value = F.linear(x, qkv_w, qkv_b).split(d, dim=-1)  # (B, q, D) each
+    query, key, value = linear(x, qkv_w, qkv_b).split(d, dim=-1)  # (B, q, D) each
     query = (query * scaling).view(b, q, heads, head_dim).transpose(1, 2)  # (B, H, q, Dh)
     keys.index_copy_(2, index, key.view(b, q, heads, head_dim).transpose(1, 2))  # (B, H, C, Dh) in place
     values.index_copy_(2, index, value.view(b, q, heads, head_dim).transpose(1, 2))
     out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=1.0)  # (B, H, q, Dh)
-    hidden = residual + F.linear(out.transpose(1, 2).reshape(b, q, d), out_w, out_b)
+    hidden = residual + linear(out.transpose(1, 2).reshape(b, q, d), out_w, out_b)
     if not pre_norm:
         hidden = F.layer_norm(hidden, (d,), ln1_w, ln1_b, eps[0])
     residual = hidden
     x = F.layer_norm(hidden, (d,), ln2_w, ln2_b, eps[1]) if pre_norm else hidden
-    hidden = residual + F.linear(act(F.linear(x, fc1_w, fc1_b)), fc2_w, fc2_b)
+    hidden = residual + linear(act(linear(x, fc1_w, fc1_b)), fc2_w, fc2_b)
     if not pre_norm:
         hidden = F.layer_norm(hidden, (d,), ln2_w, ln2_b, eps[1])
     return hidden  # (B, q, D)
@@ -74,7 +84,9 @@ class FusedOPT:
     Every step runs `fused_layer`; with `layer_fn` (`fused_layer` compiled), single-position steps
     (q = 1, the token step) run that instead, on a `runner_static.StaticKV(separate=True)` cache."""
 
-    def __init__(self, backbone: Backbone, layer_fn: Callable[..., torch.Tensor] | None = None) -> None:
+    def __init__(
+        self, backbone: Backbone, layer_fn: Callable[..., torch.Tensor] | None = None, split_bias: bool = False
+    ) -> None:
         if backbone.lm_type != "opt":
             raise FreeBenchError(f"fused q/k/v layers are OPT's; {backbone.spec!r} is {backbone.lm_type}")
         self.layers = list(backbone.layers)
@@ -94,7 +106,8 @@ class FusedOPT:
         act = _ACTIVATIONS.setdefault(name, ACT2FN[name])
         self.consts = {"heads": first.self_attn.num_heads, "scaling": float(first.self_attn.scaling),
                        "pre_norm": bool(first.do_layer_norm_before), "act": act,
-                       "eps": (float(first.self_attn_layer_norm.eps), float(first.final_layer_norm.eps))}  # fmt: skip
+                       "eps": (float(first.self_attn_layer_norm.eps), float(first.final_layer_norm.eps)),
+                       "linear": split_bias_linear if split_bias else F.linear}  # fmt: skip
         self.weights = [
             (layer.self_attn_layer_norm.weight, layer.self_attn_layer_norm.bias, self.qkv_weight[j],
              self.qkv_bias[j], layer.self_attn.out_proj.weight, layer.self_attn.out_proj.bias,

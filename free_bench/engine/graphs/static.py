@@ -49,12 +49,18 @@ class StaticKV:
             self.values = like.new_zeros((self.num_layers, b, h, self.capacity, d))
 
     def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args,
+        rows: torch.Tensor | None = None, **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write (B, H, q, Dh) at `index`; return the layer's whole (B, H, C, Dh) buffers."""
+        """Write (B, H, q, Dh) at `index` (with `rows` (B,) bool: those rows only); return the layer's
+        whole (B, H, C, Dh) buffers."""  # fmt: skip
         if self.keys is None:
             self._allocate(key_states)
         assert self.keys is not None and self.values is not None
+        if rows is not None:
+            keep = ~rows[:, None, None, None]  # (B, 1, 1, 1)
+            key_states = torch.where(keep, self.keys[layer_idx].index_select(2, self.index), key_states)
+            value_states = torch.where(keep, self.values[layer_idx].index_select(2, self.index), value_states)
         self.keys[layer_idx].index_copy_(2, self.index, key_states)
         self.values[layer_idx].index_copy_(2, self.index, value_states)
         return self.keys[layer_idx], self.values[layer_idx]
@@ -69,11 +75,31 @@ class StaticKV:
         assert self.keys is not None and self.values is not None
         return self.keys[layer_idx], self.values[layer_idx]
 
-    def write_layers(self, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """K/V (n', B, H, q, Dh) of layers start..start+n'-1 at `index`, without running them."""
+    def take_rows(self, source: StaticKV, rows: torch.Tensor) -> None:
+        """This cache's first len(rows) rows := `source`'s rows `rows` (b,), every layer: a batch
+        compacted into a smaller bucket between steps."""
+        assert source.keys is not None and source.values is not None
+        if self.keys is None:
+            self._allocate(source.keys[0][:1].expand(self.batch_size, -1, -1, -1))
+        assert self.keys is not None and self.values is not None
+        n = rows.shape[0]
+        for j in range(self.num_layers):
+            self.keys[j][:n].copy_(source.keys[j].index_select(0, rows))
+            self.values[j][:n].copy_(source.values[j].index_select(0, rows))
+
+    def write_layers(
+        self, start: int, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> None:
+        """K/V (n', B, H, q, Dh) of layers start..start+n'-1 at `index`, without running them; with
+        `rows` (B,) bool, only those rows' entries change (the others keep what their layers wrote)."""
         if self.keys is None:
             self._allocate(keys[0])
         assert self.keys is not None and self.values is not None
+        if rows is not None:
+            keep = ~rows[:, None, None, None]  # (B, 1, 1, 1)
+            old_k = torch.stack([self.keys[start + i].index_select(2, self.index) for i in range(keys.shape[0])])
+            old_v = torch.stack([self.values[start + i].index_select(2, self.index) for i in range(keys.shape[0])])
+            keys, values = torch.where(keep, old_k, keys), torch.where(keep, old_v, values)
         if self.separate:
             for i in range(keys.shape[0]):
                 self.keys[start + i].index_copy_(2, self.index, keys[i])
@@ -85,9 +111,13 @@ class StaticKV:
 
 
 class StaticMasks:
-    """Positions and attention masks of a batch-1 OPT sequence in a fixed capacity C."""
+    """Positions and attention masks of B left-padded OPT rows in a fixed capacity C.
 
-    def __init__(self, backbone: Backbone, capacity: int) -> None:
+    Every row writes the same slot per step (`position`); row r's prompt starts at slot `offsets[r]`
+    (its left padding), so its keys are the slots offsets[r]..position and its OPT position is the slot
+    minus its offset. Offsets are a device buffer, so one captured graph serves every padding."""
+
+    def __init__(self, backbone: Backbone, capacity: int, batch_size: int = 1) -> None:
         if backbone.lm_type != "opt":
             raise FreeBenchError(
                 f"the graphs engine decodes OPT backbones; {backbone.spec!r} is {backbone.lm_type} "
@@ -97,28 +127,40 @@ class StaticMasks:
         if capacity > limit:
             raise FreeBenchError(f"capacity {capacity} exceeds OPT's max_position_embeddings={limit}")
         device = backbone.device
-        self.backbone, self.capacity = backbone, capacity
+        self.backbone, self.capacity, self.batch_size = backbone, capacity, batch_size
         self.impl = attention_kind(backbone.decoder.config)
         self.dtype = backbone.dtype
         self.keys = torch.arange(capacity, device=device)  # (C,)
-        self.position = torch.zeros(1, dtype=torch.long, device=device)  # (1,) the one being decoded
+        self.position = torch.zeros(1, dtype=torch.long, device=device)  # (1,) the slot being decoded
+        self.offsets = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,) first prompt slot
 
     def _format(self, allowed: torch.Tensor) -> torch.Tensor:
-        """Bool (1, 1, q, C) -> what the attention implementation takes (sdpa: bool; eager: additive)."""
+        """Bool (B, 1, q, C) -> what the attention implementation takes (sdpa: bool; eager: additive)."""
         if self.impl == "sdpa":
             return allowed
         zero = torch.zeros((), dtype=self.dtype, device=allowed.device)
         return torch.where(allowed, zero, torch.finfo(self.dtype).min)
 
+    def _own(self) -> torch.Tensor:
+        return self.keys[None, :] >= self.offsets[:, None]  # (B, C) slots of each row's own sequence
+
     def step_mask(self) -> torch.Tensor:
-        """(1, 1, 1, C): keys up to and including `position` (computed on the device: graph-safe)."""
-        return self._format((self.keys <= self.position)[None, None, None, :])
+        """(B, 1, 1, C): each row's keys up to and including `position` (on the device: graph-safe)."""
+        return self._format(((self.keys <= self.position)[None, :] & self._own())[:, None, None, :])
+
+    def span_mask(self, positions: torch.Tensor) -> torch.Tensor:
+        """(B, 1, q, C) for q positions at slots `positions` (q,): causal within each row's own slots;
+        a padding slot sees itself (a query with no key at all would give NaN)."""
+        causal = self.keys[None, :] <= positions[:, None]  # (q, C)
+        itself = (self.keys[None, :] == positions[:, None])[None]  # (1, q, C)
+        return self._format(((causal[None] & self._own()[:, None, :]) | itself)[:, None])
 
     def prompt_mask(self, length: int) -> torch.Tensor:
-        """(1, 1, P, C): causal over the prompt's P positions, nothing beyond."""
-        rows = torch.arange(length, device=self.keys.device)[:, None]  # (P, 1)
-        return self._format((self.keys[None, :] <= rows)[None, None])
+        """(B, 1, P, C): a prompt of P positions at slots 0..P-1."""
+        return self.span_mask(torch.arange(length, device=self.keys.device))
 
     def embed(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Token embeddings (1, q, D') at `positions` (q,) -> layer-1 input (1, q, D), as OPT adds them."""
-        return runner_opt.layer_input(self.backbone, embeds, positions[None, :])
+        """Token embeddings (B, q, D') at slots `positions` (q,) -> layer-1 input (B, q, D), as OPT adds
+        its learned positions (each row counting from its own first slot)."""
+        ids = (positions[None, :] - self.offsets[:, None]).clamp(min=0)  # (B, q)
+        return runner_opt.layer_input(self.backbone, embeds, ids)

@@ -1,0 +1,67 @@
+"""Self-speculative decoding on the graphs engine: `engine.speculative`'s rounds, replayed as graphs.
+
+The drafts are the decoder's captured token steps (segments between exits, stopping where the rule
+fires, K/V of the skipped layers filled under `propagate`); the prompt and each round's verification
+are one captured full-depth pass over their q positions (`GraphDecoder.full_span`, one graph per q),
+which rewrites those positions' K/V. The tokens are the full model's whatever the threshold and
+`draft_len`, as on the eager engine; the costs and counts are priced the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from free_bench.core.errors import FreeBenchError
+from free_bench.engine.graphs.decoder import GraphDecoder
+from free_bench.engine.speculative import accept_round, speculative_fields
+
+
+@torch.inference_mode()
+def speculative_graphs(
+    decoder: GraphDecoder,
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    *,
+    max_new_tokens: int,
+    threshold: float,
+    draft_len: int,
+    eos_ids: list[int],
+) -> dict:
+    """One row: the fields of a `GenerateResult`, with `speculative` holding the round counts."""
+    if decoder.method is None or decoder.policy != "propagate" or decoder.batch_size != 1:
+        raise FreeBenchError("speculative decoding on the graphs engine drafts with exits, one row, under propagate")
+    if pixel_values.shape[0] != 1:
+        raise FreeBenchError(f"speculative decoding runs one row, got a batch of {pixel_values.shape[0]}")
+    if isinstance(draft_len, bool) or not isinstance(draft_len, int) or draft_len < 1:
+        raise FreeBenchError(f"draft_len must be an integer >= 1, got {draft_len!r}")
+    bb, L, eos = decoder.bb, decoder.bb.num_layers, set(eos_ids)
+    # room for a round's verification inputs beyond the last kept token
+    decoder.start(pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens + draft_len + 1,
+                  threshold=threshold)  # fmt: skip
+    length = decoder._length
+    full_tokens, full_probs = decoder.full_span(decoder._embeds, 0)  # the prompt, every layer
+    tokens, layers, confidences = [full_tokens[-1]], [L], [full_probs[-1]]
+    spent, passes, drafted, accepted = decoder.cost.full, 0, 0, 0
+    slot = length  # where the last kept token goes in
+    while len(tokens) < max_new_tokens and tokens[-1] not in eos:
+        start, last = slot, tokens[-1]
+        drafts, draft_layers, draft_probs = [], [], []
+        for i in range(min(draft_len, max_new_tokens - len(tokens))):
+            step = decoder.draft(last if not drafts else drafts[-1], start + i)
+            spent += step["row_costs"][0]
+            drafts.append(step["tokens"][0])
+            draft_layers.append(step["layers"][0])
+            draft_probs.append(float(step["scores"][0]))
+            if draft_layers[-1] == L or drafts[-1] in eos:  # unsure (no exit took it), or the answer ended
+                break
+        ids = torch.tensor([[last, *drafts]], device=bb.device)  # (1, q)
+        full_tokens, full_probs = decoder.full_span(bb.embed_tokens(ids), start)  # rewrites their K/V
+        new, new_layers, new_probs, keep = accept_round(drafts, draft_layers, draft_probs, full_tokens,
+                                                        full_probs, eos, L)  # fmt: skip
+        spent += decoder.cost.full
+        passes, drafted, accepted = passes + 1, drafted + len(drafts), accepted + keep
+        slot = start + len(new)  # the cache is the full model's through the kept inputs
+        tokens, layers, confidences = tokens + new, layers + new_layers, confidences + new_probs
+    return speculative_fields(tokens, layers, confidences, eos, max_new_tokens, spent, decoder.cost.full,
+                              (drafted, accepted, passes), bb.device)  # fmt: skip
