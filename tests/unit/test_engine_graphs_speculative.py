@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_engine_exits import ALWAYS, NEVER, _assert_clear_of, _method, _mid_threshold, live_scores  # noqa: F401
+from test_engine_graphs import METHODS, N_NEW  # same folder: the batch-1 graphs tests' settings
 
 from free_bench.core.errors import FreeBenchError
 from free_bench.engine import generate
@@ -17,8 +18,6 @@ from free_bench.models import Backbone, from_hf
 from free_bench.models.tiny import build_tiny_blip2, tiny_inputs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-N_NEW = 8
-METHODS = ("free", "deebert", "pabee", "distill", "static", "mue")
 
 
 @pytest.fixture(scope="module")

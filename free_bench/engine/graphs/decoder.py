@@ -176,7 +176,7 @@ class GraphDecoder:
             for seg in self.step.segments:
                 seg.run = _compiled(seg.run, mode, tune)
         self.prompts: dict[int, Pass] = {}  # prompt length P -> its pass, built on first use
-        self.spans: dict[int, tuple] = {}  # q -> a full-depth pass over q positions (`full_span`)
+        self.spans: dict[int, tuple] = {}  # q -> a full-depth pass over q positions (graphs.speculative)
         self.images: dict[tuple[int, ...], tuple[torch.Tensor, Graphed, list[torch.Tensor]]] = {}
 
     # --- what a segment computes (q positions: 1 for the token step, P for a prompt) -----------
@@ -411,14 +411,6 @@ class GraphDecoder:
         self._t += 1
         return self._finish(p, forced)
 
-    @torch.inference_mode()
-    def draft(self, token: int, slot: int) -> dict:
-        """One token step of a lone row (a speculative draft): `token` in at KV slot `slot`, decided by
-        the exits; returns what `advance` returns."""
-        self.ids.fill_(token)
-        self.masks.position.fill_(slot)
-        return self._finish(self.step, None)
-
     def _finish(self, p: Pass, forced: int | None) -> dict:
         stop = self._run(p, forced)
         _, tokens, layers = self.status.tolist()  # (3, B): the step's last host sync
@@ -436,46 +428,6 @@ class GraphDecoder:
             "row_costs": [self.prices.row(layers[r], row_ran(layers[r])) for r in range(self.batch_size) if live[r]],
             "batch_cost": self.prices.batch(ran_to, taken),
         }  # fmt: skip
-
-    @torch.inference_mode()
-    def full_span(self, embeds: torch.Tensor, start: int) -> tuple[list[int], list[float]]:
-        """Every layer over q = embeds.shape[1] positions at KV slots start..start+q-1 of a lone row
-        (a prompt, or a speculative round's verification), rewriting their K/V: the full model's token
-        and its probability after each position, one pass per q captured on first use."""
-        q = embeds.shape[1]
-        if q not in self.spans:
-            self.spans[q] = self._span(q)
-        positions, buffer, out, graphed = self.spans[q]
-        positions.copy_(torch.arange(start, start + q, device=positions.device))
-        buffer.copy_(embeds)
-        self._address(positions)
-        graphed.replay()
-        tokens, probs = out.tolist()
-        return [int(t) for t in tokens[0]], probs[0]
-
-    def _span(self, q: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Graphed]:
-        dev, L = self.bb.device, self.bb.num_layers
-        positions = torch.arange(self.capacity - q, self.capacity, device=dev)  # (q,) warmed at the last slots
-        buffer = torch.zeros((self.batch_size, q, self.bb.embed_tokens.embedding_dim), dtype=self.bb.dtype,
-                             device=dev)  # fmt: skip
-        out = torch.zeros((2, self.batch_size, q), dtype=torch.float32, device=dev)  # [token, prob]
-
-        def run() -> None:
-            hidden = self.masks.embed(buffer, positions)  # (B, q, D)
-            mask = self.masks.span_mask(positions)
-            for j in range(L):
-                if self.fused is not None:
-                    hidden = self.fused(j, hidden, mask, self.kv)
-                else:
-                    hidden = self.bb.layers[j](hidden, attention_mask=mask, cache=self.kv)
-            probs, tokens = self.bb.logits_from_hidden(hidden).float().softmax(-1).max(-1)  # (B, q) each
-            out.copy_(torch.stack([tokens.float(), probs]))
-
-        graphed = Graphed(run)
-        if self.capture:
-            self._address(positions)
-            capture([graphed])
-        return positions, buffer, out, graphed
 
     def finish_rows(self, rows: list[int]) -> None:
         """Rows of the bucket that emitted EOS: they ride along discarded from the next step on."""

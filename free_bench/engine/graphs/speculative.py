@@ -2,7 +2,7 @@
 
 The drafts are the decoder's captured token steps (segments between exits, stopping where the rule
 fires, K/V of the skipped layers filled under `propagate`); the prompt and each round's verification
-are one captured full-depth pass over their q positions (`GraphDecoder.full_span`, one graph per q),
+are one captured full-depth pass over their q positions (`full_span`, one graph per q),
 which rewrites those positions' K/V. The tokens are the full model's whatever the threshold and
 `draft_len`, as on the eager engine; the costs and counts are priced the same way.
 """
@@ -12,8 +12,57 @@ from __future__ import annotations
 import torch
 
 from free_bench.core.errors import FreeBenchError
+from free_bench.engine.graphs.capture import Graphed, capture
 from free_bench.engine.graphs.decoder import GraphDecoder
 from free_bench.engine.speculative import accept_round, speculative_fields
+
+
+def draft(decoder: GraphDecoder, token: int, slot: int) -> dict:
+    """One token step of a lone row: `token` in at KV slot `slot`, decided by the exits (what
+    `GraphDecoder.advance` returns)."""
+    decoder.ids.fill_(token)
+    decoder.masks.position.fill_(slot)
+    return decoder._finish(decoder.step, None)
+
+
+def full_span(decoder: GraphDecoder, embeds: torch.Tensor, start: int) -> tuple[list[int], list[float]]:
+    """Every layer over q = embeds.shape[1] positions at KV slots start..start+q-1 of a lone row (the
+    prompt, or a round's verification), rewriting their K/V: the full model's token and its probability
+    after each position. One pass per q, captured on first use (kept in `decoder.spans`)."""
+    q = embeds.shape[1]
+    if q not in decoder.spans:
+        decoder.spans[q] = _span(decoder, q)
+    positions, buffer, out, graphed = decoder.spans[q]
+    positions.copy_(torch.arange(start, start + q, device=positions.device))
+    buffer.copy_(embeds)
+    decoder._address(positions)
+    graphed.replay()
+    tokens, probs = out.tolist()
+    return [int(t) for t in tokens[0]], probs[0]
+
+
+def _span(d: GraphDecoder, q: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Graphed]:
+    bb, dev = d.bb, d.bb.device
+    positions = torch.arange(d.capacity - q, d.capacity, device=dev)  # (q,) warmed at the last slots
+    buffer = torch.zeros((d.batch_size, q, bb.embed_tokens.embedding_dim), dtype=bb.dtype, device=dev)
+    out = torch.zeros((2, d.batch_size, q), dtype=torch.float32, device=dev)  # [token, prob]
+
+    def run() -> None:
+        hidden = d.masks.embed(buffer, positions)  # (B, q, D)
+        mask = d.masks.span_mask(positions)  # (B, 1, q, C)
+        for j in range(bb.num_layers):
+            if d.fused is not None:
+                hidden = d.fused(j, hidden, mask, d.kv)
+            else:
+                hidden = bb.layers[j](hidden, attention_mask=mask, cache=d.kv)
+        probs, tokens = bb.logits_from_hidden(hidden).float().softmax(-1).max(-1)  # (B, q) each
+        out.copy_(torch.stack([tokens.float(), probs]))
+
+    graphed = Graphed(run)
+    if d.capture:
+        d._address(positions)
+        capture([graphed])
+    return positions, buffer, out, graphed
 
 
 @torch.inference_mode()
@@ -40,7 +89,7 @@ def speculative_graphs(
     decoder.start(pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens + draft_len + 1,
                   threshold=threshold)  # fmt: skip
     length = decoder._length
-    full_tokens, full_probs = decoder.full_span(decoder._embeds, 0)  # the prompt, every layer
+    full_tokens, full_probs = full_span(decoder, decoder._embeds, 0)  # the prompt, every layer
     tokens, layers, confidences = [full_tokens[-1]], [L], [full_probs[-1]]
     spent, passes, drafted, accepted = decoder.cost.full, 0, 0, 0
     slot = length  # where the last kept token goes in
@@ -48,7 +97,7 @@ def speculative_graphs(
         start, last = slot, tokens[-1]
         drafts, draft_layers, draft_probs = [], [], []
         for i in range(min(draft_len, max_new_tokens - len(tokens))):
-            step = decoder.draft(last if not drafts else drafts[-1], start + i)
+            step = draft(decoder, last if not drafts else drafts[-1], start + i)
             spent += step["row_costs"][0]
             drafts.append(step["tokens"][0])
             draft_layers.append(step["layers"][0])
@@ -56,7 +105,7 @@ def speculative_graphs(
             if draft_layers[-1] == L or drafts[-1] in eos:  # unsure (no exit took it), or the answer ended
                 break
         ids = torch.tensor([[last, *drafts]], device=bb.device)  # (1, q)
-        full_tokens, full_probs = decoder.full_span(bb.embed_tokens(ids), start)  # rewrites their K/V
+        full_tokens, full_probs = full_span(decoder, bb.embed_tokens(ids), start)  # rewrites their K/V
         new, new_layers, new_probs, keep = accept_round(drafts, draft_layers, draft_probs, full_tokens,
                                                         full_probs, eos, L)  # fmt: skip
         spent += decoder.cost.full
