@@ -94,10 +94,9 @@ def generate(
     (max prob, entropy, patience, static layer or cosine) and the layers above it do not run for it;
     `kv_policy` says what fills their KV entries. `compact=False` keeps exited rows of a batch
     running, discarded, until the slowest row is done (to measure what compaction saves).
-    `engine="graphs"` replays CUDA graphs per segment between exits (`engine.graphs`: OPT, propagate
-    or full policy; a batch decodes in a bucket of rows, exited rows riding along within a step and,
-    with `compact`, finished rows' bucket shrinking between steps); the eager engine runs the same
-    layers from Python.
+    `engine="graphs"` replays CUDA graphs (`engine.graphs`: OPT or T5, propagate or full policy; a
+    batch decodes in a bucket of rows, exited rows riding along within a step and, with `compact`,
+    finished rows' bucket shrinking between steps); the eager engine runs the same layers from Python.
 
     `schedule` replays recorded exit depths on one row: token t leaves at layer `schedule[t]` (a
     consulted exit, or `num_layers`) whatever the rule says, the rule's checks below it run and are
@@ -226,10 +225,13 @@ def _one_row(backbone: Backbone, fields: dict) -> GenerateResult:
                           batch_cost_layers=fields["cost_layers"], batch_full_cost_layers=fields["full_cost_layers"])  # fmt: skip
 
 
-# what `engine="graphs"` builds: q/k/v as one product, each segment compiled by inductor before
+# what `engine="graphs"` builds for OPT: q/k/v as one product, each segment compiled by inductor before
 # capture. 1.92x the weight-read floor per token on the H200 at OPT-2.7b's shape, against 2.57x for
-# the captured HF layers (commit a1077b0, bench_engine.py::test_fused_graphs_near_the_floor)
+# the captured HF layers (commit a1077b0, bench_engine.py::test_fused_graphs_near_the_floor). A T5
+# decoder runs its HF blocks, compiled the same way (`GRAPHS_ENGINE_T5`). Both replay one graph per
+# step where torch captures conditional nodes (`GraphDecoder(conditional=None)`).
 GRAPHS_ENGINE = {"fuse": True, "compile_segments": True}
+GRAPHS_ENGINE_T5 = {"compile_segments": True}
 
 
 def graph_decoder(
@@ -248,21 +250,46 @@ def graph_decoder(
             f"engine 'graphs' captures CUDA graphs and needs a CUDA device; the backbone is on "
             f"{backbone.device} (use engine 'eager')"
         )
+    return cached_decoder(backbone, exits, kv_policy, threshold, input_ids, max_new_tokens, batch_size)
+
+
+def cached_decoder(
+    backbone: Backbone,
+    exits: ExitMethod | None,
+    kv_policy: str,
+    threshold: float | None,
+    input_ids: torch.Tensor | None,
+    max_new_tokens: int,
+    batch_size: int = 1,
+    **options,
+) -> GraphDecoder:
+    """`graph_decoder` on any device (`options` override the engine's: the CPU tests pass capture=False).
+
+    OPT: the KV capacity holds prompt + new tokens (rounded up to 128 slots, at most the model's
+    positions). T5: the decoder's holds the start token + new tokens, and `cross_capacity` the encoder
+    slots (the prompt, rounded up to 32)."""
     if exits is None:
         kv_policy = "full"  # no exits, nothing skipped: every policy is the full model
     prompt = input_ids.shape[1] if input_ids is not None else backbone.model.config.num_query_tokens + 1
-    limit = backbone.lm_config.max_position_embeddings
-    capacity = min(128 * -(-(prompt + max_new_tokens) // 128), limit)
+    cross = None
+    if backbone.lm_type == "t5":
+        engine = {**GRAPHS_ENGINE_T5, **options}
+        capacity = 128 * -(-(1 + max_new_tokens) // 128)
+        cross = 32 * -(-prompt // 32)
+    else:
+        engine = {**GRAPHS_ENGINE, **options}
+        limit = backbone.lm_config.max_position_embeddings
+        capacity = min(128 * -(-(prompt + max_new_tokens) // 128), limit)
     static = (
         int(threshold) if exits is not None and exits.rule == "static" and threshold is not None else None
     )
     owner = exits if exits is not None else backbone
     decoders = owner.__dict__.setdefault("_graph_decoders", {})
-    key = (kv_policy, capacity, static, batch_size)
+    key = (kv_policy, capacity, cross, static, batch_size, tuple(sorted(options.items())))
     if key not in decoders:
         decoders[key] = GraphDecoder(
             backbone, exits, kv_policy=kv_policy, capacity=capacity, static_layer=static,
-            batch_size=batch_size, **GRAPHS_ENGINE,
+            batch_size=batch_size, cross_capacity=cross, **engine,
         )  # fmt: skip
     return decoders[key]
 

@@ -303,9 +303,6 @@ def _run_sweep(spec: SweepSpec, out: Path, device: str | None, progress: bool,
     for t in spec.thresholds:  # all validated before any work
         rules.check_threshold(method.rule, t, method.layers)
     if spec.engine == "graphs":
-        from free_bench.engine.graphs.static import StaticMasks
-
-        StaticMasks(method.backbone, 1)  # an OPT backbone, else a clear error before anything is written
         if method.backbone.device.type != "cuda":
             raise FreeBenchError(
                 f"--engine graphs captures CUDA graphs; the sweep runs on {method.backbone.device}"

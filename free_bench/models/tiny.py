@@ -124,6 +124,8 @@ def tiny_inputs(
     vision = cfg.vision_config
     pixel_values = torch.randn(batch_size, 3, vision.image_size, vision.image_size, generator=gen)
     low, high = 4, min(text.vocab_size, cfg.image_token_index) - 2  # clear of specials, EOS, image id
+    if cfg.image_token_index <= low:  # the embedded vocabulary: specials and <image> first, words after
+        low, high = cfg.image_token_index + 1, text.vocab_size
     image = [cfg.image_token_index] * cfg.num_query_tokens
     rows = []
     for b in range(batch_size):

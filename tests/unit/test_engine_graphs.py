@@ -15,6 +15,7 @@ from test_engine_exits import _method  # same folder: exits nudged off their ini
 from free_bench.core.errors import FreeBenchError
 from free_bench.engine import generate
 from free_bench.engine.generate import special_tokens
+from free_bench.engine.graphs import conditional as cond
 from free_bench.engine.graphs.decoder import GraphDecoder
 from free_bench.methods import ExitMethod
 from free_bench.models import Backbone, from_hf, runner
@@ -51,14 +52,19 @@ def _thresholds(bb: Backbone, m: ExitMethod, inputs: dict) -> list[float]:
     return torch.quantile(scores.flatten().float(), torch.tensor([0.25, 0.5, 0.75])).tolist()
 
 
-@pytest.mark.parametrize("policy, fuse", [("propagate", False), ("full", False), ("propagate", True)])
-def test_same_tokens_exits_and_costs_as_the_eager_engine(bb: Backbone, policy: str, fuse: bool) -> None:
+@pytest.mark.parametrize("policy, fuse, conditional", [("propagate", False, False), ("full", False, False),
+                                                      ("propagate", True, False), ("propagate", False, True),
+                                                      ("full", True, True)])  # fmt: skip
+def test_same_tokens_exits_and_costs_as_the_eager_engine(bb: Backbone, policy: str, fuse: bool,
+                                                          conditional: bool) -> None:  # fmt: skip
     """Every method at thresholds that spread tokens over the exits; `fuse` runs the layers as
-    runner_fused.FusedOPT (q/k/v in one product), which must not change a token either."""
+    runner_fused.FusedOPT (q/k/v in one product), which must not change a token either; `conditional`
+    runs each step as one function (segments and fills under IFs, decided here on the host)."""
     inputs = tiny_inputs(bb.model, 1, seed=5)
     full = generate(bb, **inputs, max_new_tokens=N_NEW)
     hf = bb.model.generate(**inputs, do_sample=False, max_new_tokens=N_NEW)[:, inputs["input_ids"].shape[1] :]
-    plain = _decode(GraphDecoder(bb, None, kv_policy="full", capture=False, fuse=fuse), inputs, None)
+    plain = _decode(GraphDecoder(bb, None, kv_policy="full", capture=False, fuse=fuse, conditional=conditional),
+                    inputs, None)  # fmt: skip
     assert torch.equal(plain["tokens"], hf) and torch.equal(plain["tokens"], full.tokens)
     seen_layers = set()
     for name in METHODS:
@@ -66,7 +72,8 @@ def test_same_tokens_exits_and_costs_as_the_eager_engine(bb: Backbone, policy: s
         last = [float(bb.num_layers)] if m.rule == "static" else []  # a static exit at L is the full model
         for t in _thresholds(bb, m, inputs) + last + ([NEVER[m.rule]] if m.rule in NEVER else []):
             static = int(t) if m.rule == "static" else None
-            decoder = GraphDecoder(bb, m, kv_policy=policy, capture=False, static_layer=static, fuse=fuse)
+            decoder = GraphDecoder(bb, m, kv_policy=policy, capture=False, static_layer=static, fuse=fuse,
+                                   conditional=conditional)  # fmt: skip
             got = _decode(decoder, inputs, t)
             want = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=t, kv_policy=policy)
             assert torch.equal(got["tokens"], want.tokens), (name, t)
@@ -141,8 +148,10 @@ def test_what_the_graphs_engine_refuses(bb: Backbone) -> None:
     with pytest.raises(FreeBenchError, match="static_layer"):
         GraphDecoder(bb, _method(bb, "static"), capture=False)
     t5 = from_hf(build_tiny_blip2("t5", seed=2))
-    with pytest.raises(FreeBenchError, match="OPT"):
+    with pytest.raises(FreeBenchError, match="cross_capacity"):  # the encoder slots it holds
         GraphDecoder(t5, None, capture=False)
+    with pytest.raises(FreeBenchError, match="OPT"):  # q/k/v fused as one product: OPT's layers
+        GraphDecoder(t5, None, capture=False, fuse=True, cross_capacity=32)
 
 
 @pytest.mark.parametrize(
@@ -296,7 +305,7 @@ def test_compiled_layers_decode_as_the_eager_engine_and_compile_once(bb: Backbon
     """`compile_layers`: the token step's layers run one compiled `runner_fused.fused_layer` for every
     layer, segment and decoder. Every method's tokens and exits equal the eager engine's, and dynamo
     traces one graph for all of them, where `compile_segments` traces every segment of every decoder."""
-    import free_bench.engine.graphs.decoder as G
+    import free_bench.engine.graphs.compiling as G
 
     traced: list[int] = []
 
@@ -306,7 +315,7 @@ def test_compiled_layers_decode_as_the_eager_engine_and_compile_once(bb: Backbon
 
     real = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend=count, dynamic=False))
-    monkeypatch.setattr(G, "_SHARED_LAYERS", {})
+    monkeypatch.setattr(G, "SHARED_LAYERS", {})
     torch._dynamo.reset()
     inputs = tiny_inputs(bb.model, 1, seed=6, text_len=4)
     for name in ("deebert", "free", "pabee", "static"):
@@ -331,3 +340,31 @@ def test_compile_layers_needs_the_fused_layers(bb: Backbone) -> None:
     with pytest.raises(FreeBenchError, match="replaces"):
         GraphDecoder(bb, None, kv_policy="full", capture=False, fuse=True, compile_layers=True,
                      compile_segments=True)  # fmt: skip
+
+
+def test_when_runs_its_body_as_the_predicate_says_or_always_when_warming() -> None:
+    ran: list[str] = []
+    for pred, always in ((True, False), (False, False), (False, True)):
+        cond.when(torch.tensor(pred), lambda p=pred, a=always: ran.append(f"{p}-{a}"), always=always)
+    assert ran == ["True-False", "False-True"]
+
+
+def test_one_graph_per_step_enters_only_the_segments_and_fills_a_row_needs(bb: Backbone) -> None:
+    """The step as one function: segment i + 1 runs only while a row is undecided, a fill only where a
+    row left; every token leaving at the first exit runs segment 0 and that exit's fill, a threshold
+    that never fires runs every segment and no fill."""
+    m = _method(bb, "deebert")
+    decoder = GraphDecoder(bb, m, capture=False, conditional=True)
+    ran: list[str] = []
+    for i, seg in enumerate(decoder.step.segments):
+        seg.run = (lambda f, tag: lambda: (ran.append(tag), f())[1])(seg.run, f"segment {i}")
+    for k, fill in decoder.step.fills.items():
+        fill.run = (lambda f, tag: lambda: (ran.append(tag), f())[1])(fill.run, f"fill {k}")
+    inputs = tiny_inputs(bb.model, 1, seed=5)
+    first = m.layers[0]
+    _decode(decoder, inputs, 1e9)  # entropy below 1e9: every token leaves at the first exit
+    steps = N_NEW - 1  # the prompt is a pass of its own
+    assert ran == ["segment 0", f"fill {first}"] * steps
+    ran.clear()
+    _decode(decoder, inputs, 0.0)  # never fires
+    assert ran == [f"segment {i}" for i in range(len(decoder.bounds))] * steps

@@ -31,7 +31,8 @@ def bb() -> Backbone:
 
 
 def _graphs(bb: Backbone, m: ExitMethod | None, inputs: dict, threshold, *, policy: str = "propagate",
-            compact: bool = True, fuse: bool = False) -> tuple[dict, dict[int, GraphDecoder]]:  # fmt: skip
+            compact: bool = True, fuse: bool = False,
+            conditional: bool = False) -> tuple[dict, dict[int, GraphDecoder]]:  # fmt: skip
     """A batch through uncaptured bucket decoders; returns the fields and the decoders used."""
     static = int(threshold) if m is not None and m.rule == "static" else None
     made: dict[int, GraphDecoder] = {}
@@ -39,7 +40,8 @@ def _graphs(bb: Backbone, m: ExitMethod | None, inputs: dict, threshold, *, poli
     def decoder_for(rows: int) -> GraphDecoder:
         if rows not in made:
             made[rows] = GraphDecoder(bb, m, kv_policy="full" if m is None else policy, capture=False,
-                                      static_layer=static, fuse=fuse, batch_size=rows)  # fmt: skip
+                                      static_layer=static, fuse=fuse, batch_size=rows,
+                                      conditional=conditional)  # fmt: skip
         return made[rows]
 
     eos, pad = special_tokens(bb)
@@ -54,12 +56,15 @@ def test_buckets_are_powers_of_two() -> None:
     assert [bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 33, 64, 65)] == [1, 2, 4, 4, 8, 8, 16, 64, 64, 128]
 
 
-@pytest.mark.parametrize("policy, fuse", [("propagate", False), ("full", False), ("propagate", True)])
+@pytest.mark.parametrize("policy, fuse, conditional", [("propagate", False, False), ("full", False, False),
+                                                      ("propagate", True, False), ("propagate", True, True),
+                                                      ("full", False, True)])  # fmt: skip
 def test_each_row_leaves_at_its_own_exit_as_in_the_eager_engine(
-    bb: Backbone, live_scores: list[torch.Tensor], policy: str, fuse: bool  # noqa: F811
+    bb: Backbone, live_scores: list[torch.Tensor], policy: str, fuse: bool, conditional: bool  # noqa: F811
 ) -> None:
     """Three left-padded rows in a bucket of four: tokens, exit layers, confidences, the per-row count
-    and the batch's own count equal the eager engine's batch, for every method."""
+    and the batch's own count equal the eager engine's batch, for every method; `conditional`: each
+    step as one function, segments and fills under IFs (decided here on the host)."""
     inputs = tiny_inputs(bb.model, 3, padded=True, seed=5)
     full, _ = _graphs(bb, None, inputs, None)
     want_full = generate(bb, **inputs, max_new_tokens=N_NEW)
@@ -71,7 +76,7 @@ def test_each_row_leaves_at_its_own_exit_as_in_the_eager_engine(
         live_scores.clear()
         want = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=threshold, kv_policy=policy)
         _assert_clear_of(m, torch.cat(live_scores), threshold)
-        got, made = _graphs(bb, m, inputs, threshold, policy=policy, fuse=fuse)
+        got, made = _graphs(bb, m, inputs, threshold, policy=policy, fuse=fuse, conditional=conditional)
         assert list(made) == [4], name  # nothing finished, nothing compacted
         assert torch.equal(got["tokens"], want.tokens), name
         assert torch.equal(got["exit_layers"], want.exit_layers), name
@@ -83,7 +88,10 @@ def test_each_row_leaves_at_its_own_exit_as_in_the_eager_engine(
     assert spread, "no step had rows leaving at different exits"
 
 
-def test_finished_rows_leave_for_a_smaller_bucket_and_change_nothing(live_scores: list[torch.Tensor]) -> None:  # noqa: F811
+@pytest.mark.parametrize("conditional", [False, True])
+def test_finished_rows_leave_for_a_smaller_bucket_and_change_nothing(
+    live_scores: list[torch.Tensor], conditional: bool  # noqa: F811
+) -> None:
     """Five rows (bucket 8), EOS set to a token some rows emit early: compacted into buckets 4, 2, 1 as
     rows finish, the same tokens, exits and costs as riding along to the end and as the eager engine."""
     backbone = from_hf(build_tiny_blip2("opt", seed=2))
@@ -97,8 +105,8 @@ def test_finished_rows_leave_for_a_smaller_bucket_and_change_nothing(live_scores
     live_scores.clear()
     want = generate(backbone, m, **inputs, max_new_tokens=N_NEW, threshold=threshold)
     _assert_clear_of(m, torch.cat(live_scores), threshold)
-    moved, made = _graphs(backbone, m, inputs, threshold, compact=True)
-    riding, kept = _graphs(backbone, m, inputs, threshold, compact=False)
+    moved, made = _graphs(backbone, m, inputs, threshold, compact=True, conditional=conditional)
+    riding, kept = _graphs(backbone, m, inputs, threshold, compact=False, conditional=conditional)
     lengths = (want.exit_layers > 0).sum(1)
     assert int(lengths.min()) < int(lengths.max())  # rows finished at different steps
     assert len(made) > 1 and list(kept) == [8]

@@ -27,17 +27,19 @@ def bb() -> Backbone:
     return backbone
 
 
-def _speculative(bb: Backbone, m, inputs: dict, threshold: float, k: int, fuse: bool = False) -> dict:
+def _speculative(bb: Backbone, m, inputs: dict, threshold: float, k: int, fuse: bool = False,
+                 conditional: bool = False) -> dict:  # fmt: skip
     static = int(threshold) if m.rule == "static" else None
-    decoder = GraphDecoder(bb, m, capture=False, static_layer=static, fuse=fuse, capacity=64)
+    decoder = GraphDecoder(bb, m, capture=False, static_layer=static, fuse=fuse, capacity=64,
+                           conditional=conditional)  # fmt: skip
     eos, _ = special_tokens(bb)
     return speculative_graphs(decoder, inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"),
                               max_new_tokens=N_NEW, threshold=threshold, draft_len=k, eos_ids=eos)  # fmt: skip
 
 
-@pytest.mark.parametrize("fuse", [False, True])
+@pytest.mark.parametrize("fuse, conditional", [(False, False), (True, False), (False, True)])
 def test_graphs_speculative_is_lossless_and_drafts_as_the_eager_engine(
-    bb: Backbone, live_scores: list[torch.Tensor], fuse: bool  # noqa: F811
+    bb: Backbone, live_scores: list[torch.Tensor], fuse: bool, conditional: bool  # noqa: F811
 ) -> None:
     inputs = tiny_inputs(bb.model, 1, seed=5)
     want = bb.model.generate(**inputs, do_sample=False, max_new_tokens=N_NEW)[:, inputs["input_ids"].shape[1] :]
@@ -51,7 +53,7 @@ def test_graphs_speculative_is_lossless_and_drafts_as_the_eager_engine(
                 live_scores.clear()
                 eager = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=t, decode="speculative",
                                  draft_len=k)  # fmt: skip
-                got = _speculative(bb, m, inputs, t, k, fuse)
+                got = _speculative(bb, m, inputs, t, k, fuse, conditional)
                 assert torch.equal(got["tokens"], want), (name, t, k)
                 if t == mid:
                     _assert_clear_of(m, torch.cat(live_scores), t) if live_scores else None

@@ -30,14 +30,17 @@ class Graphed:
 class Pass:
     """One step shape: the token step (q = 1) or a prompt of q = P positions. Segment i runs layers
     bounds[i] and then exit bounds[i][1]'s check (or the model's head at L), reading segment i-1's
-    output buffer; under `propagate`, `fills[k]` writes exit k's output into the K/V above it."""
+    output buffer; under `propagate`, `fills[k]` writes exit k's output into the K/V above it; `whole`
+    is all of them as one function (`graphs.conditional`)."""
 
     positions: torch.Tensor  # (q,) the KV slots this step writes
-    outputs: list[torch.Tensor]  # (1, q, D) per segment
+    outputs: list[torch.Tensor]  # (B, q, D) per segment
     segments: list[Graphed]
     fills: dict[int, Graphed]
-    embeds: torch.Tensor | None = None  # prompt passes: (1, P, D') input buffer
-    captured: bool = False
+    whole: Graphed | None = None  # one graph per step: segments and fills under conditional nodes
+    embeds: torch.Tensor | None = None  # prompt passes: (B, P, D') input buffer
+    captured: bool = False  # what a step replays: `whole`, else the segments and fills
+    parts_captured: bool = False  # the segments and fills (a replay that stops at a forced segment)
 
 
 @contextmanager

@@ -18,6 +18,11 @@ ride along discarded until `graphs.batched` moves the rest into a smaller bucket
 tower, Q-Former, projection: fixed shapes at batch 1) once per image size: for a VQA answer of one
 to three tokens these are most of the work. Without CUDA (`capture=False`) the same fixed-shape
 code runs eagerly, which is how the CPU tests check it; timings of that are not the engine's.
+
+With `conditional` (the default where torch captures CUDA graph conditional nodes) a step is one graph:
+the segments after the first nested in IF nodes on "some row is undecided", the fills in IF nodes on
+"a row left here" (`graphs.conditional`), so the host reads the step's status once. What differs
+between OPT and T5 (positions, masks, the prompt or encoder, layer calls) is `graphs.lm`'s.
 """
 
 from __future__ import annotations
@@ -29,11 +34,16 @@ import torch
 from free_bench.core.errors import FreeBenchError
 from free_bench.engine.cost import CostModel, cost_model
 from free_bench.engine.exit_runtime import LIVE_RULES, check_schedule, verdict
+from free_bench.engine.graphs import conditional as cond
 from free_bench.engine.graphs.accounting import Collected, StepPrices
 from free_bench.engine.graphs.capture import Graphed, Pass, capture
-from free_bench.engine.graphs.fused import FusedOPT, fused_layer
-from free_bench.engine.graphs.static import StaticKV, StaticMasks
+from free_bench.engine.graphs.compiling import compiled, shared_layer
+from free_bench.engine.graphs.fused import FusedOPT
+from free_bench.engine.graphs.lm import lm_steps
+from free_bench.engine.graphs.prefix import ImageSide
+from free_bench.engine.graphs.static import StaticKV
 from free_bench.engine.skip import kv_projection, stacked_kv
+from free_bench.methods.heads import attention_modules
 from free_bench.methods.mue import cosine
 from free_bench.methods.protocol import ExitMethod
 from free_bench.models import runner
@@ -41,36 +51,6 @@ from free_bench.models.base import Backbone
 
 GRAPH_POLICIES = ("propagate", "full")
 _READS_LOGITS = ("max_prob", "entropy", "patience")
-
-
-# dynamo keeps its compiled code per code object, and every segment of every decoder shares `run`'s:
-# at its default limit (8) the ninth segment compiled in a process fell back to eager code, silently
-# (the bench at commit a1077b0: the third decoder's exit checks). Guards run only in warm-up and capture, never
-# in a replay, so a high limit costs nothing per token; past it, an error rather than eager code.
-_RECOMPILES = {
-    "recompile_limit": 4096,
-    "accumulated_recompile_limit": 4096,
-    "fail_on_recompile_limit_hit": True,
-}
-
-
-def _compiled(fn: Callable, mode: str | None = None, tune: bool = False) -> Callable:
-    """`fn` through inductor, with room for one compiled entry per segment of every decoder; `tune`:
-    with coordinate-descent tuning, under which one-row matrix products become tuned reductions
-    (`fused.split_bias_linear`)."""
-    compiled = torch.compile(fn, dynamic=False, mode=mode)
-    inductor = {"coordinate_descent_tuning": True} if tune else {}
-
-    def call(*args, **kwargs):
-        with torch._dynamo.config.patch(**_RECOMPILES), torch._inductor.config.patch(**inductor):
-            return compiled(*args, **kwargs)
-
-    return call
-
-
-# `compile_layers`: `runner_fused.fused_layer` compiled once for the process, so every layer of every
-# decoder of one shape runs the same compiled code
-_SHARED_LAYERS: dict[str, Callable[..., torch.Tensor]] = {}
 
 
 class GraphDecoder:
@@ -90,6 +70,8 @@ class GraphDecoder:
         compile_layers: bool = False,
         batch_size: int = 1,
         tune: bool = False,
+        conditional: bool | None = None,
+        cross_capacity: int | None = None,
     ) -> None:
         if kv_policy not in GRAPH_POLICIES:
             raise FreeBenchError(
@@ -105,12 +87,19 @@ class GraphDecoder:
             )
         if batch_size < 1:
             raise FreeBenchError(f"a graphs decoder holds at least one row, got batch_size={batch_size}")
-        self.masks = StaticMasks(backbone, capacity, batch_size)  # checks OPT and the capacity
         self.batch_size = B = batch_size
         self.bb, self.method, self.policy, self.capacity = backbone, method, kv_policy, capacity
         self.capture = backbone.device.type == "cuda" if capture is None else capture
         if self.capture and backbone.device.type != "cuda":
             raise FreeBenchError(f"CUDA graphs need a CUDA device; the backbone is on {backbone.device}")
+        if conditional is None:  # one graph per step wherever the build captures conditional nodes
+            conditional = self.capture and cond.supported()
+        if conditional and self.capture and not cond.supported():
+            raise FreeBenchError(
+                "one graph per step needs CUDA graph conditional nodes (a CUDA >= 12.4 build of torch); "
+                "pass conditional=False for one graph per segment"
+            )
+        self.conditional = conditional
         L, dev = backbone.num_layers, backbone.device
         self.rule = method.rule if method is not None else "none"
         if method is not None and self.rule not in LIVE_RULES:
@@ -146,56 +135,59 @@ class GraphDecoder:
         self.score = torch.zeros(B, dtype=torch.float32, device=dev)
         self.layer = torch.zeros(B, dtype=torch.long, device=dev)
         self.done = torch.zeros(1, dtype=torch.long, device=dev)  # every row decided: the per-segment read
+        self.go = torch.ones((), dtype=torch.bool, device=dev)  # some row undecided: the next segment's IF
+        self.left = {k: torch.zeros((), dtype=torch.bool, device=dev) for k in consulted}  # a fill's IF
         self.status = torch.zeros((3, B), dtype=torch.long, device=dev)  # [decided, token, exit layer] per row
         self._pat_token = torch.zeros(B, dtype=torch.long, device=dev)
         self._pat_count = torch.zeros(B, dtype=torch.long, device=dev)
+        self._warming = False  # capture's warm-up: every conditional branch runs
         self.bounds = list(zip((0, *consulted), (*consulted, L), strict=True))
         # each segment's last layer as a buffer, not a constant of its code: segments of equal length
         # then trace to equal graphs, and inductor compiles one for all (its FX graph cache)
         self._ends = [torch.full((1,), end, dtype=torch.long, device=dev) for _, end in self.bounds]
-        self.width = backbone.layers[0].self_attn.embed_dim
         # q/k/v as one product and a direct attention call (runner_fused): fewer, larger kernels per layer
         # compile_layers: one compiled layer function for every layer of the token step, traced once
         # per process and shape rather than once per segment
-        layer_fn = None
-        if compile_layers:
-            name = "layer-tuned" if tune else "layer"
-            if name not in _SHARED_LAYERS:
-                _SHARED_LAYERS[name] = _compiled(fused_layer, tune=tune)
-            layer_fn = _SHARED_LAYERS[name]
+        layer_fn = shared_layer(tune) if compile_layers else None
         self.fused = FusedOPT(backbone, layer_fn=layer_fn, split_bias=tune) if fuse else None
+        self.lm = lm_steps(backbone, capacity, B, self.kv, self.gen_kv, self.generators, self.fused, cross_capacity)
+        self.lm.capture = self.capture
+        self.width = backbone.layers[0].layer[0].SelfAttention.d_model if backbone.lm_type == "t5" else (
+            backbone.layers[0].self_attn.embed_dim)  # fmt: skip
 
-        def token_input() -> torch.Tensor:  # (B, 1, D): the tokens in flight at `masks.position`
-            return self.masks.embed(self.bb.embed_tokens(self.ids), self.masks.position)
+        def token_input() -> torch.Tensor:  # (B, 1, D): the tokens in flight at `lm.position`
+            return self.lm.embed(self.bb.embed_tokens(self.ids), self.lm.position)
 
-        self.step = self._pass(self.masks.position, token_input, self.masks.step_mask)
+        self.step = self._pass(self.lm.position, token_input, self.lm.context)
         if compile_segments:  # inductor fuses the layers' small kernels; capture then replays its code
             # a string is torch.compile's mode, e.g. "max-autotune-no-cudagraphs" (benchmarked matmul
             # kernels for batch 1; the graphs stay this decoder's own)
             mode = compile_segments if isinstance(compile_segments, str) else None
             for seg in self.step.segments:
-                seg.run = _compiled(seg.run, mode, tune)
+                seg.run = compiled(seg.run, mode, tune)
         self.prompts: dict[int, Pass] = {}  # prompt length P -> its pass, built on first use
         self.spans: dict[int, tuple] = {}  # q -> a full-depth pass over q positions (graphs.speculative)
-        self.images: dict[tuple[int, ...], tuple[torch.Tensor, Graphed, list[torch.Tensor]]] = {}
+        self.images = ImageSide(backbone, self.capture)
+
+    @property
+    def step_mode(self) -> str:
+        """How a step is replayed, as recorded beside its timings."""
+        return "one graph per step" if self.conditional else "one graph per segment"
 
     # --- what a segment computes (q positions: 1 for the token step, P for a prompt) -----------
-    def _segment(self, i: int, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _segment(self, i: int, hidden: torch.Tensor, ctx) -> torch.Tensor:
         start, end = self.bounds[i]
         previous = None
         for j in range(start, end):
             if j == end - 1 and self.rule == "cosine":
                 previous = hidden[:, -1]  # (B, D) input of layer `end`
-            if self.fused is not None:
-                hidden = self.fused(j, hidden, mask, self.kv)  # (B, q, D)
-            else:
-                hidden = self.bb.layers[j](hidden, attention_mask=mask, cache=self.kv)  # (B, q, D)
+            hidden = self.lm.layer(j, hidden, ctx)  # (B, q, D)
         if end == self.bb.num_layers:
             logits = self.bb.logits_from_hidden(hidden[:, -1]).float()  # (B, V)
             token, score = logits.argmax(-1), logits.softmax(-1).amax(-1)
             fired = torch.ones_like(self.decided)
         else:
-            token, score, fired = self._check(i, end, hidden, mask, previous)
+            token, score, fired = self._check(i, end, hidden, ctx, previous)
         # a finished row counts as decided from the first segment on: it never holds the step up
         new = fired & ~self.decided if i else fired & self.live
         self.token.copy_(torch.where(new, token, self.token))
@@ -203,18 +195,19 @@ class GraphDecoder:
         self.layer.copy_(torch.where(new, self._ends[i], self.layer))
         self.decided.copy_(self.decided | new if i else new | ~self.live)
         self.done.copy_(self.decided.all().long()[None])
+        self.go.copy_(~self.decided.all())
         self.status.copy_(torch.stack([self.decided.long(), self.token, self.layer]))
         return hidden
 
     def _check(
-        self, i: int, k: int, hidden: torch.Tensor, mask: torch.Tensor, previous: torch.Tensor | None
+        self, i: int, k: int, hidden: torch.Tensor, ctx, previous: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Exit k's rule on layer k's output (B, q, D): (token, score, fired), each (B,)."""
         m = self.method
         assert m is not None
         last = hidden[:, -1:]  # (B, 1, D)
         if self.generators is not None:  # FREE/distill: a decoder layer with its own K/V
-            last = self.generators(k, hidden, mask4d=mask, cache=self.gen_kv)[:, -1:]
+            last = self.lm.generator(self.generators.layers[str(k)], hidden, ctx)[:, -1:]
         elif self.rule != "cosine":
             last = m.exit_hidden(k, last)
         logits = m.head_logits(k, last)[:, 0].float()  # (B, V)
@@ -229,18 +222,17 @@ class GraphDecoder:
             self._pat_token.copy_(token)
         return token, score, fired
 
-    def _pass(
-        self, positions: torch.Tensor, first: Callable[[], torch.Tensor], mask: Callable[[], torch.Tensor]
-    ) -> Pass:
-        """A step of q = len(positions) positions: `first()` is layer 1's input (B, q, D), `mask()` the
-        attention mask; each segment reads the previous one's output buffer and writes its own."""
+    def _pass(self, positions: torch.Tensor, first: Callable[[], torch.Tensor], context: Callable) -> Pass:
+        """A step of q = len(positions) positions: `first()` is layer 1's input (B, q, D), `context()`
+        what a layer call reads besides it (`graphs.lm`); each segment reads the previous one's output
+        buffer and writes its own."""
         q, dtype, dev, B = positions.shape[0], self.bb.dtype, self.bb.device, self.batch_size
         outputs = [torch.zeros((B, q, self.width), dtype=dtype, device=dev) for _ in self.bounds]  # (B, q, D)
 
         def segment(i: int) -> Callable[[], None]:
             def run() -> None:
                 hidden = first() if i == 0 else outputs[i - 1]
-                outputs[i].copy_(self._segment(i, hidden, mask()))
+                outputs[i].copy_(self._segment(i, hidden, context()))
 
             return run
 
@@ -251,7 +243,31 @@ class GraphDecoder:
             return run
 
         fills = {k: Graphed(fill(i)) for i, k in enumerate(self.exits)} if self.policy == "propagate" else {}
-        return Pass(positions, outputs, [Graphed(segment(i)) for i in range(len(self.bounds))], fills)
+        segments = [Graphed(segment(i)) for i in range(len(self.bounds))]
+        whole = Graphed(self._whole(segments, fills)) if self.conditional else None
+        return Pass(positions, outputs, segments, fills, whole=whole)
+
+    def _whole(self, segments: list[Graphed], fills: dict[int, Graphed]) -> Callable[[], None]:
+        """The step as one function (one graph once captured): segment i + 1 inside an IF on "a row is
+        undecided" after segment i (under the `full` policy every segment, unconditionally), then the
+        fill of each exit inside an IF on "a live row left there"."""
+
+        def from_segment(i: int) -> None:
+            segments[i].run()
+            if i + 1 == len(segments):
+                return
+            if self.policy == "full":
+                from_segment(i + 1)
+            else:
+                cond.when(self.go, lambda: from_segment(i + 1), always=self._warming)
+
+        def run() -> None:
+            from_segment(0)
+            for k, fill in fills.items():
+                self.left[k].copy_(((self.layer == k) & self.live).any())
+                cond.when(self.left[k], fill.run, always=self._warming)
+
+        return run
 
     def _prompt_pass(self, length: int) -> Pass:
         """The pass for prompts of `length` positions (built, and captured, on first use)."""
@@ -261,9 +277,7 @@ class GraphDecoder:
             embeds = torch.zeros(
                 (self.batch_size, length, self.bb.embed_tokens.embedding_dim), dtype=self.bb.dtype, device=dev
             )
-            # (B, 1, P, C), computed in the graph from the rows' offsets
-            p = self._pass(positions, lambda: self.masks.embed(embeds, positions),
-                           lambda: self.masks.prompt_mask(length))  # fmt: skip
+            p = self._pass(positions, lambda: self.lm.embed(embeds, positions), lambda: self.lm.context(positions))
             p.embeds = embeds
             self.prompts[length] = p
         return self.prompts[length]
@@ -276,41 +290,44 @@ class GraphDecoder:
         if self.generators is not None and self.gen_kv is not None:
             for deeper in (e for e in self.exits if e > k):
                 layer = self.generators.layers[str(deeper)]
-                key, value = kv_projection("opt", layer, hidden)
-                self.gen_kv.update(key.to(hidden.dtype), value.to(hidden.dtype), layer.self_attn.layer_idx,
-                                   rows=rows)  # fmt: skip
+                key, value = kv_projection(self.bb.lm_type, layer, hidden)
+                self.gen_kv.update(key.to(hidden.dtype), value.to(hidden.dtype),
+                                   attention_modules(layer)[0].layer_idx, rows=rows)  # fmt: skip
 
     # --- capture ----------------------------------------------------------------------------------
-    def _capture(self, p: Pass) -> None:
-        """Warm every segment and fill of `p` on a side stream (as torch.cuda.graphs asks), then
-        capture each. The token step warms at slot C-1, which every real token writes before any token
-        reads it; a prompt pass warms on the slots its prompt is about to overwrite."""
+    def _capture(self, p: Pass, parts: bool = False) -> None:
+        """Warm `p`'s graphs on a side stream (as torch.cuda.graphs asks), then capture each: its whole
+        step (one graph per step), or with `parts` (or one graph per segment) every segment and fill.
+        The token step warms at slot C-1, which every real token writes before any token reads it; a
+        prompt pass warms on the slots its prompt is about to overwrite."""
         if p is self.step:
-            self.masks.position.fill_(self.capacity - 1)
+            self.lm.position.fill_(self.capacity - 1)
         self._address(p.positions)
-        capture(p.segments + list(p.fills.values()))
-        p.captured = True
+        self._warming = True
+        try:
+            if parts or not self.conditional:
+                capture(p.segments + list(p.fills.values()))
+                p.parts_captured = True
+            else:
+                assert p.whole is not None
+                capture([p.whole])
+        finally:
+            self._warming = False
+        p.captured = p.captured or not parts or not self.conditional
 
-    @torch.inference_mode()
+    def _ready(self, p: Pass, parts: bool) -> None:
+        """`p` captured (on CUDA) for what the next steps replay: its whole step, or its parts too
+        (a replay stops at a forced segment)."""
+        if not self.capture:
+            return
+        if not p.captured:
+            self._capture(p)
+        if parts and self.conditional and not p.parts_captured:
+            self._capture(p, parts=True)
+
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Vision tower -> Q-Former -> projection (B, Q, D'), replayed per image size once captured."""
-        key = tuple(pixel_values.shape)
-        if key not in self.images:
-            vision = self.bb.model.vision_model.embeddings.patch_embedding.weight
-            pixels = torch.zeros(key, dtype=vision.dtype, device=vision.device)
-            out: list[torch.Tensor] = [torch.empty(0)]
-
-            def run() -> None:
-                out[0] = runner.image_features(self.bb, pixels)
-
-            graphed = Graphed(run)
-            if self.capture:
-                capture([graphed], warmups=1)
-            self.images[key] = (pixels, graphed, out)
-        pixels, graphed, out = self.images[key]
-        pixels.copy_(pixel_values)
-        graphed.replay()
-        return out[0]
+        return self.images.features(pixel_values)
 
     @torch.inference_mode()
     def prefix(
@@ -320,10 +337,9 @@ class GraphDecoder:
         features = self.image_features(pixel_values)  # (b, Q, D')
         return runner.prefix(self.bb, pixel_values, input_ids, attention_mask, features=features)
 
-
     # --- decoding ---------------------------------------------------------------------------------
     def _address(self, positions: torch.Tensor) -> None:
-        """The KV positions (q,) the next layer calls write (the captured graphs read `masks.position`)."""
+        """The KV positions (q,) the next layer calls write (the captured graphs read `lm.position`)."""
         self.kv.index = positions
         if self.gen_kv is not None:
             self.gen_kv.index = positions
@@ -354,9 +370,11 @@ class GraphDecoder:
         *,
         max_new_tokens: int,
         threshold: float | None,
+        replay: bool = False,
     ) -> None:
-        """Load n <= B rows for decoding (the bucket's other rows ride along, finished): their prefix,
-        left-padded to one length P, and their offsets; captures the token step on first use."""
+        """Load n <= B rows for decoding (the bucket's other rows ride along, finished): their prefix
+        (OPT: the prompt, left-padded to one length; T5: through the encoder) and the first step's
+        input; captures the token step on first use (and its parts for a `replay` of forced exits)."""
         n, B = pixel_values.shape[0], self.batch_size
         if n > B:
             raise FreeBenchError(
@@ -370,27 +388,20 @@ class GraphDecoder:
                 attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
                 input_ids, attention_mask = torch.cat([input_ids, input_ids[fill]]), torch.cat([attention_mask, attention_mask[fill]])
         embeds, mask = self.prefix(pixel_values, input_ids, attention_mask)  # (B, P, D'), (B, P)
-        if B == 1:
-            embeds, mask = embeds[:, mask[0].bool()], mask[:, mask[0].bool()]  # a lone row needs no padding
-        length = embeds.shape[1]
-        offsets = length - mask.sum(dim=1)  # (B,) left padding
-        slots = torch.arange(length, device=mask.device)
-        if not bool((mask.bool() == (slots[None, :] >= offsets[:, None])).all()):
-            raise FreeBenchError("the graphs engine decodes left-padded prompts (tokenizer.padding_side='left')")
+        first = self.lm.load(embeds, mask)  # (B, P', D'): OPT's prompt; T5's start token
+        length = first.shape[1]
         if length + max_new_tokens > self.capacity:
             raise FreeBenchError(
                 f"prompt of {length} positions + {max_new_tokens} new tokens exceed the graphs engine's "
                 f"capacity {self.capacity}"
             )
-        if self.capture and not self.step.captured:
-            self._capture(self.step)
+        self._ready(self.step, replay)
         if threshold is not None:
             self.threshold.fill_(float(threshold))
-        self.masks.offsets.copy_(offsets)
         self.live.copy_(torch.arange(B, device=self.live.device) < n)
         self.token.zero_()
         self._live = [r < n for r in range(B)]
-        self._embeds, self._length, self._t = embeds, length, 0
+        self._embeds, self._length, self._t = first, length, 0
 
     @torch.inference_mode()
     def advance(self, forced: int | None = None) -> dict:
@@ -400,28 +411,35 @@ class GraphDecoder:
         `forced` (a replay, batch 1): the segment to stop after, whatever the rule says."""
         if self._t == 0:
             p = self._prompt_pass(self._length)
-            if self.capture and not p.captured:
-                self._capture(p)
+            self._ready(p, forced is not None)
             assert p.embeds is not None
             p.embeds.copy_(self._embeds)
         else:
             p = self.step
             self.ids.copy_(self.token[:, None])
-            self.masks.position.fill_(self._length + self._t - 1)
+            self.lm.position.fill_(self._length + self._t - 1)
         self._t += 1
         return self._finish(p, forced)
 
     def _finish(self, p: Pass, forced: int | None) -> dict:
-        stop = self._run(p, forced)
-        _, tokens, layers = self.status.tolist()  # (3, B): the step's last host sync
-        L, ran_to = self.bb.num_layers, self.bounds[stop][1]
-        if forced is not None:
-            layers = [ran_to] * self.batch_size
-        live = list(self._live)
-        taken = sorted({layers[r] for r in range(self.batch_size) if live[r]})
-        if self.policy == "propagate":
-            for k in (k for k in taken if k < L):
-                p.fills[k].replay()
+        L, live = self.bb.num_layers, list(self._live)
+        if forced is None and self.conditional:
+            assert p.whole is not None
+            self._address(p.positions)
+            p.whole.replay()  # fills included
+            _, tokens, layers = self.status.tolist()  # (3, B): the step's one host sync
+            ran_to = L if self.policy == "full" else max(layers[r] for r in range(self.batch_size) if live[r])
+            taken = sorted({layers[r] for r in range(self.batch_size) if live[r]})
+        else:
+            stop = self._run(p, forced)
+            _, tokens, layers = self.status.tolist()  # (3, B): the step's last host sync
+            ran_to = self.bounds[stop][1]
+            if forced is not None:
+                layers = [ran_to] * self.batch_size
+            taken = sorted({layers[r] for r in range(self.batch_size) if live[r]})
+            if self.policy == "propagate":
+                for k in (k for k in taken if k < L):
+                    p.fills[k].replay()
         row_ran = (lambda k: L) if self.policy == "full" else (lambda k: k)
         return {
             "tokens": tokens, "layers": layers, "scores": self.score.clone(), "live": live,
@@ -444,16 +462,16 @@ class GraphDecoder:
     @torch.inference_mode()
     def adopt(self, source: GraphDecoder, rows: list[int]) -> None:
         """Continue `source`'s rows `rows` in this (smaller) bucket, between steps: their K/V, offsets
-        and tokens in flight move into rows 0..len(rows)-1 (compaction)."""
-        if self.capture and not self.step.captured:
-            self._capture(self.step)  # warm-up writes buffers: before the rows move in
+        or encoder K/V, and tokens in flight move into rows 0..len(rows)-1 (compaction)."""
+        self._ready(self.step, False)  # warm-up writes buffers: before the rows move in
         n, dev = len(rows), self.live.device
         idx = torch.tensor(rows, device=dev)
         self.kv.take_rows(source.kv, idx)
         if self.gen_kv is not None and source.gen_kv is not None and source.gen_kv.keys is not None:
             self.gen_kv.take_rows(source.gen_kv, idx)
-        self.masks.offsets.copy_(source.masks.offsets[idx[torch.arange(self.batch_size, device=dev) % n]])
-        self.token.copy_(source.token[idx[torch.arange(self.batch_size, device=dev) % n]])
+        every = idx[torch.arange(self.batch_size, device=dev) % n]  # (B,) the rows, repeated to fill
+        self.lm.take_rows(source.lm, every)
+        self.token.copy_(source.token[every])
         self.threshold.copy_(source.threshold)
         self.live.copy_(torch.arange(self.batch_size, device=dev) < n)
         self._live = [r < n for r in range(self.batch_size)]
@@ -485,7 +503,8 @@ class GraphDecoder:
             ends = [end for _, end in self.bounds]
             stops = [ends.index(k) for k in check_schedule(schedule, self.exits, self.bb.num_layers)]
             max_new_tokens = len(stops)
-        self.start(pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens, threshold=threshold)
+        self.start(pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens, threshold=threshold,
+                   replay=stops is not None)  # fmt: skip
         rows = Collected(pixel_values.shape[0], max_new_tokens, self.cost.full, eos_ids, pad_id, self.bb.device)
         for t in range(max_new_tokens):
             step = self.advance(None if stops is None else stops[t])
@@ -493,4 +512,3 @@ class GraphDecoder:
             if not self.live_rows:
                 break
         return rows.fields()
-

@@ -21,7 +21,7 @@ def draft(decoder: GraphDecoder, token: int, slot: int) -> dict:
     """One token step of a lone row: `token` in at KV slot `slot`, decided by the exits (what
     `GraphDecoder.advance` returns)."""
     decoder.ids.fill_(token)
-    decoder.masks.position.fill_(slot)
+    decoder.lm.position.fill_(slot)
     return decoder._finish(decoder.step, None)
 
 
@@ -48,13 +48,10 @@ def _span(d: GraphDecoder, q: int) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     out = torch.zeros((2, d.batch_size, q), dtype=torch.float32, device=dev)  # [token, prob]
 
     def run() -> None:
-        hidden = d.masks.embed(buffer, positions)  # (B, q, D)
-        mask = d.masks.span_mask(positions)  # (B, 1, q, C)
+        hidden = d.lm.embed(buffer, positions)  # (B, q, D)
+        ctx = d.lm.context(positions)  # OPT: (B, 1, q, C) mask; T5: masks and relative bias
         for j in range(bb.num_layers):
-            if d.fused is not None:
-                hidden = d.fused(j, hidden, mask, d.kv)
-            else:
-                hidden = bb.layers[j](hidden, attention_mask=mask, cache=d.kv)
+            hidden = d.lm.layer(j, hidden, ctx)
         probs, tokens = bb.logits_from_hidden(hidden).float().softmax(-1).max(-1)  # (B, q) each
         out.copy_(torch.stack([tokens.float(), probs]))
 
@@ -88,13 +85,18 @@ def speculative_graphs(
     # room for a round's verification inputs beyond the last kept token
     decoder.start(pixel_values, input_ids, attention_mask, max_new_tokens=max_new_tokens + draft_len + 1,
                   threshold=threshold)  # fmt: skip
-    length = decoder._length
-    full_tokens, full_probs = full_span(decoder, decoder._embeds, 0)  # the prompt, every layer
-    tokens, layers, confidences = [full_tokens[-1]], [L], [full_probs[-1]]
-    spent, passes, drafted, accepted = decoder.cost.full, 0, 0, 0
-    slot = length  # where the last kept token goes in
-    while len(tokens) < max_new_tokens and tokens[-1] not in eos:
-        start, last = slot, tokens[-1]
+    tokens: list[int] = []
+    layers: list[int] = []
+    confidences: list[float] = []
+    spent, passes, drafted, accepted = 0.0, 0, 0, 0
+    if bb.lm_type == "t5":  # the decoder starts from its start token, drafted from like any other
+        last, slot = int(decoder.lm.start_ids[0, 0]), 0
+    else:  # OPT: the prompt, every layer, gives the first token
+        full_tokens, full_probs = full_span(decoder, decoder._embeds, 0)
+        tokens, layers, confidences = [full_tokens[-1]], [L], [full_probs[-1]]
+        spent, last, slot = decoder.cost.full, full_tokens[-1], decoder._length
+    while len(tokens) < max_new_tokens and not (tokens and tokens[-1] in eos):
+        start = slot  # where `last` goes in
         drafts, draft_layers, draft_probs = [], [], []
         for i in range(min(draft_len, max_new_tokens - len(tokens))):
             step = draft(decoder, last if not drafts else drafts[-1], start + i)
@@ -112,5 +114,6 @@ def speculative_graphs(
         passes, drafted, accepted = passes + 1, drafted + len(drafts), accepted + keep
         slot = start + len(new)  # the cache is the full model's through the kept inputs
         tokens, layers, confidences = tokens + new, layers + new_layers, confidences + new_probs
+        last = tokens[-1]
     return speculative_fields(tokens, layers, confidences, eos, max_new_tokens, spent, decoder.cost.full,
                               (drafted, accepted, passes), bb.device)  # fmt: skip

@@ -1,0 +1,42 @@
+"""One CUDA graph per decoding step, the exit decisions taken on the device.
+
+With one graph per segment, a token step costs a graph launch and a host read of the exit's verdict
+per segment: at the gpu profile's width (512) a segment of a few layers runs in tens of microseconds,
+so those reads and the gaps they leave are a large share of a token. CUDA graph conditional nodes
+(IF nodes, CUDA >= 12.4; PyTorch's `CUDAGraph.begin_capture_to_if_node`) let one captured graph hold
+every segment, each nested in an IF on "some row is still undecided", and each fill in an IF on "a row
+left at this exit": the device skips what no row needs, and the host reads the step's status once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def supported() -> bool:
+    """Whether this torch build captures conditional nodes (a CUDA >= 12.4 build, CUDA present)."""
+    return (
+        torch.cuda.is_available()
+        and hasattr(torch.cuda.CUDAGraph, "get_currently_capturing_graph")
+        and hasattr(torch.cuda.CUDAGraph, "begin_capture_to_if_node")
+    )
+
+
+def when(pred: torch.Tensor, body: Callable[[], None], always: bool = False) -> None:
+    """`body()` if `pred` (a 0-d bool tensor on the device) holds when the step reaches this point.
+
+    Inside a capture: an IF node whose graph is `body`'s kernels, decided on the device at each
+    replay. Outside one: decided on the host by reading `pred` (how the CPU tests run the same step),
+    or run unconditionally with `always` (warm-up, which must compile and allocate every branch before
+    the capture records it)."""
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        graph = torch.cuda.CUDAGraph.get_currently_capturing_graph()
+        graph.begin_capture_to_if_node(pred)
+        try:
+            body()
+        finally:
+            graph.end_capture_to_conditional_node()
+    elif always or bool(pred):
+        body()
