@@ -28,7 +28,7 @@ from free_bench.core.records import SWEEP, SWEEP_SAMPLES, device_name, read_json
 from free_bench.core.runs import check_same, check_writable, differences, remove_run, writer_lock
 from free_bench.engine.cost import cost_model
 from free_bench.engine.generate import ENGINES
-from free_bench.engine.graphs.decoder import GRAPH_POLICIES
+from free_bench.engine.graphs.decoder import GRAPH_POLICIES, graph_step_mode
 from free_bench.engine.kv_policies import POLICIES
 from free_bench.evaluation import sweep_eval as S
 from free_bench.evaluation.metrics import vqa_accuracy
@@ -341,9 +341,11 @@ def _run_sweep(spec: SweepSpec, out: Path, device: str | None, progress: bool,
     if "caption" in spec.tasks:
         write_parquet(gather_captions(out, refs), out / CAPTIONS)
     wall["tables"] = time.perf_counter() - t0
+    # how the graphs engine replayed its steps (`GraphDecoder.step_mode`: conditional nodes where torch has them)
+    step = {"graph_step": graph_step_mode()} if spec.engine == "graphs" and spec.mode == "live" else {}
     write_json({"spec": asdict(spec), "backbone": bb.spec, "prompts": bb.prompts, "scorer": spec.scorer,
                 "data": wanted["data"], "dataset_hash": wanted["dataset_hash"], "timings": timings, "device": device_name(),
-                "wall_s": {k: round(v, 3) for k, v in wall.items()}}, out / "manifest.json")  # fmt: skip
+                **step, "wall_s": {k: round(v, 3) for k, v in wall.items()}}, out / "manifest.json")  # fmt: skip
     return df
 
 

@@ -50,6 +50,12 @@ from free_bench.models import runner
 from free_bench.models.base import Backbone
 
 GRAPH_POLICIES = ("propagate", "full")
+
+
+def graph_step_mode(conditional: bool | None = None) -> str:
+    """How a captured decoder replays a step: what `GraphDecoder(conditional=...)` picks on CUDA."""
+    on = cond.supported() if conditional is None else conditional
+    return "one graph per step" if on else "one graph per segment"
 _READS_LOGITS = ("max_prob", "entropy", "patience")
 
 
@@ -172,7 +178,7 @@ class GraphDecoder:
     @property
     def step_mode(self) -> str:
         """How a step is replayed, as recorded beside its timings."""
-        return "one graph per step" if self.conditional else "one graph per segment"
+        return graph_step_mode(self.conditional)
 
     # --- what a segment computes (q positions: 1 for the token step, P for a prompt) -----------
     def _segment(self, i: int, hidden: torch.Tensor, ctx) -> torch.Tensor:
