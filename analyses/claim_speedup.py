@@ -16,10 +16,14 @@ TARGET_SPEEDUP, SPEEDUP_TOL = 1.5, 0.1  # "about 1.5x": the CI's lower bound (el
 
 
 def _free(df: pd.DataFrame | None, x: str) -> pd.DataFrame:
-    """FREE's rows on clean test (where the frame says), with a finite x."""
+    """FREE's early-exit rows on clean test (where the frame says), with a finite x. Speculative rows
+    (engine "<engine>-speculative": lossless, the full model's answers) have their own target
+    (`analyses.speculative`) and are left out."""
     if df is None or df.empty:
         return pd.DataFrame(columns=["method", x])
     d = df[(df["method"] == "free") & np.isfinite(df[x].astype(float))]
+    if "engine" in d.columns:
+        d = d[~d["engine"].astype(str).str.endswith("-speculative")]
     for col, keep in (("split", "test"), ("perturbation", "none")):
         d = d[d[col] == keep] if col in d.columns else d
     return d

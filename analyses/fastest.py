@@ -4,10 +4,13 @@ A live sweep times the full model beside every decode through its own engine, so
 is against that engine's full model. Where one engine's full model is much slower than another's (the
 eager engine launches every kernel from Python), a speedup over it flatters early exit. Here every timed
 batch-1 point is also set against one baseline per question: the full model's latency on the engine
-whose full model decodes that question fastest (the median of every time the run took it at batch 1,
-same timer), against the point's own time for the same question. The ratio of sums over the point's
-questions is its speedup; its CI comes from the paired bootstrap over questions (`analyses.bootstrap`:
-points on the same questions share one count matrix, so points of two engines move together).
+whose full model decodes that question fastest (chosen by the median of every time the run took it at
+batch 1, same timer), against the point's own time for the same question. For a point on that engine
+itself the baseline is the full-model time taken beside it (interleaved, so clock and load drift cancel,
+as in its own measured speedup); for a point on another engine, that engine's median time for the
+question. The ratio of sums over the point's questions is its speedup; its CI comes from the paired
+bootstrap over questions (`analyses.bootstrap`: points on the same questions share one count matrix, so
+points of two engines move together).
 
 A speculative engine ("<engine>-speculative") times its engine's plain full model beside its decodes,
 so those times count for that engine.
@@ -78,15 +81,19 @@ def compute_vs_fastest(
     """The timed batch-1 rows of `curves` (one per point, `keys` + threshold) with `measured_speedup`,
     its CI and `n_samples` taken against the fastest full model (`fastest`, from
     `compute_fastest_full`): sum of the baseline over the point's questions that have one / sum of the
-    point's own times for them. Adds `baseline` (the label) and `own_speedup` (the point's speedup
-    against its own engine's full model, as the sweep recorded it). Points without per-question times
-    are left out (they have nothing to set against the baseline)."""
-    require(samples, list(keys) + ["threshold", "sample_id", "latency_ms", "batch_size"], "samples")
+    point's own times for them, the baseline being the full-model time taken beside the point where the
+    point ran on the question's fastest engine, else that engine's median. Adds `baseline` (the label)
+    and `own_speedup` (the point's speedup against its own engine's full model, as the sweep recorded
+    it). Points without per-question times are left out (nothing to set against the baseline)."""
+    require(samples, list(keys) + ["threshold", "sample_id", "latency_ms", "full_latency_ms", "batch_size"],
+            "samples")  # fmt: skip
     s = samples[(samples["batch_size"] == 1) & samples["latency_ms"].notna()]
     s = s.assign(threshold=s["threshold"].astype(float).round(9))
     s = s.merge(fastest[QUESTION + ["baseline_engine", "baseline_ms"]], on=QUESTION, how="inner")
     if s.empty:
         raise ValueError("no timed batch-1 sample has a fastest-full-model baseline for its question")
+    beside = (base_engine(s["engine"]) == s["baseline_engine"]) & s["full_latency_ms"].notna()
+    s["baseline_ms"] = s["full_latency_ms"].where(beside, s["baseline_ms"])
     point = list(keys) + ["threshold"]
     boot = bootstrap_points(s.assign(full_latency_ms=s["baseline_ms"]), list(keys), n_boot=n_boot, seed=seed)
     sums = s.groupby(point, as_index=False, dropna=False).agg(

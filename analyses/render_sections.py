@@ -80,7 +80,8 @@ def robustness_md(b: Built) -> list[str]:
         d = with_ci(b.tables["robustness_drop_ci"], {"drop": ("drop [CI]", "pts"), "diff": ("drop - FREE's [CI]", "pts")})
         d.loc[d["diff"].isna(), "drop - FREE's [CI]"] = ""
         d["vs"] = np.where(d["vs_free"] != "", "free-" + d["vs_free"].astype(str), "")
-        cols = ["method", "regime", "task", "n_samples", "n_shifts", "clean_value", "drop [CI]", "vs", "drop - FREE's [CI]"]
+        d["method"] = who(d)
+        cols = ["method", "task", "n_samples", "n_shifts", "clean_value", "drop [CI]", "vs", "drop - FREE's [CI]"]
         out += [
             "Drop vs clean test: the mean of clean minus shifted over every perturbation x severity (`n_shifts`) of "
             "the same `n_samples` test questions, paired by question and resampled alike for every method, so `drop "

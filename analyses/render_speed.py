@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analyses.batches import COMPACT
 from analyses.built import MAX_DROP, Built, clean_test
 from analyses.engine_targets import TARGET_RATIO
 from analyses.fastest import FASTEST
@@ -38,15 +39,15 @@ def speedup_md(b: Built) -> list[str]:
     if "speedup" in b.missing:
         return missing(b, "speedup")
     out: list[str] = []
-    for name in sorted(n for n in b.figures if n.startswith("speedup_vs_fastest")):
-        out += figure(b, name, name.replace("_", " "))
-    for name in sorted(n for n in b.figures if n.startswith("speedup_") and "vs_fastest" not in n):
-        out += figure(b, name, name.replace("_", " "))
+    for kind in ("speedup_vs_fastest", "speedup_measured", "speedup_expected"):  # the verdict's figure first
+        for name in sorted(n for n in b.figures if n.startswith(kind)):
+            out += figure(b, name, name.replace("_", " "))
     out += [
         f"Best point per method and engine at most {100 * MAX_DROP:.0f} point below the full model (clean test, "
         "batch 1; else the best-quality point). Measured speedups of every engine are set against one "
-        "baseline, the fastest full model of this run: per question, the full model's median time on the "
-        "engine whose full model decodes it fastest, against the point's own time for the same question "
+        "baseline, the fastest full model of this run: per question, the full model on the engine whose full "
+        "model decodes it fastest (by its median time over the run), timed beside the point where the point "
+        "ran on that engine, else that engine's median, against the point's own time for the same question "
         "(paired bootstrap CIs over questions). `own engine` is the same point against its own engine's full "
         "model, which flatters an engine whose full model is slow. Expected speedup counts layers.",
         "",
@@ -55,10 +56,9 @@ def speedup_md(b: Built) -> list[str]:
     if len(fast):
         d = with_ci(fast.sort_values(["method", "regime", "engine", "kv_policy"]),
                     {"measured_speedup": ("measured vs fastest [CI]", "x")})  # fmt: skip
-        d = d.assign(method=who(d), quality=d["value"], **{"own engine": d["own_speedup"],
-                                                            "expected": d["expected_speedup"]})  # fmt: skip
-        cols = ["method", "engine", "kv_policy", "threshold", "quality", "measured vs fastest [CI]", "own engine",
-                "expected"]  # fmt: skip
+        d = d.assign(method=who(d), quality=d["value"], engine=d["engine"] + ", " + d["kv_policy"],
+                     n=d["n_samples"], **{"own engine": d["own_speedup"], "expected": d["expected_speedup"]})  # fmt: skip
+        cols = ["method", "engine", "threshold", "quality", "measured vs fastest [CI]", "own engine", "expected", "n"]
         against = ", ".join(sorted(fast["baseline"].astype(str).unique()))
         out += [f"Against the {against}:", "", md_table(d[cols]), ""]
     elif "speedup_best_measured" in b.tables:
@@ -101,9 +101,12 @@ def batches_md(b: Built) -> list[str]:
     d = with_ci(d, {"measured_speedup": ("measured [CI]", "x")}).assign(method=who(d))
     ratio = [f"{r:.3f} ({'meets' if m else 'below'})" if pd.notna(m) else "n/a"
              for r, m in zip(d["measured_over_batch_expected"], d["meets_target"], strict=True)]  # fmt: skip
-    d = d.assign(**{"measured / batch expected": ratio, "expected (per row)": d["expected_speedup"]})
-    cols = ["method", "engine", "batch_size", "compact", "measured [CI]", "expected (per row)",
-            "expected_batch_with_prefix", "measured / batch expected"]  # fmt: skip
+    batch = [f"{n}, {COMPACT.get(str(c).lower(), 'compaction not recorded')}" for n, c in zip(d["batch_size"], d["compact"],
+                                                                                      strict=True)]  # fmt: skip
+    d = d.assign(**{"measured / batch expected": ratio, "expected (per row)": d["expected_speedup"], "batch": batch,
+                    "n": d["n_samples"] if "n_samples" in d.columns else pd.NA})  # fmt: skip
+    cols = ["method", "engine", "batch", "measured [CI]", "expected (per row)", "expected_batch_with_prefix",
+            "measured / batch expected", "n"]  # fmt: skip
     out += [md_table(d[cols]), ""]
     comp = b.tables.get("batches_compaction")
     if comp is not None and len(comp):
@@ -125,16 +128,17 @@ def speculative_md(b: Built) -> list[str]:
     fastest = d[d["baseline"].astype(str).str.startswith(FASTEST)]
     d = fastest if len(fastest) else d
     d = with_ci(d, {"measured_speedup": ("lossless [CI]", "x"), "lossy_speedup": ("lossy [CI]", "x")})
-    d["lossy [CI]"] = [f"{s}, drop {100 * x:.1f} pts" if np.isfinite(x) else s
-                       for s, x in zip(d["lossy [CI]"], d["lossy_drop"].astype(float), strict=True)]  # fmt: skip
-    d = d.assign(method=who(d))
+    d["lossy [CI]"] = [s if not np.isfinite(x) else f"{s}, drop {100 * x:.1f} pts" if m == "vqa_accuracy"
+                       else f"{s}, drop {x:.3f} {m}"
+                       for s, x, m in zip(d["lossy [CI]"], d["lossy_drop"].astype(float), d["metric"], strict=True)]  # fmt: skip
+    d = d.assign(method=who(d) + " " + d["task"], n=d["n_samples"])
     against = ", ".join(sorted(d["baseline"].astype(str).unique()))
     out += [
         "Speculative decoding (the exits draft, one full-depth pass verifies: the full model's answers) beside "
         f"the lossy live point of the same method, engine, task and threshold; speedups against the {against}.",
         "",
-        md_table(d[["method", "engine", "task", "threshold", "acceptance_rate", "tokens_per_pass", "lossless [CI]",
-                    "lossy [CI]"]]),  # fmt: skip
+        md_table(d[["method", "engine", "threshold", "acceptance_rate", "tokens_per_pass", "lossless [CI]",
+                    "lossy [CI]", "n"]]),  # fmt: skip
         "",
     ]
     return out + links(b, {"speculative": "both baselines, quality, n_samples"})

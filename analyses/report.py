@@ -8,7 +8,6 @@ it. Usage: `python -m analyses.report results/<profile>`.
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,10 +30,10 @@ from analyses.fixed_cost import compute_fixed_share
 from analyses.load import load_results, write_csv, write_text
 from analyses.midcrisis import compute_dip, compute_dip_ci, compute_layer_curves
 from analyses.overthinking import compute_overthinking, compute_overthinking_by_layer
-from analyses.projection import compute_projection, costs_from_bench, physical_costs, projection_points
 from analyses.render import claims_frame, md_table, render_report
 from analyses.report_guarantees import attack_part, calibration_part
 from analyses.report_robustness import robustness_part
+from analyses.report_scale import projection_part, scale_part, sweep_cost_part
 from analyses.report_speed import (
     batches_part,
     engine_targets_part,
@@ -44,7 +43,6 @@ from analyses.report_speed import (
 )
 from analyses.speculative import verdict_speculative
 from analyses.speedup import KEYS, best_at_drop, collapse_points, compute_auc, compute_curves
-from analyses.sweep_cost import compute_sweep_cost
 
 __all__ = [
     "MAX_DROP",
@@ -141,60 +139,6 @@ def _speedup(b: Built) -> None:
     b.attempt("speculative", speculative_part)
     b.attempt("engine_targets", engine_targets_part)
     b.attempt("summary", summary_part)
-
-
-def _engine_costs(b: Built) -> pd.DataFrame:
-    """Per-layer, fixed and per-check costs of the CUDA engine benchmarks here (may be empty)."""
-    benches = sorted((b.res.root / "engine").glob("bench_engine_*.json"))
-    costs = [costs_from_bench(json.loads(f.read_text())) for f in benches]
-    return pd.concat(costs, ignore_index=True) if costs else pd.DataFrame()
-
-
-def _projection(b: Built) -> None:
-    """Exit depths of the timed points priced with a larger decoder's costs (`analyses.projection`)."""
-    costs = _engine_costs(b)
-    if costs.empty or b.res.sweep is None:
-        b.missing["projection"] = "no CUDA engine benchmark (engine/bench_engine_*.json) or no sweeps here"
-        return
-    costs, dropped = physical_costs(costs)
-    if dropped:
-        b.res.notes.append(
-            "projection: cost rows left out, which its cost model does not fit (a static exit saving more "
-            "than its layers, or a negative exit check): " + "; ".join(dropped)
-        )
-    if costs.empty:
-        b.missing["projection"] = "every engine benchmark's cost row was left out (see the notes)"
-        return
-    points = projection_points(b.res.sweep)
-    if points.empty:
-        b.missing["projection"] = "no timed batch-1 VQA point with its consulted exits recorded"
-        return
-    b.tables["projection"] = compute_projection(points, costs)
-
-
-def _scale(b: Built) -> None:
-    """`scale/` (tests/benchmarks/bench_scale.py): measured at full BLIP-2 size, random weights."""
-    from analyses.scale import compute_replay, compute_scale, load_replay, load_scale
-
-    sweeps, checks = load_scale(b.res.root / "scale")
-    if sweeps.empty:
-        b.missing["scale"] = "no BLIP-2-size benchmark here (scale/sweep_*.csv)"
-        return
-    b.tables["blip2_scale"] = compute_scale(sweeps, checks)
-    replay = load_replay(b.res.root / "scale")
-    if replay.empty:
-        b.missing["blip2_replay"] = "no replay of recorded exit depths at BLIP-2 size (scale/replay_samples_*.csv)"
-        return
-    costs = _engine_costs(b)
-    b.tables["blip2_replay"] = compute_replay(replay, physical_costs(costs)[0] if len(costs) else costs)
-
-
-def _sweep_cost(b: Built) -> None:
-    """Each simulated sweep's seconds against its recording pass (target: within 1.2x)."""
-    if b.res.sweep_timings is None:
-        b.missing["sweep_cost"] = "no simulated sweep recorded its seconds (manifest `timings`)"
-        return
-    b.tables["simulated_sweep_cost"] = compute_sweep_cost(b.res.sweep_timings)
 
 
 def _oracle_rows(b: Built) -> pd.DataFrame:
@@ -309,9 +253,9 @@ def build_report(results: Path, *, n_boot: int = 1000, seed: int = 0) -> Path:
     b = Built(res, n_boot, seed)
     _backbone_tables(b)
     b.attempt("speedup", _speedup)
-    b.attempt("projection", _projection)
-    b.attempt("scale", _scale)
-    b.attempt("sweep_cost", _sweep_cost)
+    b.attempt("projection", projection_part)
+    b.attempt("scale", scale_part)
+    b.attempt("sweep_cost", sweep_cost_part)
     _per_exit_parts(b)
     if res.exit_runs is not None:
         b.tables["exits_training"] = res.exit_runs

@@ -89,14 +89,16 @@ def _num(v: object) -> str:
 
 
 def plot_speculative(spec: pd.DataFrame, ax: matplotlib.axes.Axes):
-    """Measured speedup against threshold: lossless (speculative, solid) and lossy (dashed) per method,
-    engine and task."""
-    require(spec, ["method", "engine", "task", "threshold", "measured_speedup", "lossy_speedup"], "speculative")
-    for i, (key, g) in enumerate(spec.groupby(["method", "engine", "task"], sort=True)):
+    """Measured speedup (with its CI where there is one) against threshold: lossless (speculative, solid)
+    and the lossy early exit of the same engine (dashed), per method, engine and task."""
+    require(spec, ["method", "engine", "lossy_engine", "task", "threshold", *SPEED, "lossy_speedup"], "speculative")
+    for i, ((method, engine, task), g) in enumerate(spec.groupby(["method", "engine", "task"], sort=True)):
         g = g.sort_values("threshold")
-        name = " ".join(map(str, key))
-        ax.plot(g["threshold"], g["measured_speedup"], marker="o", color=f"C{i}", label=f"{name} (lossless)")
-        ax.plot(g["threshold"], g["lossy_speedup"], marker="x", ls="--", color=f"C{i}", label=f"{name} lossy")
+        err = np.abs(g[SPEED[1:]].to_numpy(float).T - g["measured_speedup"].to_numpy(float))  # (2, n)
+        ax.errorbar(g["threshold"], g["measured_speedup"], yerr=np.nan_to_num(err), marker="o", capsize=3,
+                    color=f"C{i}", label=f"{method} {task}, {engine} (lossless)")  # fmt: skip
+        ax.plot(g["threshold"], g["lossy_speedup"], marker="x", ls="--", color=f"C{i}",
+                label=f"{method} {task}, {g['lossy_engine'].iloc[0]} (lossy)")  # fmt: skip
     ax.axhline(TARGET_LOSSLESS, color="0.3", ls=":", lw=1, label=f"target {TARGET_LOSSLESS:g}x (captions)")
     ax.set_xlabel("threshold")
     ax.set_ylabel("measured speedup")

@@ -184,7 +184,7 @@ def test_report_shows_both_engines(tmp_path: Path) -> None:
     expected = pd.read_csv(tmp_path / "tables" / "speedup_best_expected.csv")
     assert set(expected["engine"]) == {"none"}  # the simulated curve is one, engine-independent
     text = report.read_text()
-    assert "| method | engine | kv_policy |" in text and "figures/speedup_vs_fastest_vqa.png" in text
+    assert "| method | engine | threshold |" in text and "figures/speedup_vs_fastest_vqa.png" in text
     claim = next(line for line in text.split("## The paper's claims")[1].splitlines() if "About 1.5x" in line)
     assert "verdict **holds**" in claim and "rests on the graphs engine" in claim and "eager engine" in claim
 
