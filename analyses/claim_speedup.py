@@ -80,7 +80,7 @@ def _against(m: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         return m, ("each against the full model timed through the same engine (no per-question times to set "
                    "them against the fastest full model)")  # fmt: skip
     labels = ", ".join(sorted(fastest["baseline"].astype(str).unique()))
-    return fastest, (f"all against the {labels} timed in this run at batch 1, question by question (ratios "
+    return fastest, (f"against the {labels} timed in this run at batch 1, question by question (ratios "
                      "against each engine's own full model: tables/speedup_best_measured.csv, `baseline`)")  # fmt: skip
 
 
@@ -126,7 +126,8 @@ def judge_speedup(
         if g != best
     )
     return verdict, (
-        f"Measured per decode engine ({', '.join(engines)}), {against}; the verdict rests on the {best} "
+        f"Measured per decode engine ({', '.join(engines)}), {'all ' if against.startswith('against') else ''}{against}; "
+        f"the verdict rests on the {best} "
         f"engine, the strongest: {text}{after} {others} {exp_text} {target_text} (lower bound >= {bar:.1f}x)."
     ), row
 

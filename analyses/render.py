@@ -90,8 +90,8 @@ def _best_points_md(b: Built) -> list[str]:
     return [
         f"Each method's best point on clean test: the fastest within {100 * MAX_DROP:.0f} point of the full model "
         "(else the best quality, with its drop), over engines, KV policies and thresholds, measured at batch 1 "
-        "against the fastest full model of this run; `n`: questions; [summary_best_points.csv]"
-        "(tables/summary_best_points.csv) has every column.",
+        "against the fastest full model of this run where it was timed there (`against` names the baseline); "
+        "`n`: questions; [summary_best_points.csv](tables/summary_best_points.csv) has every column.",
         "",
         md_table(d[cols]),
         "",
@@ -111,6 +111,8 @@ def _summary(b: Built) -> list[str]:
                           for r in s.itertuples())  # fmt: skip
         out += [f"- Engine targets, points meeting measured / expected_with_prefix >= 0.9 and the decode phase's "
                 f">= 0.9: {shown} ([Engine targets](#engine-targets))."]  # fmt: skip
+    elif "engine_targets" in b.missing:
+        out += [f"- Engine targets: **missing** ({b.missing['engine_targets']})."]
     if "batches" in b.tables:
         m = b.tables["batches"]["meets_target"].dropna()
         why = b.missing.get("batches_expected")

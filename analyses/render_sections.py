@@ -43,8 +43,8 @@ def exits_md(b: Built) -> list[str]:
     if "exits_training" in b.tables:
         out += ["Training time per exits run (seconds; `wall_seconds` is the last process's, from its resume "
                 "where `resumed_at_steps` names one):", "", md_table(b.tables["exits_training"]), ""]  # fmt: skip
-    return out + links(b, {"exits_accuracy_test": "teacher-forced VQA accuracy of every exit on test (drawn in "
-                           "Mid-crisis)", "exits_cider_test": "CIDEr of every exit on test",
+    return out + links(b, {"exits_accuracy_test": "teacher-forced VQA accuracy of every exit on test, drawn in "
+                           "Mid-crisis", "exits_cider_test": "CIDEr of every exit on test",
                            "exits_training": "training time"})  # fmt: skip
 
 

@@ -196,7 +196,9 @@ def scale_md(b: Built) -> list[str]:
         out += links(b, {"projection": "with the costs and depths used"})
     elif "projection" in b.missing:
         out += [f"Projection to a larger decoder: **missing** ({b.missing['projection']})", ""]
-    return out or ["**missing**: no BLIP-2-size measurement (scale/) and no engine benchmark (engine/) here", ""]
+    if "scale" in b.missing:
+        out = [f"Measured at BLIP-2 size: **missing** ({b.missing['scale']})", ""] + out
+    return out
 
 
 def sweep_cost_md(b: Built) -> list[str]:

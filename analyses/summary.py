@@ -30,21 +30,19 @@ def compute_best_points(
     best_measured: pd.DataFrame | None, best_expected: pd.DataFrame | None, max_drop: float
 ) -> pd.DataFrame:
     """Per method, regime, task and metric on clean test: the fastest timed point within `max_drop` of
-    the full model (else the best-quality one, `meets_drop` False), over engines, KV policies and batch
-    sizes, against the fastest full model where `best_measured` has that `baseline` (else against each
-    engine's own); a method with simulated sweeps only gets its best expected point, measured speedup
-    missing and `baseline` "not timed"."""
+    the full model (else the best-quality one, `meets_drop` False), over engines, KV policies and
+    thresholds, against the fastest full model where `best_measured` has that `baseline` for it (batch
+    1); a method timed only otherwise (batched, or without per-question times) against its engine's own
+    full model, as `baseline` says; a method with simulated sweeps only gets its best expected point,
+    measured speedup missing and `baseline` "not timed"."""
     timed = _clean(best_measured)
     if len(timed) and "baseline" in timed.columns:
         fastest = timed["baseline"].astype(str).str.startswith(FASTEST)
-        timed = timed[fastest] if fastest.any() else timed
+        timed = pd.concat([timed[fastest], _unseen(timed[~fastest], timed[fastest])], ignore_index=True)
     picked = pick_at_drop(timed, WHO, "measured_speedup", max_drop) if len(timed) else pd.DataFrame()
     sim = _clean(best_expected)
     if len(sim):
-        sim = pick_at_drop(sim, WHO, "expected_speedup", max_drop)
-        if len(picked):
-            seen = pd.MultiIndex.from_frame(picked[WHO])
-            sim = sim[~pd.MultiIndex.from_frame(sim[WHO]).isin(seen)]
+        sim = _unseen(pick_at_drop(sim, WHO, "expected_speedup", max_drop), picked)
         sim = sim.assign(measured_speedup=np.nan, measured_speedup_lo=np.nan, measured_speedup_hi=np.nan,
                          baseline="not timed (simulated sweeps only)", engine="none")  # fmt: skip
     out = pd.concat([d for d in (picked, sim) if len(d)], ignore_index=True) if len(picked) + len(sim) else None
@@ -57,6 +55,13 @@ def compute_best_points(
         if c not in out.columns:
             out[c] = pd.NA if c in ("n_samples", "baseline") else np.nan
     return out[cols].sort_values(WHO).reset_index(drop=True)
+
+
+def _unseen(rows: pd.DataFrame, seen: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `rows` whose method, regime, task and metric `seen` has none of."""
+    if rows.empty or seen.empty:
+        return rows
+    return rows[~pd.MultiIndex.from_frame(rows[WHO]).isin(pd.MultiIndex.from_frame(seen[WHO]))]
 
 
 def _who(row: pd.Series) -> str:

@@ -66,6 +66,7 @@ def test_best_points_take_the_fastest_baseline_and_keep_simulated_only_methods()
         _best("free", "eager", 0.88, 1.66, "own engine (eager)"),
         _best("free", "eager", 0.88, 0.21, FASTEST), _best("free", "graphs", 0.88, 1.39, FASTEST),
         _best("deebert", "graphs", 0.86, 1.61, FASTEST),  # 2 points below: its best-quality point, flagged
+        _best("pabee", "eager", 0.88, 1.2, "own engine (eager)", batch_size=8),  # timed batched only
     ])  # fmt: skip
     expected = pd.DataFrame([_best("free", "none", 0.87, np.nan, "", timer="none", expected_speedup=2.3),
                              _best("distill", "none", 0.875, np.nan, "", timer="none", regime="unsupervised",
@@ -74,9 +75,10 @@ def test_best_points_take_the_fastest_baseline_and_keep_simulated_only_methods()
     assert got.loc[("free", "semi"), "engine"] == "graphs"
     assert got.loc[("free", "semi"), "measured_speedup"] == pytest.approx(1.39)  # not the own-engine 1.66
     assert not got.loc[("deebert", "semi"), "meets_drop"]
+    assert got.loc[("pabee", "semi"), "baseline"] == "own engine (eager)"  # labelled, not passed off as fastest
     sim = got.loc[("distill", "unsupervised")]
     assert np.isnan(sim["measured_speedup"]) and sim["baseline"].startswith("not timed")
-    assert sim["expected_speedup"] == pytest.approx(2.5) and len(got) == 3  # free's simulated row: not twice
+    assert sim["expected_speedup"] == pytest.approx(2.5) and len(got) == 4  # free's simulated row: not twice
 
 
 def test_claim_headlines_give_the_numbers_with_their_cis() -> None:
