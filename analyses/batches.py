@@ -92,20 +92,22 @@ def _faster(c: pd.Series, r: pd.Series) -> str:
 
 
 def plot_batches(batches: pd.DataFrame, ax: matplotlib.axes.Axes, target: float = TARGET_RATIO):
-    """Measured speedup against the batch's own expectation (prefix priced in), one marker per point
-    (filled: compacted, open: riding along; one colour per batch size and engine), with y = x and the
-    target line y = target * x."""
-    require(batches, ["expected_batch_with_prefix", "measured_speedup", "batch_size", "compact"], "batches")
+    """Measured speedup against the batch's own expectation (prefix priced in), one marker per point: a
+    colour per method, a shape per batch size, filled when compacted, open when riding along, pale where
+    the sweep did not record which; with y = x and the target line y = target * x."""
+    require(batches, ["expected_batch_with_prefix", "measured_speedup", "batch_size", "compact", "method"],
+            "batches")  # fmt: skip
     d = batches[np.isfinite(batches["expected_batch_with_prefix"].astype(float))]
     if d.empty:
         raise ValueError("no batched point has an expected_batch_with_prefix (expected_batch_speedup unrecorded)")
-    engine = d["engine"].astype(str) if "engine" in d.columns else pd.Series("", index=d.index)
-    for i, ((batch, eng), g) in enumerate(d.groupby([d["batch_size"], engine], sort=True)):
-        for compact, grp in g.groupby(g["compact"].astype(str)):
-            filled = compact != "false"
-            ax.plot(grp["expected_batch_with_prefix"], grp["measured_speedup"], ls="none", marker="o", ms=7,
-                    color=f"C{i}", mfc=f"C{i}" if filled else "none",
-                    label=f"batch {batch} {eng} {COMPACT.get(compact, compact)}".replace("  ", " "))  # fmt: skip
+    colours = {m: f"C{i}" for i, m in enumerate(sorted(d["method"].astype(str).unique()))}
+    shapes = dict(zip(sorted(d["batch_size"].unique()), "osD^vP*X", strict=False))
+    for _, r in d.iterrows():
+        c, compact = colours[str(r["method"])], str(r["compact"]).lower()
+        how = COMPACT.get(compact, "compaction not recorded")
+        ax.plot(r["expected_batch_with_prefix"], r["measured_speedup"], ls="none", marker=shapes[r["batch_size"]],
+                ms=7, color=c, mfc="none" if compact == "false" else c, alpha=1.0 if compact in COMPACT else 0.4,
+                label=f"{r['method']} batch {r['batch_size']} {r.get('engine', '')}, {how}")  # fmt: skip
     hi = float(max(d["expected_batch_with_prefix"].max(), d["measured_speedup"].max(), 1.0)) * 1.05
     xs = np.array([0.0, hi])
     ax.plot(xs, xs, color="0.6", lw=1, label="measured = expected")
@@ -114,5 +116,7 @@ def plot_batches(batches: pd.DataFrame, ax: matplotlib.axes.Axes, target: float 
     ax.set_ylim(0, hi)
     ax.set_xlabel("expected_batch_with_prefix (the batch's own count, prefix priced in)")
     ax.set_ylabel("measured speedup")
-    ax.legend(fontsize="small")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))  # one entry per label
+    ax.legend(unique.values(), unique.keys(), fontsize="small")
     return ax
