@@ -53,7 +53,7 @@ def compute_batches(
     d["meets_target"] = meets_target(d["measured_over_batch_expected"], target)
     ci = [c for c in ("measured_speedup_lo", "measured_speedup_hi", "n_samples") if c in d.columns]
     cols = point + (["compact"] if "compact" in d.columns and "compact" not in point else [])
-    cols += ["value", "measured_speedup", *ci, "expected_speedup", "expected_batch_speedup", "prefix_share",
+    cols += ["value", "measured_speedup", *ci, "baseline", "expected_speedup", "expected_batch_speedup", "prefix_share",
                     "expected_batch_with_prefix", "measured_over_batch_expected", "meets_target"]  # fmt: skip
     return d[[c for c in cols if c in d.columns]].reset_index(drop=True)
 

@@ -105,7 +105,7 @@ def compute_vs_fastest(
     vs = sums.drop(columns=["_base", "_own"]).merge(ci, on=point, how="left")
     timed = curves[(curves["timer"] != "none") & (curves["batch_size"] == 1)]
     timed = timed.assign(threshold=timed["threshold"].astype(float).round(9), own_speedup=timed["measured_speedup"])
-    drop = ["measured_speedup", "measured_speedup_lo", "measured_speedup_hi", "n_samples"]
+    drop = ["measured_speedup", "measured_speedup_lo", "measured_speedup_hi", "n_samples", "baseline"]
     out = timed.drop(columns=[c for c in drop if c in timed.columns]).merge(vs, on=point, how="inner")
     return out.reset_index(drop=True)
 

@@ -26,6 +26,7 @@ from analyses.claims import (
     verdict_robustness,
     verdict_speedup,
 )
+from analyses.fastest import label_own
 from analyses.fixed_cost import compute_fixed_share
 from analyses.load import load_results, write_csv, write_text
 from analyses.midcrisis import compute_dip, compute_dip_ci, compute_layer_curves
@@ -108,7 +109,7 @@ def _speedup(b: Built) -> None:
             raise
         b.res.notes.append(f"samples.parquet not used, so no speedup CIs: {err}")
         curves = compute_curves(sweep, None, extra_keys=extra)
-    curves = pd.concat([curves, _oracle_rows(b)], ignore_index=True)
+    curves = label_own(pd.concat([curves, _oracle_rows(b)], ignore_index=True))  # `baseline`: own engine
     b.tables["speedup_curves"] = curves
     timed = curves[curves["timer"] != "none"]
     simulated = curves[curves["timer"] == "none"]
@@ -126,7 +127,7 @@ def _speedup(b: Built) -> None:
     if samples is not None and "prefix_ms" in samples.columns:
         fixed = compute_fixed_share(samples[samples["method"] != "full"])
         if len(fixed):
-            b.tables["speedup_fixed_share"] = fixed
+            b.tables["speedup_fixed_share"] = label_own(fixed)
     devices = sweep.groupby("timer")["device"].agg(lambda s: ", ".join(sorted(s.astype(str).unique())))
     b.figures |= figures.speedup_figures(curves, b.res.root / "figures", b.res.profile, devices.to_dict())
     b.attempt("speedup_vs_fastest", vs_fastest_part, curves, samples, raw, extra, devices.to_dict())
