@@ -1,4 +1,4 @@
-"""Markdown helpers shared by REPORT.md's sections: tables (NaN written "n/a", never 0), a value with its
+"""Markdown pieces shared by REPORT.md's sections: tables (NaN written "n/a", never 0), a value with its
 CI, figures, links to the wide tables in tables/, and a part's "missing" line."""
 
 from __future__ import annotations
