@@ -64,7 +64,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 def bootstrap_points(
     samples: pd.DataFrame, curve_keys: Sequence[str], n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> pd.DataFrame:
-    """Per (curve_keys, threshold) point: `n_samples` and the bootstrap CIs of quality (mean value),
+    """Per (curve_keys, threshold) point: `n_samples` (distinct questions) and the bootstrap CIs of quality (mean value),
     expected speedup (sum full_cost_layers / sum cost_layers) and measured speedup (sum full_latency_ms
     / sum latency_ms). Samples are resampled by sample_id; with a `seed` column holding several seeds,
     seeds are resampled first, then sample_ids within each drawn seed (`resample_counts`)."""
@@ -102,7 +102,8 @@ def bootstrap_points(
         parts = np.split(sums, 6, axis=1)
         frame = {k: v for k, v in zip(curve_keys, key, strict=True)}
         frame["threshold"] = thresholds
-        frame["n_samples"] = grp.groupby("threshold").size().reindex(thresholds).to_numpy()
+        # questions, not rows: a point simulated for several seeds decoded the same questions each time
+        frame["n_samples"] = grp.groupby("threshold")["sample_id"].nunique().reindex(thresholds).to_numpy()
         for name, (num, den) in zip(
             ("value", "expected_speedup", "measured_speedup"),
             zip(parts[::2], parts[1::2], strict=True),

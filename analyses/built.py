@@ -22,7 +22,8 @@ class Built:
         self.tables: dict[str, pd.DataFrame] = {}
         self.figures: dict[str, Path] = {}
         self.missing: dict[str, str] = {}
-        self.claims: list[tuple[str, str, str]] = []
+        self.claims: list[tuple[str, str, str]] = []  # (claim, verdict, evidence)
+        self.targets: list[tuple[str, str, str]] = []  # (target, verdict, evidence): the project's own
 
     def attempt(self, part: str, fn: Callable[..., None], *args: object) -> None:
         """Run one part; a ValueError from the analyses marks the part missing with its message."""

@@ -136,3 +136,43 @@ def robustness_figure(robust: pd.DataFrame, folder: Path, profile: str, metric: 
         )
 
     return save_figure(folder, "robustness_heatmap", draw, size=(7.5, 4.8))[0]
+
+
+def vs_fastest_figures(
+    curves: pd.DataFrame, folder: Path, profile: str, devices: dict[str, str] | None = None
+) -> dict[str, Path]:
+    """`speedup_vs_fastest_<task>[_<timer>]`: every engine's batch-1 points on one axis, all against the
+    same fastest full model (`analyses.fastest`), for each task and timer with more than one engine (with
+    one, the engine's own figure already shows it)."""
+    devices = devices or {}
+    out: dict[str, Path] = {}
+    clean = curves[(curves["split"] == "test") & (curves["perturbation"] == "none")]
+    timers = sorted(clean["timer"].unique())
+    for (task, timer), d in clean.groupby(["task", "timer"], sort=True):
+        if d.loc[d["method"] != "full", "engine"].nunique() < 2:
+            continue
+        stem = f"speedup_vs_fastest_{task}" + (f"_{timer}" if len(timers) > 1 else "")
+        against = ", ".join(sorted(d["baseline"].astype(str).unique()))
+        title = (f"{profile}: {task} test, batch 1, measured speedup against the {against} "
+                 f"({timer}, {devices.get(timer, 'unknown device')})")  # fmt: skip
+        draw = partial(_speedup, curves=d, x="measured_speedup", metric=task_metric(d, task), title=title)
+        out[stem] = save_figure(folder, stem, draw)[0]
+    return out
+
+
+def titled(plot: Callable[..., object], df: pd.DataFrame, title: str) -> Callable[[Axes], None]:
+    """A `save_figure` draw function: `plot(df, ax)`, then the title (wrapped, never clipped)."""
+
+    def draw(ax: Axes) -> None:
+        plot(df, ax)
+        ax.set_title(textwrap.fill(title, 72), fontsize="medium")
+
+    return draw
+
+
+def plot_logit_lens(lens: pd.DataFrame, ax: Axes) -> Axes:
+    """VQA accuracy of the final norm + LM head on each layer's hidden state."""
+    ax.plot(lens["layer"], lens["accuracy"], marker="o", ms=3)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("vqa_accuracy (logit lens)")
+    return ax

@@ -14,6 +14,8 @@ import pandas as pd
 
 KEYS = ["method", "regime", "kv_policy", "batch_size", "task", "split", "perturbation", "threshold"]
 NEEDED = KEYS + ["latency_ms", "full_latency_ms", "prefix_ms", "cost_layers", "full_cost_layers"]
+RATIOS = ["prefix_share", "measured_speedup", "expected_speedup", "lm_measured_speedup", "expected_with_prefix",
+          "measured_over_expected", "measured_over_expected_with_prefix", "lm_measured_over_expected"]  # fmt: skip
 
 
 def compute_fixed_share(samples: pd.DataFrame) -> pd.DataFrame:
@@ -28,12 +30,14 @@ def compute_fixed_share(samples: pd.DataFrame) -> pd.DataFrame:
     keys = KEYS + [k for k in ("engine", "sweep", "seed") if k in samples.columns]
     timed = samples.dropna(subset=["latency_ms", "full_latency_ms", "prefix_ms"])
     if timed.empty:
-        return pd.DataFrame(columns=keys + ["prefix_share", "measured_speedup", "expected_speedup",
-                                            "lm_measured_speedup", "expected_with_prefix",
-                                            "lm_measured_over_expected"])  # fmt: skip
-    sums = timed.groupby(keys, as_index=False, dropna=False)[NEEDED[len(KEYS) :]].sum()
+        return pd.DataFrame(columns=keys + ["n_samples", *RATIOS])
+    groups = timed.groupby(keys, as_index=False, dropna=False)
+    sums = groups[NEEDED[len(KEYS) :]].sum()
     full, early, fixed = sums["full_latency_ms"], sums["latency_ms"], sums["prefix_ms"]
     out = sums[keys].copy()
+    # the questions behind the point (one row per question and point where the table has no sample_id)
+    n = groups["sample_id"].nunique()["sample_id"] if "sample_id" in timed.columns else groups.size()["size"]
+    out["n_samples"] = n.to_numpy()
     out["prefix_share"] = fixed / full
     out["measured_speedup"] = full / early
     out["expected_speedup"] = sums["full_cost_layers"] / sums["cost_layers"]

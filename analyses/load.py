@@ -143,7 +143,9 @@ def _sweep(folder: Path, res: Results) -> None:
         )
         return
     as_float = {"threshold": lambda d: d["threshold"].astype(float)}
-    samples = samples.assign(**as_float).merge(points.assign(**as_float), on=SAMPLE_KEYS, how="left")
+    own = [c for c in ("timer", "engine") if c in samples.columns]  # the sweep rows' (with the spec's) win
+    samples = samples.drop(columns=own).assign(**as_float).merge(points.assign(**as_float), on=SAMPLE_KEYS,
+                                                                 how="left")  # fmt: skip
     res.samples = pd.concat([res.samples, samples.assign(**tags)], ignore_index=True)
 
 

@@ -8,7 +8,6 @@ it. Usage: `python -m analyses.report results/<profile>`.
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,16 +26,24 @@ from analyses.claims import (
     verdict_robustness,
     verdict_speedup,
 )
+from analyses.fastest import label_own
 from analyses.fixed_cost import compute_fixed_share
 from analyses.load import load_results, write_csv, write_text
 from analyses.midcrisis import compute_dip, compute_dip_ci, compute_layer_curves
 from analyses.overthinking import compute_overthinking, compute_overthinking_by_layer
-from analyses.projection import compute_projection, costs_from_bench, physical_costs, projection_points
-from analyses.render import md_table, render_report
+from analyses.render import claims_frame, md_table, render_report
 from analyses.report_guarantees import attack_part, calibration_part
 from analyses.report_robustness import robustness_part
+from analyses.report_scale import projection_part, scale_part, sweep_cost_part
+from analyses.report_speed import (
+    batches_part,
+    engine_targets_part,
+    speculative_part,
+    summary_part,
+    vs_fastest_part,
+)
+from analyses.speculative import verdict_speculative
 from analyses.speedup import KEYS, best_at_drop, collapse_points, compute_auc, compute_curves
-from analyses.sweep_cost import compute_sweep_cost
 
 __all__ = [
     "MAX_DROP",
@@ -87,6 +94,7 @@ def label_seeds(per_exit: pd.DataFrame) -> pd.DataFrame:
 
 def _speedup(b: Built) -> None:
     sweep, samples = b.res.sweep, b.res.samples
+    raw = samples  # every full-model time, for the fastest full model's baseline
     if sweep is None:
         b.missing["speedup"] = "no sweeps (sweeps/<name>/sweep.parquet) in this results folder"
         return
@@ -101,16 +109,13 @@ def _speedup(b: Built) -> None:
             raise
         b.res.notes.append(f"samples.parquet not used, so no speedup CIs: {err}")
         curves = compute_curves(sweep, None, extra_keys=extra)
-    curves = pd.concat([curves, _oracle_rows(b)], ignore_index=True)
+    curves = label_own(pd.concat([curves, _oracle_rows(b)], ignore_index=True))  # `baseline`: own engine
     b.tables["speedup_curves"] = curves
     timed = curves[curves["timer"] != "none"]
     simulated = curves[curves["timer"] == "none"]
     has_measured = np.isfinite(timed["measured_speedup"].astype(float)) & ~timed["method"].isin(["full"])
     if has_measured.any():
-        best = best_at_drop(timed, MAX_DROP, "measured_speedup", extra)
-        b.tables["speedup_best_measured"] = best.assign(
-            measured_over_expected=best["measured_speedup"] / best["expected_speedup"]
-        )
+        b.tables["speedup_best_measured"] = best_at_drop(timed, MAX_DROP, "measured_speedup", extra)
         b.attempt("speedup_auc_measured", _auc, timed, "measured_speedup", extra)
     else:
         b.missing["speedup_best_measured"] = "no timed sweep (every sweep has timer 'none')"
@@ -122,63 +127,19 @@ def _speedup(b: Built) -> None:
     if samples is not None and "prefix_ms" in samples.columns:
         fixed = compute_fixed_share(samples[samples["method"] != "full"])
         if len(fixed):
-            b.tables["speedup_fixed_share"] = fixed
+            b.tables["speedup_fixed_share"] = label_own(fixed)
     devices = sweep.groupby("timer")["device"].agg(lambda s: ", ".join(sorted(s.astype(str).unique())))
     b.figures |= figures.speedup_figures(curves, b.res.root / "figures", b.res.profile, devices.to_dict())
-
-
-def _engine_costs(b: Built) -> pd.DataFrame:
-    """Per-layer, fixed and per-check costs of the CUDA engine benchmarks here (may be empty)."""
-    benches = sorted((b.res.root / "engine").glob("bench_engine_*.json"))
-    costs = [costs_from_bench(json.loads(f.read_text())) for f in benches]
-    return pd.concat(costs, ignore_index=True) if costs else pd.DataFrame()
-
-
-def _projection(b: Built) -> None:
-    """Exit depths of the timed points priced with a larger decoder's costs (`analyses.projection`)."""
-    costs = _engine_costs(b)
-    if costs.empty or b.res.sweep is None:
-        b.missing["projection"] = "no CUDA engine benchmark (engine/bench_engine_*.json) or no sweeps here"
-        return
-    costs, dropped = physical_costs(costs)
-    if dropped:
-        b.res.notes.append(
-            "projection: cost rows left out, which its cost model does not fit (a static exit saving more "
-            "than its layers, or a negative exit check): " + "; ".join(dropped)
+    b.attempt("speedup_vs_fastest", vs_fastest_part, curves, samples, raw, extra, devices.to_dict())
+    if "speedup_best_measured" in b.tables:
+        best = b.tables["speedup_best_measured"]
+        b.tables["speedup_best_measured"] = best.assign(
+            measured_over_expected=best["measured_speedup"] / best["expected_speedup"]
         )
-    if costs.empty:
-        b.missing["projection"] = "every engine benchmark's cost row was left out (see the notes)"
-        return
-    points = projection_points(b.res.sweep)
-    if points.empty:
-        b.missing["projection"] = "no timed batch-1 VQA point with its consulted exits recorded"
-        return
-    b.tables["projection"] = compute_projection(points, costs)
-
-
-def _scale(b: Built) -> None:
-    """`scale/` (tests/benchmarks/bench_scale.py): measured at full BLIP-2 size, random weights."""
-    from analyses.scale import compute_replay, compute_scale, load_replay, load_scale
-
-    sweeps, checks = load_scale(b.res.root / "scale")
-    if sweeps.empty:
-        b.missing["scale"] = "no BLIP-2-size benchmark here (scale/sweep_*.csv)"
-        return
-    b.tables["blip2_scale"] = compute_scale(sweeps, checks)
-    replay = load_replay(b.res.root / "scale")
-    if replay.empty:
-        b.missing["blip2_replay"] = "no replay of recorded exit depths at BLIP-2 size (scale/replay_samples_*.csv)"
-        return
-    costs = _engine_costs(b)
-    b.tables["blip2_replay"] = compute_replay(replay, physical_costs(costs)[0] if len(costs) else costs)
-
-
-def _sweep_cost(b: Built) -> None:
-    """Each simulated sweep's seconds against its recording pass (target: within 1.2x)."""
-    if b.res.sweep_timings is None:
-        b.missing["sweep_cost"] = "no simulated sweep recorded its seconds (manifest `timings`)"
-        return
-    b.tables["simulated_sweep_cost"] = compute_sweep_cost(b.res.sweep_timings)
+    b.attempt("batches", batches_part, samples, extra)
+    b.attempt("speculative", speculative_part)
+    b.attempt("engine_targets", engine_targets_part)
+    b.attempt("summary", summary_part)
 
 
 def _oracle_rows(b: Built) -> pd.DataFrame:
@@ -263,14 +224,21 @@ def _midcrisis(b: Built, pe: pd.DataFrame) -> None:
 
 def _backbone_tables(b: Built) -> None:
     q = b.res.quality or {}
+    caps = q.get("captions", q.get("caption_scores"))
+    if isinstance(caps, dict) and "missing" not in caps:
+        b.tables["backbone_captions"] = pd.DataFrame([caps])
+    elif b.res.quality is not None:
+        b.missing["backbone_captions"] = caps.get("missing") if isinstance(caps, dict) else "not in quality.json"
     if by_type := q.get("vqa_accuracy_by_type"):
         b.tables["backbone_vqa_by_type"] = pd.DataFrame(
             {"question_type": list(by_type), "vqa_accuracy": list(by_type.values())}
         )
     if lens := q.get("logit_lens"):
-        b.tables["backbone_logit_lens"] = pd.DataFrame(
-            {"layer": [int(k) for k in lens], "accuracy": list(lens.values())}
-        )
+        lens = pd.DataFrame({"layer": [int(k) for k in lens], "accuracy": list(lens.values())})
+        b.tables["backbone_logit_lens"] = lens
+        title = f"{b.res.profile}: backbone, VQA accuracy of the logit lens per layer"
+        draw = figures.titled(figures.plot_logit_lens, lens, title)
+        b.figures["backbone_logit_lens"] = figures.save_figure(b.res.root / "figures", "backbone_logit_lens", draw)[0]
 
 
 def _remove_stale(folder: Path, keep: set[Path]) -> None:
@@ -286,9 +254,9 @@ def build_report(results: Path, *, n_boot: int = 1000, seed: int = 0) -> Path:
     b = Built(res, n_boot, seed)
     _backbone_tables(b)
     b.attempt("speedup", _speedup)
-    b.attempt("projection", _projection)
-    b.attempt("scale", _scale)
-    b.attempt("sweep_cost", _sweep_cost)
+    b.attempt("projection", projection_part)
+    b.attempt("scale", scale_part)
+    b.attempt("sweep_cost", sweep_cost_part)
     _per_exit_parts(b)
     if res.exit_runs is not None:
         b.tables["exits_training"] = res.exit_runs
@@ -296,7 +264,9 @@ def build_report(results: Path, *, n_boot: int = 1000, seed: int = 0) -> Path:
     b.attempt("calibration", calibration_part)
     b.attempt("attack", attack_part)
     b.claims = build_claims(b.tables, b.missing)
-    b.tables["claims"] = pd.DataFrame(b.claims, columns=["claim", "verdict", "evidence"])
+    b.targets = [("FREE >= 1.5x lossless on captions (batch 1)",)
+                 + verdict_speculative(b.tables.get("speculative"), b.missing.get("speculative"))]  # fmt: skip
+    b.tables["claims"] = claims_frame(b)
     written = {write_csv(res.root / "tables" / f"{name}.csv", df) for name, df in b.tables.items()}
     written |= {p.with_suffix(ext) for p in b.figures.values() for ext in (".png", ".pdf")}
     for sub in ("tables", "figures"):

@@ -46,38 +46,3 @@ def attack_part(b: Built) -> None:
         return
     b.tables["attack_ci"] = compute_attack_ci(samples, n_boot=b.n_boot, seed=b.seed)
 
-
-def guarantees_md(b: Built, md_table, figure, missing) -> list[str]:
-    """Markdown of both parts (the renderer's table, figure and missing helpers passed in)."""
-    out = ["### Thresholds with a guarantee (Learn-then-Test)", ""]
-    if "calibration" in b.tables:
-        c = b.tables["calibration"]
-        first = c.iloc[0]
-        out += [
-            f"Each run's threshold certified on val by fixed-sequence testing with Hoeffding-Bentkus p-values "
-            f"(`free-bench calibrate`): risk `{first['risk_kind']}` <= {first['epsilon']:g} with probability >= "
-            f"{1 - first['delta']:g}. On test and under every perturbation x severity the same threshold's "
-            "risk is measured again: a guarantee made on clean val promises nothing under shift, and "
-            "`shifts_broken` counts where it fails.",
-            "",
-        ] + figure(b, "calibration_shifts", "calibration under shift") + [md_table(c), ""]
-        if "calibration_shifts" in b.tables:
-            out += ["Risk of the certified threshold per input (wide table in `tables/calibration_shifts.csv`).", ""]
-    else:
-        out += missing(b, "calibration") or ["**missing**", ""]
-    out += ["### Slowdown attack", ""]
-    if "attack" in b.tables:
-        out += [
-            "Projected gradient steps on the pixels within an L-inf budget, lowering every exit's confidence "
-            "by the method's own rule (`free-bench attack`), at each run's val operating point; "
-            "`speedup_taken` is the share of the clean expected speedup's gain the attack removes.",
-            "",
-            md_table(b.tables["attack"]),
-            "",
-        ]
-        if "attack_ci" in b.tables:
-            out += ["95 % CIs of `speedup_taken`, and of each baseline's minus FREE's on the same questions:", "",
-                    md_table(b.tables["attack_ci"]), ""]  # fmt: skip
-    else:
-        out += missing(b, "attack") or ["**missing**", ""]
-    return out

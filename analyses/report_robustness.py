@@ -55,6 +55,7 @@ def robustness_part(b: Built) -> None:
         operating = calibrate(rows, MAX_DROP)
     robust = compute_robustness(rows, operating)
     b.tables["robustness_operating"], b.tables["robustness"] = operating, robust
+    b.tables["robustness_drop_by_shift"] = drop_by_shift(robust)
     _robustness_ci(b, rows, operating)
     metric = "vqa_accuracy" if (robust["metric"] == "vqa_accuracy").any() else robust["metric"].iloc[0]
     fig = figures.robustness_figure(robust, b.res.root / "figures", b.res.profile, metric)
@@ -80,3 +81,11 @@ def _robustness_ci(b: Built, rows: pd.DataFrame, operating: pd.DataFrame) -> Non
         )
     except ValueError as err:
         b.missing["robustness_drop_ci"] = f"not computed: {err}"
+
+
+def drop_by_shift(robust: pd.DataFrame) -> pd.DataFrame:
+    """The mean drop vs clean test per method and split:perturbation:severity, one column each."""
+    shift = robust["split"] + ":" + robust["perturbation"] + ":" + robust["severity"].astype(str)
+    wide = robust.assign(shift=shift).pivot_table(index=["method", "regime", "metric"], columns="shift",
+                                                  values="drop_vs_clean")  # fmt: skip
+    return wide.reset_index()

@@ -28,6 +28,8 @@ KEYS = ["method", "regime", "kv_policy", "batch_size", "task", "split", "perturb
 CURVE = KEYS + ["metric"]
 SETTING = ["task", "split", "perturbation", "metric", "batch_size"]  # what the full-model row must share
 MEASURES = ["value", "expected_speedup", "measured_speedup", "mean_exit_layer"]
+# carried into the curves where the sweep has them (sweeps written before them lack the columns)
+OPTIONAL_MEASURES = ["expected_batch_speedup", "acceptance_rate", "tokens_per_pass"]
 REFERENCE = ("full", "static", "oracle")
 X_LABELS = {
     "measured_speedup": "measured speedup (wall-clock)",
@@ -75,6 +77,9 @@ def collapse_points(sweep: pd.DataFrame, extra_keys: Sequence[str] = EXTRA_KEYS)
     agg = {m: (m, "mean") for m in MEASURES} | (
         {"n_seeds": ("seed", "nunique")} if "seed" in t.columns else {}
     )
+    agg |= {m: (m, "mean") for m in OPTIONAL_MEASURES if m in t.columns}
+    if "n_samples" in t.columns:  # questions decoded per point (sweeps written before it lack the column)
+        agg["n_samples"] = ("n_samples", "max")
     out = t.groupby(keys, as_index=False, sort=True, dropna=False).agg(**agg)
     return out if "seed" in t.columns else out.assign(n_seeds=1)
 
@@ -89,13 +94,15 @@ def compute_curves(
     per_sample_metrics: Sequence[str] = ("vqa_accuracy",),
 ) -> pd.DataFrame:
     """One row per point (curve keys + threshold): the sweep's value, expected/measured speedup and
-    mean exit layer, plus `*_lo/*_hi` bootstrap CIs and `n_samples` where `samples` has the point
-    (NaN CIs and n_samples 0 elsewhere). Per-sample `value` is a mean-decomposable metric (VQA
+    mean exit layer, plus `*_lo/*_hi` bootstrap CIs where `samples` has the point (NaN elsewhere), and
+    `n_samples`: the questions decoded for the point, as the sweep recorded it, else counted in
+    `samples`, else missing (<NA>, never 0). Per-sample `value` is a mean-decomposable metric (VQA
     accuracy), so its CI is attached only to `per_sample_metrics` rows unless samples has a `metric`
     column; a corpus metric such as CIDEr keeps NaN value CIs but gets speedup CIs."""
     curves = collapse_points(sweep, extra_keys)
+    recorded = curves.pop("n_samples") if "n_samples" in curves.columns else pd.Series(np.nan, index=curves.index)
     if samples is None:
-        return curves.assign(**{c: np.nan for c in CI_COLUMNS}, n_samples=0)
+        return curves.assign(**{c: np.nan for c in CI_COLUMNS}, n_samples=count_or_missing(recorded))
     require(samples, KEYS + ["threshold", "sample_id", "value", "cost_layers", "full_cost_layers"], "samples")
     samples = samples.assign(
         threshold=samples["threshold"].astype(float).round(9),
@@ -104,11 +111,18 @@ def compute_curves(
     skeys = KEYS + [k for k in extra_keys if k in samples.columns and k in curves.columns]
     skeys += ["metric"] if "metric" in samples.columns else []
     boot = bootstrap_points(samples, skeys, n_boot=n_boot, seed=seed, level=level)
-    out = curves.merge(boot, on=skeys + ["threshold"], how="left", validate="many_to_one")
+    out = curves.assign(_recorded=recorded.to_numpy()).merge(
+        boot, on=skeys + ["threshold"], how="left", validate="many_to_one"
+    )
     if "metric" not in samples.columns:
         out.loc[~out["metric"].isin(list(per_sample_metrics)), ["value_lo", "value_hi"]] = np.nan
-    out["n_samples"] = out["n_samples"].fillna(0).astype(int)
+    out["n_samples"] = count_or_missing(out.pop("_recorded").fillna(out["n_samples"]))
     return out
+
+
+def count_or_missing(n: pd.Series) -> pd.Series:
+    """A count column as nullable integers: <NA> where nothing counted it (never 0 for unknown)."""
+    return pd.to_numeric(n, errors="coerce").round().astype("Int64")
 
 
 def compute_pareto(
@@ -211,7 +225,8 @@ def best_at_drop(
         raise ValueError(f"no method point has a finite {x} (simulated sweeps have no measured speedup)")
     ci = [c for c in CI_COLUMNS if c in best.columns]
     cols = keys + ["threshold", "value", "full_value", "drop", "meets_drop"]
-    return best[cols + ["expected_speedup", "measured_speedup", "mean_exit_layer"] + ci]
+    rest = [c for c in ("n_samples", "baseline", "own_speedup") if c in best.columns]
+    return best[cols + ["expected_speedup", "measured_speedup", "mean_exit_layer"] + ci + rest]
 
 
 def plot_speedup(

@@ -175,7 +175,21 @@ def test_without_samples_cis_are_nan() -> None:
     curves = compute_curves(pd.concat([_full(), _sweep("free", [(0.1, 0.8, 2.0, 1.5)])]))
     ci = [c for c in curves.columns if c.endswith(("_lo", "_hi"))]
     assert len(ci) == 6 and curves[ci].isna().all().all()
-    assert (curves["n_samples"] == 0).all()
+    assert curves["n_samples"].isna().all()  # nothing counted the questions: missing, never 0
+
+
+def test_n_samples_comes_from_the_sweep_else_the_samples_else_is_missing() -> None:
+    rng = np.random.default_rng(4)
+    samples = pd.concat([_samples(30, [0.5], rng, seed=s) for s in (0, 1)], ignore_index=True)  # 2 seeds
+    sweep = _sweep_from_samples(samples[samples["seed"] == 0])
+    counted = compute_curves(sweep, samples, n_boot=20).set_index("method")["n_samples"]
+    assert counted["free"] == 30 and pd.isna(counted["full"])  # questions, not rows; the full row: no samples
+    recorded = compute_curves(sweep.assign(n_samples=[25, 40]), samples, n_boot=20).set_index("method")
+    assert recorded["n_samples"].tolist() == [25, 40] and recorded["n_samples"].dtype == "Int64"
+    old = compute_curves(sweep).set_index("method")["n_samples"]  # a sweep written before the column
+    assert old.isna().all()
+    partly = compute_curves(sweep.assign(n_samples=[np.nan, 40]), samples, n_boot=20).set_index("method")
+    assert partly["n_samples"].tolist() == [30, 40]
 
 
 def test_bootstrap_ci_brackets_the_estimate_and_shrinks_with_more_samples() -> None:
