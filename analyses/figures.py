@@ -36,8 +36,11 @@ def save_figure(
     fig = Figure(figsize=size, layout="constrained")
     draw(fig.add_subplot())
     out = []
+    # no creation date or software version in the files: a rebuilt report changes a figure only where
+    # its picture does
+    stamp = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None, "Creator": None}}
     for ext in ("png", "pdf"):
-        write = lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=150)  # noqa: E731
+        write = lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=150, metadata=stamp[ext])  # noqa: E731
         out.append(atomic_write(folder / f"{stem}.{ext}", write))
     return out
 

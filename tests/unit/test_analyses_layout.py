@@ -109,3 +109,15 @@ def test_every_linked_table_and_figure_exists(report: Path) -> None:
     assert len(linked) > 10 and all((report.parent / p).is_file() for p in linked)
     for name in ("batches", "speculative", "engine_targets", "speedup_vs_fastest_vqa"):
         assert f"figures/{name}.png" in text, name
+
+
+def test_a_figure_drawn_twice_is_the_same_file(tmp_path) -> None:
+    """No creation date or version stamps: rebuilding a report changes a figure only where its picture does."""
+    import time
+
+    from analyses.figures import save_figure
+
+    first = [p.read_bytes() for p in save_figure(tmp_path / "a", "x", lambda ax: ax.plot([1, 2], [3, 4]))]
+    time.sleep(1.1)  # a stamped date would differ by now
+    second = [p.read_bytes() for p in save_figure(tmp_path / "b", "x", lambda ax: ax.plot([1, 2], [3, 4]))]
+    assert first == second
