@@ -1,17 +1,25 @@
 """`free-bench regress BASELINE.json CURRENT.json`: compare two pytest-benchmark JSON files.
 
-Benchmarks are paired by `name`. A pair is compared on what the benchmark records in `extra_info`
-rather than on raw times alone (times move with the machine, speedups and quality should not):
+Entries are paired by name: each benchmark, and each point of a list of objects in a benchmark's
+`extra_info` (`batches`, `steps`, `decoupled`, ...), named `<benchmark>/<key>[<identity>]` from the
+point's str, int and bool fields. A pair is compared on what it records rather than on raw times
+alone (times move with the machine, speedups and quality should not):
 
 - `measured_speedup` (full-model time / early-exit time): a SPEEDUP REGRESSION when it drops by
   more than `--tolerance` relative to the baseline (default 0.05: 5 %);
 - the quality under `--quality-key` (default `quality`), named by `quality_metric` (for example
   `vqa_accuracy`), on a [0, 1] scale, so 1 point = 0.01 and the default `--quality-tolerance` 0.005
   is 0.5 points: a QUALITY REGRESSION when it drops by more than that (absolute);
+- `full_over_floor` (the full model's ms per token over the weight-read floor; lower is better): a
+  FLOOR REGRESSION when it rises by more than `--tolerance`;
+- `measured_over_batch_expected`, `decode_measured_over_expected`, `measured_over_expected_with_prefix`
+  (a measured speedup over its expectation): a RATIO REGRESSION when one drops by more than
+  `--tolerance`. These two are clock quantities: with `--speedup-key expected_speedup` they are
+  shown and noted, not gated;
 - `expected_speedup` and `mean_exit_layer` are shown for reading, never judged.
 
 A benchmark without `measured_speedup` (a full-model timing) is compared on its median time only,
-and the row says so; that comparison fails only when `--time-tolerance` is given. Benchmarks found
+and the row says so; that comparison fails only when `--time-tolerance` is given. Entries found
 in one file only are listed as `new` / `missing` and do not fail the run (a renamed or added
 benchmark is not a regression; the baseline is refreshed when the suite changes). Both files'
 machines (CPU, devices, torch) are printed, with a warning (not a failure) when they differ.
@@ -31,8 +39,10 @@ from typing import Any
 from free_bench.cli.registry import command
 from free_bench.core.errors import FreeBenchError
 from free_bench.evaluation.regress import (
+    FLOOR_KEY,
     MISSING,
     NEW,
+    RATIO_KEYS,
     Row,
     Tolerances,
     compare,
@@ -57,6 +67,7 @@ CSV_COLUMNS = (
     "quality_change",
     "baseline_mean_exit_layer",
     "current_mean_exit_layer",
+    *(c for key in (FLOOR_KEY, *RATIO_KEYS) for c in (f"baseline_{key}", f"current_{key}", f"{key}_change")),
     "notes",
 )
 
@@ -68,7 +79,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
         "--tolerance",
         type=float,
         default=0.05,
-        help="largest allowed relative drop of measured_speedup (default 0.05 = 5%%)",
+        help="largest allowed relative drop of measured_speedup and of the measured-over-expected ratios, "
+        "and rise of full_over_floor (default 0.05 = 5%%)",
     )
     p.add_argument(
         "--speedup-key",
@@ -114,11 +126,18 @@ def _first(v: dict[str, Any], key: str) -> float | None:
     return cur if cur is not None else v.get(f"baseline_{key}")
 
 
+def _worst_ratio_change(v: dict[str, Any]) -> float | None:
+    """The largest drop among the measured-over-expected ratios both sides have (None: none has)."""
+    changes = [v[f"{k}_change"] for k in RATIO_KEYS if v.get(f"{k}_change") is not None]
+    return min(changes) if changes else None
+
+
 def render_table(rows: list[Row]) -> str:
     """A fixed-width text table; '-' where a value is unknown or does not apply.
 
-    The speedup columns always show; expected speedup, the quality columns and the exit layer only
-    when some row has a value for them."""
+    The speedup columns always show; expected speedup, the quality columns, the exit layer, the floor
+    ratio (`full_over_floor`) and the worst change of the measured-over-expected ratios only when some
+    row has a value for them."""
     header = (
         "benchmark",
         "base ms",
@@ -133,6 +152,10 @@ def render_table(rows: list[Row]) -> str:
         "cur q",
         "quality",
         "exit layer",
+        "base floor",
+        "cur floor",
+        "floor",
+        "vs expected",
         "verdict",
     )
     lines = [header]
@@ -157,10 +180,15 @@ def render_table(rows: list[Row]) -> str:
                 _fmt(v.get("current_quality"), ".4f"),
                 "-" if qc is None else f"{qc * 100:+.2f} pt",
                 _fmt(_first(v, "mean_exit_layer"), ".2f"),
+                _fmt(v.get(f"baseline_{FLOOR_KEY}"), ".3f"),
+                _fmt(v.get(f"current_{FLOOR_KEY}"), ".3f"),
+                _pct(v.get(f"{FLOOR_KEY}_change")),
+                _pct(_worst_ratio_change(v)),
                 r.verdict,
             )
         )
-    optional = {"expected x", "quality metric", "base q", "cur q", "quality", "exit layer"}
+    optional = {"expected x", "quality metric", "base q", "cur q", "quality", "exit layer", "base floor",
+                "cur floor", "floor", "vs expected"}  # fmt: skip
     keep = [i for i, h in enumerate(header) if h not in optional or any(ln[i] != "-" for ln in lines[1:])]
     left = {i for i, h in enumerate(header) if h in ("benchmark", "quality metric", "verdict")}
     lines = [tuple(ln[i] for i in keep) for ln in lines]
@@ -237,7 +265,9 @@ def run(args: argparse.Namespace) -> int:
     judged = sum(1 for r in rows if NEW not in r.verdicts and MISSING not in r.verdicts)
     new = sum(1 for r in rows if NEW in r.verdicts)
     missing = sum(1 for r in rows if MISSING in r.verdicts)
-    limits = f"speedup -{args.tolerance * 100:g}%, quality -{args.quality_tolerance * 100:g} pt"
+    clock = "" if tol.clock else " (not gated while expected_speedup is judged)"
+    limits = (f"speedup -{args.tolerance * 100:g}%, measured/expected -{args.tolerance * 100:g}% and floor "
+              f"+{args.tolerance * 100:g}%{clock}, quality -{args.quality_tolerance * 100:g} pt")  # fmt: skip
     if args.time_tolerance is not None:
         limits += f", time +{args.time_tolerance * 100:g}%"
     print(

@@ -9,11 +9,17 @@ first `ROWS` test questions at batch 1, the full model timed beside the early-ex
 row (interleaved), `propagate` KV policy, exits trained once into the cache (`train-exits`, the
 profile's steps) and consulted at the profile's sparse placement. The operating points are fixed
 thresholds, not recalibrated, so a change in what the exits decide shows up as a change in the exit
-layer and quality, and a slower engine as a lower measured speedup.
+layer and quality, and a slower engine as a lower measured speedup. Beside these greedy batch-1
+points, each trained method at the same threshold is decoded speculatively (the exits draft up to 4
+tokens, a full pass verifies them: the answers must be the full model's; ids `free-speculative`) and
+in compacted batches of `BATCH` rows (ids `free-b4` on smoke, `free-b8` on gpu), on every engine the
+device runs (`free-graphs-speculative`, `free-graphs-b8` on CUDA).
 
 `extra_info` carries what `free-bench regress` judges, `measured_speedup` and `quality` (VQA
-accuracy), and for reading `expected_speedup`, `mean_exit_layer`, the full model's quality and the
-machine state. The smoke backbone is tiny and barely trained: the point is tracking, not quality.
+accuracy), and for reading `expected_speedup`, `mean_exit_layer`, the full model's quality, how the
+point decoded (`decode`, `draft_len`, `batch_size`, `compact`; speculative points add
+`acceptance_rate` and `tokens_per_pass`) and the machine state. The smoke backbone is tiny and barely
+trained: the point is tracking, not quality.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import platform
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -40,6 +47,8 @@ OPERATING_POINTS = {
     "gpu": {"free": 0.69, "deebert": 0.75, "pabee": 3.0, "distill": 0.54, "static": 20.0},
 }[PROFILE]
 TRAINED = ("free", "deebert", "pabee", "distill")
+BATCH = 8 if PROFILE == "gpu" else 4  # rows per batch of the batched points (compacted)
+DRAFT_LEN = 4  # speculative points: most tokens the exits draft before a verification pass
 
 
 @pytest.fixture(scope="module")
@@ -66,23 +75,40 @@ def exits_of() -> dict[str, Path]:
 
 # on CUDA each point is decoded by both engines (graphs: CUDA graphs per segment, engine.graphs)
 ENGINES = ("eager", "graphs") if DEVICE == "cuda" else ("eager",)
-POINTS = [pytest.param(m, e, id=m if e == "eager" else f"{m}-{e}") for e in ENGINES for m in OPERATING_POINTS]
 
 
-@pytest.mark.parametrize(("method", "engine"), POINTS)
+def _id(method: str, engine: str, decode: str, batch: int) -> str:
+    """free, free-graphs, free-speculative, free-graphs-b8, ...: method, engine, then the decode."""
+    parts = [method] + ([engine] if engine != "eager" else [])
+    parts += ["speculative"] if decode == "speculative" else ([f"b{batch}"] if batch > 1 else [])
+    return "-".join(parts)
+
+
+# (method, engine, decode, batch): every method greedy at batch 1, then the trained ones speculative and batched
+GREEDY = [(m, e, "greedy", 1) for e in ENGINES for m in OPERATING_POINTS]
+SPECULATIVE = [(m, e, "speculative", 1) for e in ENGINES for m in TRAINED]
+BATCHED = [(m, e, "greedy", BATCH) for e in ENGINES for m in TRAINED]
+POINTS = [pytest.param(*k, id=_id(*k)) for k in GREEDY + SPECULATIVE + BATCHED]
+
+
+@pytest.mark.parametrize(("method", "engine", "decode", "batch"), POINTS)
 def test_method_at_its_operating_point(
-    benchmark, exits_of: dict, tmp_path: Path, method: str, engine: str
+    benchmark, exits_of: dict, tmp_path: Path, method: str, engine: str, decode: str, batch: int
 ) -> None:
     if DEVICE == "cpu":
         torch.set_num_threads(1)  # one thread: less noise on a shared 2-core machine
     threshold = OPERATING_POINTS[method]
     spec = SweepSpec(method=method, exits=str(exits_of["free" if method == "static" else method]),
                      split="test", mode="live", thresholds=(threshold,), max_rows=ROWS,
-                     exits_at=get_profile(PROFILE).exits.sparse, engine=engine)  # fmt: skip
+                     exits_at=get_profile(PROFILE).exits.sparse, engine=engine, decode=decode,
+                     draft_len=DRAFT_LEN, batch_size=batch)  # fmt: skip
     runs = iter(range(100))
+    out = tmp_path / "run"
 
     def sweep():
-        return run_sweep(spec, tmp_path / f"run{next(runs)}", device=DEVICE, progress=False)
+        nonlocal out
+        out = tmp_path / f"run{next(runs)}"
+        return run_sweep(spec, out, device=DEVICE, progress=False)
 
     df = benchmark.pedantic(sweep, rounds=1, iterations=1)
     vqa = df[df["metric"] == "vqa_accuracy"].set_index("method")
@@ -90,6 +116,11 @@ def test_method_at_its_operating_point(
     assert (
         early["timer"] == ("cuda_event" if DEVICE == "cuda" else "cpu_wall") and early["measured_speedup"] > 0
     )
+    speculative = {}
+    if decode == "speculative":  # lossless: the full model's answers, question by question
+        samples = pd.read_parquet(out / "samples.parquet").pivot(index="sample_id", columns="method", values="value")
+        assert samples[method].equals(samples["full"]) and early["value"] == full["value"]
+        speculative = {k: float(early[k]) for k in ("acceptance_rate", "tokens_per_pass")}
     benchmark.extra_info.update(
         {
             "profile": PROFILE,
@@ -98,6 +129,10 @@ def test_method_at_its_operating_point(
             "rows": ROWS,
             "kv_policy": spec.kv_policy,
             "engine": engine,
+            "decode": decode,
+            "draft_len": DRAFT_LEN if decode == "speculative" else 0,
+            "batch_size": batch,
+            "compact": spec.compact,
             "measured_speedup": float(early["measured_speedup"]),
             "expected_speedup": float(early["expected_speedup"]),
             "mean_exit_layer": float(early["mean_exit_layer"]),
@@ -105,13 +140,14 @@ def test_method_at_its_operating_point(
             "quality_metric": "vqa_accuracy",
             "full_quality": float(full["value"]),
             "latency_ms_median": float(early["latency_ms_median"]),
+            **speculative,
             "machine": {  # the keys of bench_engine.machine_state, which `free-bench regress` reads
                 "device_name": str(early["device"])
                 if DEVICE == "cuda"
                 else platform.processor() or platform.machine(),
                 "timer": early["timer"],
                 "dtype": "bfloat16" if DEVICE == "cuda" else "float32",
-                "batch_size": 1,
+                "batch_size": batch,
                 "torch_version": torch.__version__,
                 "torch_threads": torch.get_num_threads(),
                 "host": device_name(),

@@ -222,3 +222,113 @@ def test_judging_the_expected_speedup_reports_the_clock_without_gating_it(tmp_pa
     fewer = _baseline()
     fewer["benchmarks"][0]["extra_info"]["expected_speedup"] = 1.50
     assert _run(tmp_path, fewer, "--speedup-key", "expected_speedup") == 1
+
+
+# -- the floor and lists of points (engine benchmarks) --------------------------------------------------
+
+FLOOR = "test_graphs_engine_near_the_floor"
+BATCHES = "test_graphs_batches_save_what_the_batch_expects"
+
+
+def _point(method: str, batch: int, speedup: float, ratio: float, **more) -> dict:
+    # `threshold` is a float: a measurement, so it takes no part in the point's name
+    return {"method": method, "batch_size": batch, "threshold": 0.37 * batch, "measured_speedup": speedup,
+            "expected_batch_speedup": speedup / ratio, "measured_over_batch_expected": ratio, **more}  # fmt: skip
+
+
+def _engine_doc(floor: float = 2.0, points: list[dict] | None = None) -> dict:
+    if points is None:
+        points = [_point("static", 1, 1.6, 0.99), _point("deebert", 8, 0.76, 0.78)]
+    return _doc(
+        _bench(FLOOR, 0.050, measured_speedup=1.62, expected_speedup=1.66, full_over_floor=floor),
+        _bench(BATCHES, 0.110, batches=points, ratio_per_round=[0.79, 0.78]),  # a list of numbers: no points
+    )
+
+
+def _point_row(method: str, batch: int) -> str:
+    return f"{BATCHES}/batches[batch_size={batch},method={method}]"
+
+
+@pytest.mark.parametrize(("rise", "code"), [(0.06, 1), (0.04, 0), (-0.5, 0)])
+def test_floor_rise_beyond_the_tolerance_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture, rise: float, code: int
+) -> None:
+    cur = _engine_doc(floor=2.0 * (1 + rise))
+    assert _run(tmp_path, cur, "--tolerance", "0.05", baseline=_engine_doc()) == code
+    row = _row(capsys.readouterr().out, FLOOR)
+    assert "2.000" in row and f"{2.0 * (1 + rise):.3f}" in row and f"{rise * 100:+.1f}%" in row
+    assert ("FLOOR REGRESSION" in row) == (code == 1)
+
+
+def test_points_are_rows_named_by_their_identity(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cur = _engine_doc(points=[{**_point("deebert", 8, 0.76, 0.78), "threshold": 9.9},  # order and floats
+                              _point("static", 1, 1.6, 0.99)])  # fmt: skip
+    assert _run(tmp_path, cur, baseline=_engine_doc()) == 0
+    out = capsys.readouterr().out
+    names = [ln.split()[0] for ln in out.splitlines() if ln.startswith("test_")]
+    assert names == [FLOOR, BATCHES, _point_row("static", 1), _point_row("deebert", 8)]
+    assert _row(out, _point_row("deebert", 8)).endswith(" ok") and "4 compared, 0 regressed" in out
+
+
+@pytest.mark.parametrize(
+    ("change", "verdict"),
+    [({"measured_speedup": 0.76 * 0.9}, "SPEEDUP REGRESSION"), ({"measured_over_batch_expected": 0.78 * 0.9},
+                                                                 "RATIO REGRESSION")],
+)  # fmt: skip
+def test_a_batch_point_that_drops_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture, change: dict, verdict: str
+) -> None:
+    cur = _engine_doc(points=[_point("static", 1, 1.6, 0.99), {**_point("deebert", 8, 0.76, 0.78), **change}])
+    assert _run(tmp_path, cur, baseline=_engine_doc()) == 1
+    out, err = capsys.readouterr()
+    assert verdict in _row(out, _point_row("deebert", 8)) and "-10.0%" in _row(out, _point_row("deebert", 8))
+    assert _row(out, _point_row("static", 1)).endswith(" ok") and _point_row("deebert", 8) in err
+
+
+def test_a_point_on_one_side_is_new_or_missing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cur = _engine_doc(points=[_point("deebert", 8, 0.1, 0.1), _point("deebert", 32, 0.5, 0.5)])
+    assert _run(tmp_path, cur, baseline=_engine_doc()) == 1  # the paired point still fails
+    out = capsys.readouterr().out
+    assert _row(out, _point_row("deebert", 32)).endswith(" new")
+    assert _row(out, _point_row("static", 1)).endswith(" missing")
+    assert "3 compared, 1 regressed, 1 new, 1 missing" in out
+    assert _run(tmp_path, cur, baseline=cur) == 0
+
+
+def test_clock_ratios_are_noted_not_gated_when_the_expected_speedup_is_judged(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    cur = _engine_doc(floor=3.0, points=[_point("static", 1, 1.6, 0.5), _point("deebert", 8, 0.76, 0.78)])
+    assert _run(tmp_path, cur, "--speedup-key", "expected_speedup", baseline=_engine_doc()) == 0
+    out = capsys.readouterr().out
+    assert "full_over_floor +50.0% (clock: not gated while expected_speedup is judged)" in out
+    assert _run(tmp_path, cur, baseline=_engine_doc()) == 1
+
+
+def test_old_files_have_no_point_rows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _run(tmp_path, _baseline()) == 0
+    out = capsys.readouterr().out
+    assert [ln.split()[0] for ln in out.splitlines() if ln.startswith("test_")] == [EXIT, FULL]
+    assert "floor" not in out.split("\n\n")[1].splitlines()[0]  # no floor column without a floor
+
+
+def test_floor_and_ratios_in_the_csv(tmp_path: Path) -> None:
+    out_csv = tmp_path / "table.csv"
+    assert _run(tmp_path, _engine_doc(floor=2.5), "--out", str(out_csv), baseline=_engine_doc()) == 1
+    rows = {r["name"]: r for r in csv.DictReader(out_csv.open())}
+    assert rows[FLOOR]["verdict"] == "FLOOR REGRESSION" and float(rows[FLOOR]["full_over_floor_change"]) == 0.25
+    assert float(rows[_point_row("deebert", 8)]["current_measured_over_batch_expected"]) == 0.78
+
+
+@pytest.mark.parametrize(
+    ("points", "message"),
+    [
+        ([_point("static", 1, 1.6, 0.99), _point("static", 1, 1.5, 0.9)], "[0] and [1] have the same identity"),
+        ([_point("static", 1, 1.6, 0.99), 3], "extra_info.batches mixes objects and other values"),
+        ([{**_point("static", 1, 1.6, 0.99), "full_over_floor": "low"}], "batches[0].full_over_floor is not a number"),
+    ],
+)
+def test_malformed_points_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, points: list, message: str) -> None:
+    assert _run(tmp_path, _engine_doc(points=points), baseline=_engine_doc()) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "cur.json") in err and message in err
