@@ -51,8 +51,10 @@ def _thresholds(bb: Backbone, m, inputs: dict) -> list[float]:
 
 
 def _decode(bb: Backbone, m, inputs: dict, t, policy: str = "propagate", **options) -> dict:
+    """Captured without inductor (compiling every decoder of these loops would take minutes; the compiled
+    path is checked in tests/gpu/test_graphs.py and below)."""
     eos, pad = special_tokens(bb)
-    decoder = cached_decoder(bb, m, policy, t, inputs["input_ids"], N_NEW, **options)
+    decoder = cached_decoder(bb, m, policy, t, inputs["input_ids"], N_NEW, compile_segments=False, **options)
     return decoder.decode(inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"),
                           max_new_tokens=N_NEW, threshold=t, eos_ids=eos, pad_id=pad)  # fmt: skip
 
@@ -73,15 +75,23 @@ def test_one_graph_per_step_decodes_as_one_per_segment_and_the_eager_engine(lm: 
                 assert torch.equal(got["tokens"], eager.tokens), (name, t)
                 assert torch.equal(got["exit_layers"], eager.exit_layers), (name, t)
                 assert got["cost_layers"] == pytest.approx(eager.cost_layers), (name, t)
-    decoder = cached_decoder(bb, m, policy, t, inputs["input_ids"], N_NEW, conditional=True)
+    decoder = cached_decoder(bb, m, policy, t, inputs["input_ids"], N_NEW, compile_segments=False, conditional=True)
     assert decoder.conditional and decoder.step.whole is not None and decoder.step.whole.graph is not None
+    # and compiled by inductor before capture, as generate(engine="graphs") runs it
+    got = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=t, kv_policy=policy, engine="graphs")
+    want = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=t, kv_policy=policy)
+    assert torch.equal(got.tokens, want.tokens) and torch.equal(got.exit_layers, want.exit_layers)
 
 
 @pytest.mark.parametrize("compact", [True, False])
-def test_t5_captured_buckets_and_speculative_decode_as_the_eager_engine(compact: bool) -> None:
-    """T5 through `generate(engine="graphs")`: the full model is HF's; five rows of different prompts
-    (EOS set to a token some rows emit early) in buckets, each row at its own exit; speculative decoding
-    gives the full model's tokens."""
+def test_t5_captured_buckets_and_speculative_decode_as_the_eager_engine(compact: bool, monkeypatch) -> None:
+    """T5 through `generate(engine="graphs")` (its blocks captured without inductor here, to keep the
+    many decoders quick): the full model is HF's; five rows of different prompts (EOS set to a token
+    some rows emit early) in buckets, each row at its own exit; speculative decoding gives the full
+    model's tokens."""
+    import free_bench.engine.generate as engine
+
+    monkeypatch.setattr(engine, "GRAPHS_ENGINE_T5", {})
     bb = _backbone("t5")
     one = _inputs(bb)
     hf = bb.model.generate(**one, do_sample=False, max_new_tokens=N_NEW)[:, 1:]

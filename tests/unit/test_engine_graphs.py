@@ -368,3 +368,29 @@ def test_one_graph_per_step_enters_only_the_segments_and_fills_a_row_needs(bb: B
     ran.clear()
     _decode(decoder, inputs, 0.0)  # never fires
     assert ran == [f"segment {i}" for i in range(len(decoder.bounds))] * steps
+
+
+def test_a_step_that_fails_to_capture_as_one_graph_is_captured_per_segment(bb: Backbone, monkeypatch) -> None:
+    """If a torch build's conditional capture fails, the decoder says so (logged, and recorded for the
+    sweep's manifest) and captures each segment and fill instead; the decode is unchanged."""
+    import free_bench.engine.graphs.decoder as G
+
+    captured: list[str] = []
+
+    def fake_capture(parts, warmups: int = 2) -> None:  # no CUDA here: record what would be captured
+        if any(part is decoder.step.whole or any(part is p.whole for p in decoder.prompts.values()) for part in parts):
+            raise RuntimeError("operation not permitted when stream is capturing")
+        captured.extend("part" for _ in parts)
+
+    monkeypatch.setattr(G, "capture", fake_capture)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(cond, "REFUSED", [])
+    m = _method(bb, "deebert")
+    decoder = GraphDecoder(bb, m, capture=False, conditional=True)
+    decoder.capture = True  # capture as on CUDA, through the fake
+    inputs = tiny_inputs(bb.model, 1, seed=5)
+    got = _decode(decoder, inputs, 0.5)
+    want = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=0.5)
+    assert torch.equal(got["tokens"], want.tokens) and torch.equal(got["exit_layers"], want.exit_layers)
+    assert not decoder.conditional and decoder.step_mode == "one graph per segment" and captured
+    assert len(cond.REFUSED) == 1 and G.graph_step_mode().startswith("one graph per segment (one graph per step")

@@ -10,9 +10,15 @@ left at this exit": the device skips what no row needs, and the host reads the s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
+
+log = logging.getLogger(__name__)
+# errors of conditional captures this process fell back from (`refused`): what step mode the graphs
+# engine really ran is then one graph per segment, and `graph_step_mode` says so
+REFUSED: list[str] = []
 
 
 def supported() -> bool:
@@ -40,3 +46,9 @@ def when(pred: torch.Tensor, body: Callable[[], None], always: bool = False) -> 
             graph.end_capture_to_conditional_node()
     elif always or bool(pred):
         body()
+
+
+def refused(err: Exception) -> None:
+    """A step's conditional capture failed: recorded and logged; the decoder captures per segment."""
+    REFUSED.append(f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}")
+    log.warning("[graphs] one graph per step failed to capture (%s): one graph per segment instead", REFUSED[-1])

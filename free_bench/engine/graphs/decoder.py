@@ -53,7 +53,10 @@ GRAPH_POLICIES = ("propagate", "full")
 
 
 def graph_step_mode(conditional: bool | None = None) -> str:
-    """How a captured decoder replays a step: what `GraphDecoder(conditional=...)` picks on CUDA."""
+    """How a captured decoder replays a step: what `GraphDecoder(conditional=...)` picks on CUDA (None:
+    this process's default, and per segment with the reason where a conditional capture failed)."""
+    if conditional is None and cond.REFUSED:
+        return f"one graph per segment (one graph per step failed to capture: {cond.REFUSED[0]})"
     on = cond.supported() if conditional is None else conditional
     return "one graph per step" if on else "one graph per segment"
 _READS_LOGITS = ("max_prob", "entropy", "patience")
@@ -311,12 +314,19 @@ class GraphDecoder:
         self._address(p.positions)
         self._warming = True
         try:
+            if not (parts or not self.conditional):
+                assert p.whole is not None
+                try:
+                    capture([p.whole])
+                except RuntimeError as err:  # recorded (`conditional.REFUSED`), logged, and per segment from here
+                    cond.refused(err)
+                    torch.cuda.synchronize()
+                    self.conditional = False
+                    for other in (self.step, *self.prompts.values()):
+                        other.captured = other.parts_captured
             if parts or not self.conditional:
                 capture(p.segments + list(p.fills.values()))
                 p.parts_captured = True
-            else:
-                assert p.whole is not None
-                capture([p.whole])
         finally:
             self._warming = False
         p.captured = p.captured or not parts or not self.conditional
