@@ -28,7 +28,8 @@ from free_bench.core.records import SWEEP, SWEEP_SAMPLES, device_name, read_json
 from free_bench.core.runs import check_same, check_writable, differences, remove_run, writer_lock
 from free_bench.engine.cost import cost_model
 from free_bench.engine.generate import ENGINES
-from free_bench.engine.graphs.decoder import GRAPH_POLICIES, graph_step_mode
+from free_bench.engine.graphs.conditional import graph_step_mode
+from free_bench.engine.graphs.decoder import GRAPH_POLICIES
 from free_bench.engine.kv_policies import POLICIES
 from free_bench.evaluation import sweep_eval as S
 from free_bench.evaluation.metrics import vqa_accuracy

@@ -393,4 +393,4 @@ def test_a_step_that_fails_to_capture_as_one_graph_is_captured_per_segment(bb: B
     want = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=0.5)
     assert torch.equal(got["tokens"], want.tokens) and torch.equal(got["exit_layers"], want.exit_layers)
     assert not decoder.conditional and decoder.step_mode == "one graph per segment" and captured
-    assert len(cond.REFUSED) == 1 and G.graph_step_mode().startswith("one graph per segment (one graph per step")
+    assert len(cond.REFUSED) == 1 and cond.graph_step_mode().startswith("one graph per segment (one graph per step")

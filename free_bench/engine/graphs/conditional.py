@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from free_bench.engine.graphs.capture import Graphed
+    from free_bench.engine.graphs.decoder import GraphDecoder
 
 log = logging.getLogger(__name__)
 # errors of conditional captures this process fell back from (`refused`): what step mode the graphs
@@ -52,3 +57,35 @@ def refused(err: Exception) -> None:
     """A step's conditional capture failed: recorded and logged; the decoder captures per segment."""
     REFUSED.append(f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}")
     log.warning("[graphs] one graph per step failed to capture (%s): one graph per segment instead", REFUSED[-1])
+
+
+def graph_step_mode(conditional: bool | None = None) -> str:
+    """How a captured decoder replays a step: what `GraphDecoder(conditional=...)` picks on CUDA (None:
+    this process's default, and per segment with the reason where a conditional capture failed)."""
+    if conditional is None and REFUSED:
+        return f"one graph per segment (one graph per step failed to capture: {REFUSED[0]})"
+    on = supported() if conditional is None else conditional
+    return "one graph per step" if on else "one graph per segment"
+
+
+def step_function(d: GraphDecoder, segments: list[Graphed], fills: dict[int, Graphed]) -> Callable[[], None]:
+    """Decoder `d`'s step as one function (one graph once captured): segment i + 1 inside an IF on "a
+    row is undecided" (`d.go`, which each segment updates) after segment i (under the `full` policy
+    every segment, unconditionally), then each exit's K/V fill inside an IF on "a live row left there"."""
+
+    def from_segment(i: int) -> None:
+        segments[i].run()
+        if i + 1 == len(segments):
+            return
+        if d.policy == "full":
+            from_segment(i + 1)
+        else:
+            when(d.go, lambda: from_segment(i + 1), always=d._warming)
+
+    def run() -> None:
+        from_segment(0)
+        for k, fill in fills.items():
+            d.left[k].copy_(((d.layer == k) & d.live).any())
+            when(d.left[k], fill.run, always=d._warming)
+
+    return run

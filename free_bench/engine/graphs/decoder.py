@@ -50,15 +50,6 @@ from free_bench.models import runner
 from free_bench.models.base import Backbone
 
 GRAPH_POLICIES = ("propagate", "full")
-
-
-def graph_step_mode(conditional: bool | None = None) -> str:
-    """How a captured decoder replays a step: what `GraphDecoder(conditional=...)` picks on CUDA (None:
-    this process's default, and per segment with the reason where a conditional capture failed)."""
-    if conditional is None and cond.REFUSED:
-        return f"one graph per segment (one graph per step failed to capture: {cond.REFUSED[0]})"
-    on = cond.supported() if conditional is None else conditional
-    return "one graph per step" if on else "one graph per segment"
 _READS_LOGITS = ("max_prob", "entropy", "patience")
 
 
@@ -181,7 +172,7 @@ class GraphDecoder:
     @property
     def step_mode(self) -> str:
         """How a step is replayed, as recorded beside its timings."""
-        return graph_step_mode(self.conditional)
+        return cond.graph_step_mode(self.conditional)
 
     # --- what a segment computes (q positions: 1 for the token step, P for a prompt) -----------
     def _segment(self, i: int, hidden: torch.Tensor, ctx) -> torch.Tensor:
@@ -253,30 +244,8 @@ class GraphDecoder:
 
         fills = {k: Graphed(fill(i)) for i, k in enumerate(self.exits)} if self.policy == "propagate" else {}
         segments = [Graphed(segment(i)) for i in range(len(self.bounds))]
-        whole = Graphed(self._whole(segments, fills)) if self.conditional else None
+        whole = Graphed(cond.step_function(self, segments, fills)) if self.conditional else None
         return Pass(positions, outputs, segments, fills, whole=whole)
-
-    def _whole(self, segments: list[Graphed], fills: dict[int, Graphed]) -> Callable[[], None]:
-        """The step as one function (one graph once captured): segment i + 1 inside an IF on "a row is
-        undecided" after segment i (under the `full` policy every segment, unconditionally), then the
-        fill of each exit inside an IF on "a live row left there"."""
-
-        def from_segment(i: int) -> None:
-            segments[i].run()
-            if i + 1 == len(segments):
-                return
-            if self.policy == "full":
-                from_segment(i + 1)
-            else:
-                cond.when(self.go, lambda: from_segment(i + 1), always=self._warming)
-
-        def run() -> None:
-            from_segment(0)
-            for k, fill in fills.items():
-                self.left[k].copy_(((self.layer == k) & self.live).any())
-                cond.when(self.left[k], fill.run, always=self._warming)
-
-        return run
 
     def _prompt_pass(self, length: int) -> Pass:
         """The pass for prompts of `length` positions (built, and captured, on first use)."""
