@@ -139,8 +139,20 @@ class ReproduceConfig:
     live_rows: int = 200  # VQA rows decoded live per threshold (test split)
     live_points: int = 3  # thresholds decoded live per method: the val operating point and neighbours
     live_runs: tuple[str, ...] | None = None  # runs decoded live (None: every run); static always is
-    live_engines: tuple[str, ...] = ("eager",)  # batch-1 live sweeps per engine (graphs: CUDA, OPT only)
-    batch_sizes: tuple[int, ...] = (8, 32)  # FREE also decoded live at these, with and without compaction
+    live_engines: tuple[str, ...] = ("eager",)  # live sweeps per engine (graphs: CUDA, OPT only)
+    # every live run and static also decoded at these batch sizes on every live engine, compacted and with
+    # exited rows riding along: which of the two is faster is then measured per method, never assumed
+    batch_sizes: tuple[int, ...] = (8, 32)
+    # Self-speculative decoding (lossless: the exits draft, one full pass verifies) at each run's batch-1 live
+    # thresholds, beside a lossy greedy twin on the same rows, so the report can set the speedup that keeps
+    # the full model's answers against the one that trades quality. Most tokens drafted per verification:
+    draft_len: int = 4
+    # "method:regime" runs (and "static", which drafts with one fixed exit as LayerSkip does) decoded
+    # speculatively; None: every live run and static. A named run must be decoded live (live_runs)
+    speculative_runs: tuple[str, ...] | None = None
+    # VQA on the live rows; captions (caption_rows images, only where "caption" is in tasks) with their
+    # lossy greedy twin: a caption is long enough for drafts to pay, a VQA answer is a token or two
+    speculative_tasks: tuple[str, ...] = ("vqa", "caption")
     robustness_runs: tuple[str, ...] = ("free:semi", "deebert:semi", "pabee:semi", "distill:semi")
     robustness_rows: int = 64  # rows per perturbation x severity, decoded live at the operating point
     robustness_batch_size: int = 8
@@ -225,6 +237,7 @@ PROFILES: dict[str, Profile] = {
             live_rows=12,
             live_points=2,
             batch_sizes=(4,),
+            speculative_runs=("free:semi",),  # CI runs this reproduce: one run decoded speculatively
             robustness_rows=8,
             robustness_batch_size=4,
             perturbations=("gaussian_noise", "typo"),
@@ -322,6 +335,7 @@ PROFILES: dict[str, Profile] = {
             live_points=2,
             live_runs=("free:semi", "deebert:semi", "pabee:semi", "distill:semi"),
             live_engines=("eager", "graphs"),
+            batch_sizes=(8, 32, 64),  # every live run and static, on both engines, compacted and riding along
             robustness_rows=64,
             robustness_batch_size=64,
             # compaction loses on the H200 at this width (commit cc101e5: b8 1.09x compacted, 1.28x riding
