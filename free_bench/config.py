@@ -282,6 +282,12 @@ PROFILES: dict[str, Profile] = {
             query_cell_weight=0.3,
         ),
         exits=ExitTrainConfig(steps=300, batch_size=32, sparse="2,4,6", keep_mib=None),
+        # Within the 25-minute budget (14.6-15 min before batches of every method and speculative decoding):
+        # measured at commit 61b366f on 2 Xeon cores, 2026-12-07, a live batch sweep took 1.6-2.3 s, a
+        # speculative VQA sweep (200 questions, 3 thresholds) 21-25 s, a speculative caption sweep (100
+        # images) 32-43 s and its lossy twin 30-40 s: every run speculative added 12.7 min, so FREE and
+        # static (LayerSkip's fixed exit) are decoded speculatively, about 4 min with every method's batches
+        reproduce=ReproduceConfig(speculative_runs=("free:semi", "static")),
     ),
     "gpu": Profile(
         name="gpu",
@@ -326,7 +332,11 @@ PROFILES: dict[str, Profile] = {
         # min six at a time (400 steps here; `train-exits` alone takes the profile's 600), sweeps 3.2
         # (live on both engines 2.6), robustness riding along 1.5. With the query-cell loss and the
         # compiled graphs engine: 19.3 min (commit 058e16a; the live graphs sweeps 159 s, 75 s before,
-        # most of it compiling)
+        # most of it compiling). Not yet timed on a GPU: every method batched at 8, 32 and 64 and decoded
+        # speculatively with its lossy caption twin, on both engines (86 more live sweeps). Scaled from the
+        # batch-1 sweeps of 058e16a by the caption / VQA cost per sample the cpu profile measured (3.3x),
+        # they add an estimated 22-33 min, most of it the 20 caption sweeps, before the graphs engine's
+        # captures for batches of 8-64 rows
         reproduce=ReproduceConfig(
             seeds=(0, 1, 2),
             exit_steps=400,

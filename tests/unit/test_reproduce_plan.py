@@ -169,6 +169,9 @@ def test_a_machine_without_cuda_plans_no_graphs_sweeps_and_smoke_stays_small(tmp
                            "live-free-semi-b1-caption"}  # fmt: skip
     assert {"live-static-b4-compact", "live-pabee-semi-b4-no-compact"} <= set(smoke)
     assert smoke["live-static-b4-no-compact"]["spec"]["max_rows"] == 16  # max(live_rows 12, 4 x 4)
+    cpu = _plans(_ctx(tmp_path, "cpu"), ["eager"])  # its 25-minute budget: FREE and static speculative
+    assert {n.split("-b1")[0] for n in cpu if "speculative" in n} == {"live-free-semi", "live-static"}
+    assert sum(n.endswith("-b32-no-compact") for n in cpu) == 7  # six runs and static, all batched
     vqa_only = _plans(_ctx(tmp_path, "smoke", tasks=("vqa",), speculative_runs=None, draft_len=2), ["eager"])
     assert not any("caption" in n for n in vqa_only)
     assert {p["spec"]["draft_len"] for n, p in vqa_only.items() if n.endswith("speculative")} == {2}
