@@ -139,8 +139,20 @@ class ReproduceConfig:
     live_rows: int = 200  # VQA rows decoded live per threshold (test split)
     live_points: int = 3  # thresholds decoded live per method: the val operating point and neighbours
     live_runs: tuple[str, ...] | None = None  # runs decoded live (None: every run); static always is
-    live_engines: tuple[str, ...] = ("eager",)  # batch-1 live sweeps per engine (graphs: CUDA, OPT only)
-    batch_sizes: tuple[int, ...] = (8, 32)  # FREE also decoded live at these, with and without compaction
+    live_engines: tuple[str, ...] = ("eager",)  # live sweeps per engine (graphs: CUDA, OPT only)
+    # every live run and static also decoded at these batch sizes on every live engine, compacted and with
+    # exited rows riding along: which of the two is faster is then measured per method, never assumed
+    batch_sizes: tuple[int, ...] = (8, 32)
+    # Self-speculative decoding (lossless: the exits draft, one full pass verifies) at each run's batch-1 live
+    # thresholds, beside a lossy greedy twin on the same rows, so the report can set the speedup that keeps
+    # the full model's answers against the one that trades quality. Most tokens drafted per verification:
+    draft_len: int = 4
+    # "method:regime" runs (and "static", which drafts with one fixed exit as LayerSkip does) decoded
+    # speculatively; None: every live run and static. A named run must be decoded live (live_runs)
+    speculative_runs: tuple[str, ...] | None = None
+    # VQA on the live rows; captions (caption_rows images, only where "caption" is in tasks) with their
+    # lossy greedy twin: a caption is long enough for drafts to pay, a VQA answer is a token or two
+    speculative_tasks: tuple[str, ...] = ("vqa", "caption")
     robustness_runs: tuple[str, ...] = ("free:semi", "deebert:semi", "pabee:semi", "distill:semi")
     robustness_rows: int = 64  # rows per perturbation x severity, decoded live at the operating point
     robustness_batch_size: int = 8
@@ -225,6 +237,7 @@ PROFILES: dict[str, Profile] = {
             live_rows=12,
             live_points=2,
             batch_sizes=(4,),
+            speculative_runs=("free:semi",),  # CI runs this reproduce: one run decoded speculatively
             robustness_rows=8,
             robustness_batch_size=4,
             perturbations=("gaussian_noise", "typo"),
@@ -269,6 +282,12 @@ PROFILES: dict[str, Profile] = {
             query_cell_weight=0.3,
         ),
         exits=ExitTrainConfig(steps=300, batch_size=32, sparse="2,4,6", keep_mib=None),
+        # Within the 25-minute budget (14.6-15 min before batches of every method and speculative decoding):
+        # measured at commit 61b366f on 2 Xeon cores, 2026-12-07, a live batch sweep took 1.6-2.3 s, a
+        # speculative VQA sweep (200 questions, 3 thresholds) 21-25 s, a speculative caption sweep (100
+        # images) 32-43 s and its lossy twin 30-40 s: every run speculative added 12.7 min, so FREE and
+        # static (LayerSkip's fixed exit) are decoded speculatively, about 4 min with every method's batches
+        reproduce=ReproduceConfig(speculative_runs=("free:semi", "static")),
     ),
     "gpu": Profile(
         name="gpu",
@@ -313,7 +332,11 @@ PROFILES: dict[str, Profile] = {
         # min six at a time (400 steps here; `train-exits` alone takes the profile's 600), sweeps 3.2
         # (live on both engines 2.6), robustness riding along 1.5. With the query-cell loss and the
         # compiled graphs engine: 19.3 min (commit 058e16a; the live graphs sweeps 159 s, 75 s before,
-        # most of it compiling)
+        # most of it compiling). Not yet timed on a GPU: every method batched at 8, 32 and 64 and decoded
+        # speculatively with its lossy caption twin, on both engines (86 more live sweeps). Scaled from the
+        # batch-1 sweeps of 058e16a by the caption / VQA cost per sample the cpu profile measured (3.3x),
+        # they add an estimated 22-33 min, most of it the 20 caption sweeps, before the graphs engine's
+        # captures for batches of 8-64 rows
         reproduce=ReproduceConfig(
             seeds=(0, 1, 2),
             exit_steps=400,
@@ -322,6 +345,7 @@ PROFILES: dict[str, Profile] = {
             live_points=2,
             live_runs=("free:semi", "deebert:semi", "pabee:semi", "distill:semi"),
             live_engines=("eager", "graphs"),
+            batch_sizes=(8, 32, 64),  # every live run and static, on both engines, compacted and riding along
             robustness_rows=64,
             robustness_batch_size=64,
             # compaction loses on the H200 at this width (commit cc101e5: b8 1.09x compacted, 1.28x riding

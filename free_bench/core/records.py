@@ -94,6 +94,11 @@ SWEEP = Schema(
         Column(
             "engine", "string", "decode engine of live points: eager or graphs; none for simulated points"
         ),
+        Column(
+            "n_samples",
+            "int",
+            "samples the point decoded (live) or evaluated (simulated): questions (vqa) or images (caption)",
+        ),
     ),
 )
 

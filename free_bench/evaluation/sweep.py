@@ -34,6 +34,7 @@ from free_bench.engine.kv_policies import POLICIES
 from free_bench.evaluation import sweep_eval as S
 from free_bench.evaluation.metrics import vqa_accuracy
 from free_bench.evaluation.sweep_captions import CAPTIONS, gather_captions, save_texts
+from free_bench.evaluation.sweep_legacy import point_n_samples, with_n_samples
 from free_bench.methods import ExitMethod, get_method, load_exits, rules
 
 SPEC_FILE = "sweep_spec.json"  # the sweep's provenance: its spec and its exits' fingerprint
@@ -298,7 +299,7 @@ def _run_sweep(spec: SweepSpec, out: Path, device: str | None, progress: bool,
     elif out.exists() and any(out.iterdir()):
         raise FreeBenchError(f"{out} exists and holds no sweep; choose another --out")
     if sweep_finished(spec, out, shard):  # a resumed caller (reproduce) neither reloads the exits nor re-records
-        return SWEEP.validate(pd.read_parquet(out / "sweep.parquet"))
+        return _finished_table(out)
     wall = {"load": time.perf_counter()}  # where a sweep's wall time goes, beside the timed decoding
     method, regime = loaded if loaded is not None else load_method(spec, device)
     for t in spec.thresholds:  # all validated before any work
@@ -329,14 +330,16 @@ def _run_sweep(spec: SweepSpec, out: Path, device: str | None, progress: bool,
         if task == "caption":  # kept beside the texts: CIDEr can then be scored where Java runs
             refs = dict(zip(S.sample_ids(task, rows), map(list, rows["captions"]), strict=True))
         t1 = time.perf_counter()
+        counted = {**scored(task), "n_samples": len(rows)}  # every point of the task decodes these rows
         if spec.mode == "simulated":
-            timings[task] = _simulated(spec, method, cost, rows, task, out, scored(task), progress)
+            timings[task] = _simulated(spec, method, cost, rows, task, out, counted, progress)
         else:
-            timings[task] = _live(spec, method, rows, task, out, scored(task), progress)
+            timings[task] = _live(spec, method, rows, task, out, counted, progress)
         wall["rows"] += t1 - t0
         wall["points"] += time.perf_counter() - t1
     t0 = time.perf_counter()
-    df = SWEEP.validate(pd.DataFrame([r for f in _point_files(out) for r in json.loads(f.read_text())]))
+    df = SWEEP.validate(pd.DataFrame([r for f in _point_files(out) for r in
+                                      point_n_samples(json.loads(f.read_text()), f.with_suffix(".samples.npy"))]))  # fmt: skip
     write_parquet(df, out / "sweep.parquet", SWEEP)
     write_parquet(gather_samples(out), out / "samples.parquet", SWEEP_SAMPLES)
     if "caption" in spec.tasks:
@@ -348,6 +351,16 @@ def _run_sweep(spec: SweepSpec, out: Path, device: str | None, progress: bool,
                 "data": wanted["data"], "dataset_hash": wanted["dataset_hash"], "timings": timings, "device": device_name(),
                 **step, "wall_s": {k: round(v, 3) for k, v in wall.items()}}, out / "manifest.json")  # fmt: skip
     return df
+
+
+def _finished_table(out: Path) -> pd.DataFrame:
+    """A finished sweep's table; one written before `n_samples` existed gains it (counted from its
+    samples table) and is rewritten, so the tables a caller copies carry it too."""
+    df = pd.read_parquet(out / "sweep.parquet")
+    if "n_samples" not in df.columns:
+        df = with_n_samples(df, pd.read_parquet(out / "samples.parquet"))
+        write_parquet(df, out / "sweep.parquet", SWEEP)
+    return SWEEP.validate(df)
 
 
 def sweep_finished(spec: SweepSpec, out: Path, shard: tuple[int, int] | None = None) -> bool:

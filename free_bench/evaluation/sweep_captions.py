@@ -16,6 +16,7 @@ import pandas as pd
 
 from free_bench.core.errors import FreeBenchError
 from free_bench.core.records import SWEEP, SWEEP_SAMPLES, write_json, write_parquet
+from free_bench.evaluation.sweep_legacy import with_n_samples
 
 CAPTIONS = "captions.parquet"
 
@@ -58,7 +59,8 @@ def rescore(folder: Path) -> pd.DataFrame:
     caps = pd.read_parquet(folder / CAPTIONS)
     if caps.empty:
         raise FreeBenchError(f"{folder / CAPTIONS} holds no captions")
-    sweep, samples = pd.read_parquet(folder / "sweep.parquet"), pd.read_parquet(folder / "samples.parquet")
+    samples = pd.read_parquet(folder / "samples.parquet")
+    sweep = with_n_samples(pd.read_parquet(folder / "sweep.parquet"), samples)  # older tables: counted
     scored = {}
     for point, group in caps.groupby("point"):
         refs = {str(s): list(r) for s, r in zip(group["sample_id"], group["references"], strict=True)}

@@ -273,15 +273,20 @@ def warm_batches(shapes: list[tuple], warmup: int, seen: set | None = None) -> l
 
 
 def warmed_shapes(backbone: Backbone, method: ExitMethod | None, engine: str, policy: str,
-                  threshold: float | None) -> set:  # fmt: skip
+                  threshold: float | None, *, decode: str = "greedy", draft_len: int = 0,
+                  compact: bool = True) -> set:  # fmt: skip
     """The shapes already warmed in this process for these decoders. Eager one-off work per shape is
     the process's (kernel choice, allocator): one set per backbone. The graphs engine captures per
-    decoder (the method's, its policy, and the static exit's layer): one set per such decoder."""
+    decoder (the method's, its policy, and the static exit's layer) and per way of decoding with it
+    (speculative spans of up to draft_len + 1 positions; the smaller buckets compaction moves rows
+    into): one set per such decoder and way, so a method kept across sweeps warms each anew."""
     if engine == "eager":
         owner, key = backbone, ("eager",)
     else:
         static = threshold if method is not None and method.rule == "static" else None
-        owner, key = (method if method is not None else backbone), (engine, policy, static)
+        drafts = draft_len if decode == "speculative" else 0
+        owner = method if method is not None else backbone
+        key = (engine, policy, static, decode, drafts, compact)
     return owner.__dict__.setdefault("_warmed_shapes", {}).setdefault(key, set())
 
 
@@ -333,7 +338,9 @@ def live_outputs(
                 **({"early": early} if method is not None else {})}  # fmt: skip
 
     shapes = [(tuple(pv.shape), tuple(p["input_ids"].shape)) for pv, p in batches]
-    for k in warm_batches(shapes, warmup, warmed_shapes(backbone, method, engine, policy, threshold)):
+    seen = warmed_shapes(backbone, method, engine, policy, threshold, decode=decode, draft_len=draft_len,
+                         compact=compact)  # fmt: skip
+    for k in warm_batches(shapes, warmup, seen):
         for fn in runners(*batches[k], {}).values():  # allocator, kernels, lazy init, graph captures
             fn()
     lat: dict[str, list[float]] = {"hf_ms": [], "engine_ms": [], "prefix_ms": [], "early": []}

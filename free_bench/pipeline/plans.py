@@ -6,6 +6,7 @@ copied in results/; `run_planned` runs (or resumes) it there.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -20,6 +21,7 @@ from free_bench.core.records import atomic_path, write_json
 from free_bench.pipeline.context import Context
 
 if TYPE_CHECKING:
+    from free_bench.evaluation.sweep import SweepSpec
     from free_bench.models.base import Backbone
 
 
@@ -40,14 +42,22 @@ def sweep_plan(ctx: Context, name: str, method: str, exits: Path, split: str, mo
     return {"name": name, "seed": seed, "spec": spec, "work": str(ctx.cache / "sweeps" / name), "dst": dst}
 
 
-def run_planned(plan: dict, loaded=None, backbone: Callable[[], Backbone] | None = None) -> pd.DataFrame:
-    """Run (or resume) a planned sweep; copy its tables and manifest (with its seed) to `dst`. `loaded`:
-    the method already loaded; else `backbone()`, called only when the sweep has work left: load the
-    exits onto that backbone instead of loading it from disk again."""
-    from free_bench.evaluation.sweep import SweepSpec, load_method, run_sweep, sweep_finished
+def plan_spec(plan: dict) -> SweepSpec:
+    """The `SweepSpec` a planned sweep runs."""
+    from free_bench.evaluation.sweep import SweepSpec
 
     fields = {**plan["spec"], "thresholds": tuple(plan["spec"]["thresholds"])}
-    spec = SweepSpec(**{**fields, "tasks": tuple(fields.get("tasks", ("vqa",)))})
+    return SweepSpec(**{**fields, "tasks": tuple(fields.get("tasks", ("vqa",)))})
+
+
+def run_planned(plan: dict, loaded=None, backbone: Callable[[], Backbone] | None = None,
+                loader: Callable[[SweepSpec], tuple] | None = None) -> pd.DataFrame:  # fmt: skip
+    """Run (or resume) a planned sweep; copy its tables and manifest (with its seed) to `dst`. `loaded`:
+    the method already loaded; else, only when the sweep has work left, `loader(spec)` (a stage's shared
+    loader) or the exits loaded onto `backbone()` instead of loading the backbone from disk again."""
+    from free_bench.evaluation.sweep import load_method, run_sweep, sweep_finished
+
+    spec = plan_spec(plan)
     work = Path(plan["work"])
     finished = sweep_finished(spec, work)
     points = len(spec.thresholds) * len(spec.tasks)
@@ -55,8 +65,11 @@ def run_planned(plan: dict, loaded=None, backbone: Callable[[], Backbone] | None
         log.debug("[sweep] %s: finished earlier, reused", plan["name"])
     else:
         log.info("[sweep] %s: %s, %d point(s) on %s", plan["name"], spec.mode, points, spec.split)
-    if loaded is None and backbone is not None and not finished:
-        loaded = load_method(spec, None, backbone())
+    if loaded is None and not finished:
+        if loader is not None:
+            loaded = loader(spec)
+        elif backbone is not None:
+            loaded = load_method(spec, None, backbone())
     t0 = time.perf_counter()
     df = run_sweep(spec, work, progress=False, loaded=loaded)
     if not finished:
@@ -69,3 +82,30 @@ def run_planned(plan: dict, loaded=None, backbone: Callable[[], Backbone] | None
         manifest = json.loads((work / "manifest.json").read_text())
         write_json({**manifest, "seed": plan["seed"], "sweep": plan["name"]}, dst / "manifest.json")
     return df
+
+
+def shared_backbone(exits: Path) -> Callable[[], Backbone]:
+    """The backbone `exits` were trained on, loaded on the first call and kept: a stage's sweeps then
+    share it, so the full model's captured decoders and the shapes warmed before timing (which live on
+    the backbone) carry over from one method's sweep to the next instead of each loading its own."""
+    from free_bench.methods import load_exits
+
+    return functools.cache(lambda: load_exits(exits).backbone)
+
+
+def shared_method(backbone: Callable[[], Backbone]) -> Callable[[SweepSpec], tuple]:
+    """`load_method` onto `backbone()`, the last method kept: consecutive sweeps of one run (its batch
+    sizes, engines and speculative decodes) share its exits and the graphs engine's decoders captured on
+    them, instead of capturing them again per sweep. One at a time, so a stage holds one run's captures."""
+    from free_bench.evaluation.sweep import load_method
+
+    kept: dict[tuple, tuple] = {}
+
+    def load(spec: SweepSpec) -> tuple:
+        key = (spec.method, spec.exits, spec.exits_at)
+        if key not in kept:
+            kept.clear()
+            kept[key] = load_method(spec, None, backbone())
+        return kept[key]
+
+    return load

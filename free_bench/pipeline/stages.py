@@ -8,7 +8,6 @@ copied into `results/<profile>/`. The profile's `ReproduceConfig` says what runs
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 from collections.abc import Callable
@@ -22,7 +21,8 @@ from free_bench.core.errors import FreeBenchError
 from free_bench.core.records import SWEEP, SWEEP_SAMPLES, write_json, write_parquet
 from free_bench.methods.rules import thresholds_for
 from free_bench.pipeline.context import Context
-from free_bench.pipeline.plans import copy_file, run_planned, sweep_plan
+from free_bench.pipeline.live import LiveRun
+from free_bench.pipeline.plans import copy_file, run_planned, shared_backbone, shared_method, sweep_plan
 
 if TYPE_CHECKING:
     from free_bench.models.base import Backbone
@@ -177,53 +177,58 @@ def live_grid(speedups: pd.Series, t: float, n: int) -> list[float]:
     return sorted(sorted(picks, key=lambda g: (abs(g - t), speedups[g]))[:n])
 
 
-def shared_backbone(exits: Path) -> Callable[[], Backbone]:
-    """The backbone `exits` were trained on, loaded on the first call and kept: a stage's sweeps then
-    share it, so the full model's captured decoders and the shapes warmed before timing (which live on
-    the backbone) carry over from one method's sweep to the next instead of each loading its own."""
-    from free_bench.methods import load_exits
+def live_runs(ctx: Context, ops: dict[str, tuple[float, list[float]]]) -> list[LiveRun]:
+    """The runs with an operating point (seed 0, and static on the first run's exits), as `live_plans` reads them."""
+    cfg = _cfg(ctx)
+    named = {n: (m, f"{m}:{r}") for n, m, r, s in run_names(ctx) if s == cfg.seeds[0]}
+    first = first_run(ctx)
+    out = []
+    for name, (t, live) in ops.items():
+        method, run = named.get(name, ("static", "static"))
+        exits = ctx.cache / "exits" / (first if name == "static" else name)
+        out.append(LiveRun(name, method, run, exits, t, tuple(live)))
+    return out
 
-    return functools.cache(lambda: load_exits(exits).backbone)
+
+def first_run(ctx: Context) -> str:
+    """FREE's first-seed run if it is trained, else the first run: static's exits and the deferred sweep's run."""
+    cfg = _cfg(ctx)
+    firsts = [(n, m) for n, m, _, s in run_names(ctx) if s == cfg.seeds[0]]
+    return next((n for n, m in firsts if m == "free"), firsts[0][0])
 
 
 def sweeps_stage(ctx: Context) -> dict:
-    """Simulated sweeps (val and test) of every run and static exits; live sweeps on test at the val
-    operating point and its neighbours (batch 1); FREE also batched (compacted or not) and deferred."""
+    """Simulated sweeps (val and test) of every run and static exits; then the live sweeps on test of
+    `pipeline.live` (batch 1 at the val operating point and its neighbours, batches compacted or not,
+    speculative and caption decodes, deferred) on every live engine that can run here."""
+    from free_bench.pipeline.live import live_plans
+
     cfg = _cfg(ctx)
     layers = _sparse(ctx)
-    runs = [(n, m, ctx.cache / "exits" / n, s) for n, m, _, s in run_names(ctx)]
-    firsts = [r for r in runs if r[3] == cfg.seeds[0]]  # FREE's if it runs, else the first run's
-    first = next((r for r in firsts if r[1] == "free"), firsts[0])
+    first = ctx.cache / "exits" / first_run(ctx)
     for plan in [chain_plan(ctx, *r) for r in run_names(ctx)]:  # finished in the exits stage: reused
         for sweep in plan["sweeps"]:
             run_planned(sweep)
-    bb = shared_backbone(first[2])  # every sweep below on one backbone: decoders captured, shapes warmed once
+    bb = shared_backbone(first)  # every sweep below on one backbone: decoders captured, shapes warmed once
     grid = thresholds_for("static", layers, cfg.grid)
     for split in ("val", "test"):
-        _sweep(ctx, f"sim-static-{split}", "static", first[2], split, "simulated", grid, seed=cfg.seeds[0],
+        _sweep(ctx, f"sim-static-{split}", "static", first, split, "simulated", grid, seed=cfg.seeds[0],
                backbone=bb)  # fmt: skip
     ops = operating_points(ctx, cfg)
-    exits_of = {n: e for n, _, e, s in runs if s == cfg.seeds[0]} | {"static": first[2]}
     import torch
 
+    # the graphs engine captures CUDA graphs: on CUDA only (a skipped engine is recorded with the reason)
     engines = [e for e in cfg.live_engines if e == "eager" or torch.cuda.is_available()]
-    for engine in engines:  # the graphs engine captures CUDA graphs: on CUDA only (skipped: recorded)
-        for name, (_, live) in ops.items():
-            method, tag = name.split("-")[0], "" if engine == "eager" else f"-{engine}"
-            _sweep(ctx, f"live-{name}-b1{tag}", method, exits_of[name], "test", "live", live,
-                   max_rows=cfg.live_rows, engine=engine, backbone=bb)  # fmt: skip
-    free_op = ops[first[0]][0]
-    _sweep(ctx, f"live-{first[0]}-b1-deferred", first[1], first[2], "test", "live", [free_op],
-           kv_policy="deferred", max_rows=cfg.live_rows, backbone=bb)  # fmt: skip
-    for b in cfg.batch_sizes:
-        rows = max(cfg.live_rows, 4 * b)
-        for compact in (True, False):
-            tag = "compact" if compact else "no-compact"
-            _sweep(ctx, f"live-{first[0]}-b{b}-{tag}", first[1], first[2], "test", "live", [free_op],
-                   batch_size=b, compact=compact, max_rows=rows, backbone=bb)  # fmt: skip
+    runs = live_runs(ctx, ops)
+    deferred = next((r for r in runs if r.name == first_run(ctx)), None)  # None: the first run is not live
+    plans = live_plans(ctx, runs, engines, deferred)
+    load = shared_method(bb)
+    for plan in plans:
+        run_planned(plan, loader=load)
     return {"operating_points": {n: {"threshold": t, "live": live} for n, (t, live) in ops.items()},
             "live_engines": engines,
-            "engines_skipped": {e: "needs CUDA" for e in cfg.live_engines if e not in engines}}  # fmt: skip
+            "engines_skipped": {e: "needs CUDA" for e in cfg.live_engines if e not in engines},
+            "live_sweeps": [p["name"] for p in plans]}  # fmt: skip
 
 
 def robustness_stage(ctx: Context) -> dict:

@@ -29,8 +29,10 @@ def _reproduce(tmp_path, *extra):
 
 
 STAGES = ["data", "backbone", "exits", "sweeps", "robustness", "guarantees", "report"]
-FIGURES = ["speedup_measured_vqa", "speedup_expected_vqa", "speedup_expected_caption", "overthinking_by_layer",
-           "midcrisis_layers", "robustness_heatmap"]  # fmt: skip
+# measured speedups per engine: the lossy eager decodes, and the speculative ones (lossless, a curve apart)
+FIGURES = ["speedup_measured_vqa_eager", "speedup_measured_vqa_eager-speculative", "speedup_measured_caption_eager",
+           "speedup_measured_caption_eager-speculative", "speedup_expected_vqa", "speedup_expected_caption",
+           "overthinking_by_layer", "midcrisis_layers", "robustness_heatmap"]  # fmt: skip
 
 
 def test_reproduce_smoke_writes_every_artefact_and_reuses_stages(tmp_path):
@@ -55,11 +57,20 @@ def test_reproduce_smoke_writes_every_artefact_and_reuses_stages(tmp_path):
             assert {"question_id", "layer", "exit_kind", "accuracy"} <= set(df.columns) and len(df)
     # sweeps: every table matches its schema, simulated and live, and the robustness grid
     sweeps = sorted(p.name for p in (out / "sweeps").iterdir())
-    assert {"sim-free-semi-val", "sim-static-test", "live-free-semi-b1", "live-free-semi-b4-no-compact",
-            "robustness"} <= set(sweeps)  # fmt: skip
+    batched = {f"live-{r}-b4-{c}" for r in runs + ["static"] for c in ("compact", "no-compact")}
+    speculative = {"live-free-semi-b1-speculative", "live-free-semi-b1-speculative-caption", "live-free-semi-b1-caption"}
+    assert {"sim-free-semi-val", "sim-static-test", "live-free-semi-b1", "robustness"} | batched | speculative <= set(
+        sweeps)  # fmt: skip
+    assert not any("speculative" in s for s in set(sweeps) - speculative)  # smoke: one run speculative
     for name in sweeps:
-        SWEEP.validate(pd.read_parquet(out / "sweeps" / name / "sweep.parquet"))
-        SWEEP_SAMPLES.validate(pd.read_parquet(out / "sweeps" / name / "samples.parquet"))
+        table = SWEEP.validate(pd.read_parquet(out / "sweeps" / name / "sweep.parquet"))
+        samples = SWEEP_SAMPLES.validate(pd.read_parquet(out / "sweeps" / name / "samples.parquet"))
+        # every row says how many samples its point decoded (robustness gathers a full-model point per method)
+        keys = ["method", "task", "threshold", "perturbation", "split"]
+        per_key = table.groupby(keys)
+        said = per_key["n_samples"].sum() / per_key["metric"].nunique()
+        assert said.sort_index().equals(samples.groupby(keys).size().astype(float).sort_index()), name
+    _speculative_answers_are_the_full_models(out / "sweeps")
     rob = pd.read_parquet(out / "sweeps" / "robustness" / "sweep.parquet")
     assert {"none", "gaussian_noise:1", "gaussian_noise:5", "typo:1", "typo:5"} == set(rob["perturbation"])
     assert set(rob["split"]) == {"test", "test_novel"} and (rob["timer"] == "cpu_wall").all()
@@ -76,10 +87,30 @@ def test_reproduce_smoke_writes_every_artefact_and_reuses_stages(tmp_path):
     for stem in FIGURES:
         assert (out / "figures" / f"{stem}.png").exists() and (out / "figures" / f"{stem}.pdf").exists(), stem
     report = (out / "REPORT.md").read_text()
-    assert report.count("verdict **") >= 4 and "figures/speedup_measured_vqa.png" in report
+    assert report.count("verdict **") >= 4 and "figures/speedup_measured_vqa_eager-speculative.png" in report
     assert (out / "tables" / "speedup_best_measured.csv").exists()
     second = _reproduce(tmp_path)
     assert second.returncode == 0 and second.stderr.count("reused") == len(STAGES)
+
+
+def _speculative_answers_are_the_full_models(sweeps) -> None:
+    """Lossless: at every threshold a speculative caption is the full model's, word for word (the lossy
+    twin's full model, on the same images, captions the same), and a speculative VQA answer scores as
+    the full model's on every question."""
+    caps = pd.read_parquet(sweeps / "live-free-semi-b1-speculative-caption" / "captions.parquet")
+    texts = caps.pivot(index="sample_id", columns="point", values="text")
+    assert texts.shape == (8, 3)  # caption_rows images; two thresholds and the full model
+    for point in texts.columns.drop("full"):
+        assert (texts[point] == texts["full"]).all(), point
+    twin = pd.read_parquet(sweeps / "live-free-semi-b1-caption" / "captions.parquet")
+    assert set(twin["point"]) == set(caps["point"])  # every lossless point has its lossy twin
+    assert (twin[twin["point"] == "full"].set_index("sample_id")["text"] == texts["full"]).all()
+    vqa = pd.read_parquet(sweeps / "live-free-semi-b1-speculative" / "samples.parquet")
+    per = vqa.pivot_table(index="sample_id", columns="method", values="value", aggfunc=list)
+    assert len(per) == 12 and all(len(set(row["free"])) == 1 and row["free"][0] == row["full"][0]
+                                  for _, row in per.iterrows())  # fmt: skip
+    rows = pd.read_parquet(sweeps / "live-free-semi-b1-speculative" / "sweep.parquet")
+    assert (rows["decode"] == "speculative").all() and rows["acceptance_rate"].dropna().between(0, 1).all()
 
 
 def test_reproduce_unknown_profile(tmp_path):

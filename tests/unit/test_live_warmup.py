@@ -52,6 +52,12 @@ def test_warmed_shapes_follow_the_decoders():
     assert S.warmed_shapes(bb, static, "graphs", "full", 8) is not S.warmed_shapes(
         bb, static, "graphs", "full", 12
     )
+    # one method kept across a stage's sweeps: its speculative spans and compacted buckets are warmed anew
+    spec = S.warmed_shapes(bb, free, "graphs", "propagate", 0.5, decode="speculative", draft_len=4)
+    assert spec is not graphs and spec is not S.warmed_shapes(bb, free, "graphs", "propagate", 0.5,
+                                                               decode="speculative", draft_len=2)  # fmt: skip
+    assert S.warmed_shapes(bb, free, "graphs", "propagate", 0.5, compact=False) is not graphs
+    assert S.warmed_shapes(bb, free, "graphs", "propagate", 0.5, draft_len=3) is graphs  # greedy: no drafts
 
 
 def test_every_prompt_shape_runs_untimed_before_it_is_timed(tmp_path, monkeypatch):

@@ -32,6 +32,7 @@ def _row(**over):
         exit_layer_hist='{"8": 3}',
         timer="cuda_event",
         device="NVIDIA H200",
+        n_samples=200,
     )
     row.update(over)
     return row
@@ -50,6 +51,8 @@ def test_schema_names_missing_column_and_bad_dtype(tmp_path):
         write_parquet(pd.DataFrame([_row()]).drop(columns="timer"), tmp_path / "x.parquet", SWEEP)
     with pytest.raises(FreeBenchError, match="batch_size"):
         write_parquet(pd.DataFrame([_row(batch_size=1.5)]), tmp_path / "x.parquet", SWEEP)
+    with pytest.raises(FreeBenchError, match="n_samples"):
+        write_parquet(pd.DataFrame([_row()]).drop(columns="n_samples"), tmp_path / "x.parquet", SWEEP)
     assert not list(tmp_path.iterdir())  # nothing written
 
 

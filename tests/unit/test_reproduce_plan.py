@@ -8,10 +8,20 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from free_bench.config import get_profile
+from free_bench.core.errors import FreeBenchError
 from free_bench.pipeline.context import Context
-from free_bench.pipeline.stages import chain_plan, live_grid, robustness_stage, run_names
+from free_bench.pipeline.live import live_plans
+from free_bench.pipeline.stages import (
+    chain_plan,
+    first_run,
+    live_grid,
+    live_runs,
+    robustness_stage,
+    run_names,
+)
 
 
 def test_gpu_chains_heaviest_first_and_captions_on_test_only(tmp_path: Path) -> None:
@@ -72,9 +82,6 @@ def test_a_config_file_changes_the_plan(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_bad_config_files_are_named(tmp_path: Path) -> None:
-    import pytest
-
-    from free_bench.core.errors import FreeBenchError
     from free_bench.pipeline.settings import load_settings
 
     for text, match in (("exits: {stpes: 3}", "stpes"), ("reproduce: {live_rows: many}", "live_rows"),
@@ -98,3 +105,92 @@ def test_no_robustness_runs_means_no_grid_and_nothing_written(tmp_path: Path) ->
     (ctx.cache / "sweeps.done.json").write_text(json.dumps({"operating_points": {}}))
     assert robustness_stage(ctx) == {"methods": [], "inputs": 0}
     assert not (ctx.results / "sweeps" / "robustness").exists()
+
+
+def _ctx(tmp_path: Path, profile: str = "gpu", **changes) -> Context:
+    base = get_profile(profile)
+    settings = dataclasses.replace(base, reproduce=dataclasses.replace(base.reproduce, **changes))
+    return Context(profile=profile, seed=0, results=tmp_path / "results", cache=tmp_path / "cache",
+                   settings=settings, backbone=f"embedded:{profile}")  # fmt: skip
+
+
+def _plans(ctx: Context, engines: list[str]) -> dict[str, dict]:
+    """The stage's live sweeps by name, at made-up val operating points (nothing is decoded)."""
+    cfg = ctx.settings.reproduce
+    live = [n for n, m, r, s in run_names(ctx) if s == cfg.seeds[0]
+            and (cfg.live_runs is None or f"{m}:{r}" in cfg.live_runs)]  # fmt: skip
+    ops = {n: (0.8, [0.78, 0.8]) for n in live} | {"static": (8.0, [8.0, 12.0])}
+    runs = live_runs(ctx, ops)
+    deferred = next(r for r in runs if r.name == first_run(ctx))
+    plans = live_plans(ctx, runs, engines, deferred)
+    assert len({p["name"] for p in plans}) == len(plans)
+    return {p["name"]: p for p in plans}
+
+
+def test_gpu_decodes_every_live_run_batched_and_speculatively_on_both_engines(tmp_path: Path) -> None:
+    """Every live run and static, on each engine: batch 1 at its live points; 8, 32 and 64 rows at the
+    operating point, compacted and riding along; speculative VQA and captions at the batch-1 thresholds,
+    each beside its lossy twin on the same rows. The first run also deferred (eager)."""
+    ctx = _ctx(tmp_path)
+    plans = _plans(ctx, ["eager", "graphs"])
+    runs = ["free-semi-s0", "deebert-semi-s0", "pabee-semi-s0", "distill-semi-s0", "static"]
+    per_engine = ["b1", "b8-compact", "b8-no-compact", "b32-compact", "b32-no-compact", "b64-compact",
+                  "b64-no-compact", "b1-speculative", "b1-speculative-caption", "b1-caption"]  # fmt: skip
+    graphs = [f"b1-graphs{s[2:]}" if s.startswith("b1") else f"{s}-graphs" for s in per_engine]
+    want = {f"live-{r}-{s}" for r in runs for s in per_engine + graphs}
+    assert set(plans) == want | {"live-free-semi-s0-b1-deferred"}
+    assert "live-static-b32-no-compact-graphs" in plans and "live-deebert-semi-s0-b1-graphs-speculative" in plans
+    for name, p in plans.items():
+        spec, tag = p["spec"], "graphs" if "graphs" in name else "eager"
+        assert spec["split"] == "test" and spec["mode"] == "live" and spec.get("engine", "eager") == tag
+        run = name.removeprefix("live-").split("-b")[0]
+        assert spec["exits"] == str(ctx.cache / "exits" / ("free-semi-s0" if run == "static" else run))
+        b1 = plans[f"live-{run}-b1" + ("-graphs" if tag == "graphs" else "")]["spec"]
+        if "-compact" in name:  # b<B>-compact and b<B>-no-compact
+            b = int(name.split("-b")[-1].split("-")[0])
+            assert spec["batch_size"] == b and spec["max_rows"] == max(100, 4 * b)
+            op = 8.0 if run == "static" else 0.8  # the operating points `_plans` made up
+            assert spec["compact"] == ("no-compact" not in name) and spec["thresholds"] == [op]
+        elif "caption" in name or "speculative" in name:
+            assert spec["thresholds"] == b1["thresholds"]  # every lossless point has its lossy twin
+            assert spec.get("decode", "greedy") == ("speculative" if "speculative" in name else "greedy")
+            assert spec.get("draft_len", 4) == 4 and spec.get("batch_size", 1) == 1
+            caption = name.endswith("caption")
+            assert spec.get("tasks", ["vqa"]) == (["caption"] if caption else ["vqa"])
+            assert spec["max_rows"] == (100 if caption else b1["max_rows"])
+    assert plans["live-free-semi-s0-b1-deferred"]["spec"]["kv_policy"] == "deferred"
+
+
+def test_a_machine_without_cuda_plans_no_graphs_sweeps_and_smoke_stays_small(tmp_path: Path) -> None:
+    smoke = _plans(_ctx(tmp_path, "smoke"), ["eager"])
+    assert not any("graphs" in n for n in smoke)
+    speculative = {n for n in smoke if "speculative" in n or n.endswith("caption")}
+    assert speculative == {"live-free-semi-b1-speculative", "live-free-semi-b1-speculative-caption",
+                           "live-free-semi-b1-caption"}  # fmt: skip
+    assert {"live-static-b4-compact", "live-pabee-semi-b4-no-compact"} <= set(smoke)
+    assert smoke["live-static-b4-no-compact"]["spec"]["max_rows"] == 16  # max(live_rows 12, 4 x 4)
+    cpu = _plans(_ctx(tmp_path, "cpu"), ["eager"])  # its 25-minute budget: FREE and static speculative
+    assert {n.split("-b1")[0] for n in cpu if "speculative" in n} == {"live-free-semi", "live-static"}
+    assert sum(n.endswith("-b32-no-compact") for n in cpu) == 7  # six runs and static, all batched
+    vqa_only = _plans(_ctx(tmp_path, "smoke", tasks=("vqa",), speculative_runs=None, draft_len=2), ["eager"])
+    assert not any("caption" in n for n in vqa_only)
+    assert {p["spec"]["draft_len"] for n, p in vqa_only.items() if n.endswith("speculative")} == {2}
+    assert sum(n.endswith("-speculative") for n in vqa_only) == 6  # every live run and static
+
+
+@pytest.mark.parametrize(("changes", "match"), [
+    ({"speculative_runs": ("free:semi", "deebert:semi"), "live_runs": ("free:semi",)}, r"deebert:semi.*live_runs"),
+    ({"speculative_runs": ("fre:semi",)}, "fre"),
+    ({"speculative_tasks": ("vqa", "captions")}, "captions"),
+    ({"draft_len": 0}, "draft-len"),
+    ({"batch_sizes": (0,)}, "batch size"),
+])  # fmt: skip
+def test_bad_live_settings_stop_the_stage_before_any_decoding(tmp_path: Path, changes, match) -> None:
+    with pytest.raises(FreeBenchError, match=match):
+        _plans(_ctx(tmp_path, "smoke", **changes), ["eager"])
+
+
+def test_a_speculative_run_this_configuration_does_not_train_is_skipped(tmp_path: Path) -> None:
+    """As robustness_runs: a settings file with fewer runs keeps its profile's speculative_runs."""
+    plans = _plans(_ctx(tmp_path, "smoke", runs=("deebert:semi",)), ["eager"])
+    assert not any("speculative" in n for n in plans) and "live-deebert-semi-b1" in plans
