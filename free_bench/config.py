@@ -139,7 +139,7 @@ class ReproduceConfig:
     live_rows: int = 200  # VQA rows decoded live per threshold (test split)
     live_points: int = 3  # thresholds decoded live per method: the val operating point and neighbours
     live_runs: tuple[str, ...] | None = None  # runs decoded live (None: every run); static always is
-    live_engines: tuple[str, ...] = ("eager",)  # live sweeps per engine (graphs: CUDA, OPT only)
+    live_engines: tuple[str, ...] = ("eager",)  # live sweeps per engine (graphs: CUDA only)
     # every live run and static also decoded at these batch sizes on every live engine, compacted and with
     # exited rows riding along: which of the two is faster is then measured per method, never assumed
     batch_sizes: tuple[int, ...] = (8, 32)
