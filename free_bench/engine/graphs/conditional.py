@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from free_bench.engine.graphs.capture import Graphed
-    from free_bench.engine.graphs.decoder import GraphDecoder
+from free_bench.engine.graphs.capture import Graphed
 
 log = logging.getLogger(__name__)
 # errors of conditional captures this process fell back from (`refused`): what step mode the graphs
@@ -68,24 +65,27 @@ def graph_step_mode(conditional: bool | None = None) -> str:
     return "one graph per step" if on else "one graph per segment"
 
 
-def step_function(d: GraphDecoder, segments: list[Graphed], fills: dict[int, Graphed]) -> Callable[[], None]:
-    """Decoder `d`'s step as one function (one graph once captured): segment i + 1 inside an IF on "a
-    row is undecided" (`d.go`, which each segment updates) after segment i (under the `full` policy
-    every segment, unconditionally), then each exit's K/V fill inside an IF on "a live row left there"."""
+def step_function(segments: list[Graphed], fills: dict[int, Graphed], *, go: torch.Tensor,
+                  left: dict[int, torch.Tensor], layer: torch.Tensor, live: torch.Tensor, every_segment: bool,
+                  warming: Callable[[], bool]) -> Callable[[], None]:  # fmt: skip
+    """A step as one function (one graph once captured): segment i + 1 inside an IF on `go` ("a row is
+    undecided", which each segment updates) after segment i (`every_segment`, the `full` policy: all of
+    them, unconditionally), then exit k's K/V fill inside an IF on `left[k]`, set here from `layer` (B,)
+    and `live` (B,) ("a live row left at k"). `warming()`: every branch runs (capture's warm-up)."""
 
     def from_segment(i: int) -> None:
         segments[i].run()
         if i + 1 == len(segments):
             return
-        if d.policy == "full":
+        if every_segment:
             from_segment(i + 1)
         else:
-            when(d.go, lambda: from_segment(i + 1), always=d._warming)
+            when(go, lambda: from_segment(i + 1), always=warming())
 
     def run() -> None:
         from_segment(0)
         for k, fill in fills.items():
-            d.left[k].copy_(((d.layer == k) & d.live).any())
-            when(d.left[k], fill.run, always=d._warming)
+            left[k].copy_(((layer == k) & live).any())
+            when(left[k], fill.run, always=warming())
 
     return run

@@ -152,8 +152,6 @@ class GraphDecoder:
         self.fused = FusedOPT(backbone, layer_fn=layer_fn, split_bias=tune) if fuse else None
         self.lm = lm_steps(backbone, capacity, B, self.kv, self.gen_kv, self.generators, self.fused, cross_capacity)
         self.lm.capture = self.capture
-        self.width = backbone.layers[0].layer[0].SelfAttention.d_model if backbone.lm_type == "t5" else (
-            backbone.layers[0].self_attn.embed_dim)  # fmt: skip
 
         def token_input() -> torch.Tensor:  # (B, 1, D): the tokens in flight at `lm.position`
             return self.lm.embed(self.bb.embed_tokens(self.ids), self.lm.position)
@@ -227,7 +225,7 @@ class GraphDecoder:
         what a layer call reads besides it (`graphs.lm`); each segment reads the previous one's output
         buffer and writes its own."""
         q, dtype, dev, B = positions.shape[0], self.bb.dtype, self.bb.device, self.batch_size
-        outputs = [torch.zeros((B, q, self.width), dtype=dtype, device=dev) for _ in self.bounds]  # (B, q, D)
+        outputs = [torch.zeros((B, q, self.lm.width), dtype=dtype, device=dev) for _ in self.bounds]  # (B, q, D)
 
         def segment(i: int) -> Callable[[], None]:
             def run() -> None:
@@ -244,7 +242,9 @@ class GraphDecoder:
 
         fills = {k: Graphed(fill(i)) for i, k in enumerate(self.exits)} if self.policy == "propagate" else {}
         segments = [Graphed(segment(i)) for i in range(len(self.bounds))]
-        whole = Graphed(cond.step_function(self, segments, fills)) if self.conditional else None
+        step = cond.step_function(segments, fills, go=self.go, left=self.left, layer=self.layer, live=self.live,
+                                  every_segment=self.policy == "full", warming=lambda: self._warming)  # fmt: skip
+        whole = Graphed(step) if self.conditional else None
         return Pass(positions, outputs, segments, fills, whole=whole)
 
     def _prompt_pass(self, length: int) -> Pass:

@@ -42,6 +42,7 @@ class OPTSteps:
         self.bb, self.kv, self.gen_kv, self.fused = backbone, kv, gen_kv, fused
         self.masks = StaticMasks(backbone, capacity, batch_size)
         self.position = self.masks.position  # (1,) the slot the token step writes
+        self.width = backbone.layers[0].self_attn.embed_dim  # D: what a layer reads and writes
 
     def embed(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Token embeddings (B, q, D') at slots `positions` (q,) -> layer-1 input (B, q, D)."""
@@ -107,6 +108,7 @@ class T5Steps:
         self.bb, self.kv, self.gen_kv, self.capacity, self.cross_capacity = backbone, kv, gen_kv, capacity, cross_capacity
         self.batch_size, dev, dtype = batch_size, backbone.device, backbone.dtype
         self.impl = attention_kind(backbone.decoder.config)
+        self.width = backbone.lm_config.d_model  # D: what a block reads and writes
         self.keys = torch.arange(capacity, device=dev)  # (C,)
         self.position = torch.zeros(1, dtype=torch.long, device=dev)  # (1,) the slot being decoded
         self.valid = torch.zeros((batch_size, cross_capacity), dtype=torch.bool, device=dev)  # (B, S) encoder slots
