@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from free_bench.config import ReproduceConfig
-from free_bench.core.errors import FreeBenchError
+from free_bench.config import ENGINES, ReproduceConfig
+from free_bench.core.errors import FreeBenchError, check_choice
 from free_bench.core.records import SWEEP, SWEEP_SAMPLES, write_json, write_parquet
 from free_bench.methods.rules import thresholds_for
 from free_bench.pipeline.context import Context
@@ -238,6 +238,7 @@ def robustness_stage(ctx: Context) -> dict:
     from free_bench.evaluation.sweep import SweepSpec, load_method
 
     cfg = _cfg(ctx)
+    engine, skipped = robustness_engine(cfg)  # a bad name stops the stage before anything is decoded
     profile = ctx.settings
     ops = json.loads((ctx.cache / "sweeps.done.json").read_text())["operating_points"]
     names = sorted(cfg.perturbations or PERTURBATIONS)
@@ -246,7 +247,7 @@ def robustness_stage(ctx: Context) -> dict:
         ("test", f"{p}:{s}") for p in names for s in cfg.severities
     ]
     opts = {"max_rows": cfg.robustness_rows, "batch_size": cfg.robustness_batch_size,
-            "compact": cfg.robustness_compact}  # fmt: skip
+            "compact": cfg.robustness_compact, "engine": engine}  # fmt: skip
     frames, samples, wall = [], [], {}  # wall: seconds summed over the grid's sweeps, by part
     runs = [
         (n, m) for n, m, r, s in run_names(ctx) if s == cfg.seeds[0] and f"{m}:{r}" in cfg.robustness_runs
@@ -275,10 +276,26 @@ def robustness_stage(ctx: Context) -> dict:
     dst = ctx.results / "sweeps" / "robustness"
     write_parquet(pd.concat(frames, ignore_index=True), dst / "sweep.parquet", SWEEP)
     write_parquet(pd.concat(samples, ignore_index=True), dst / "samples.parquet", SWEEP_SAMPLES)
+    # `spec`: what every sweep of the grid shares, as a sweep's manifest names it (analyses read compact, engine)
+    shared = {"mode": "live", "batch_size": cfg.robustness_batch_size, "compact": cfg.robustness_compact,
+              "engine": engine, "max_rows": cfg.robustness_rows}  # fmt: skip
     write_json({"sweep": "robustness", "seed": cfg.seeds[0], "operating_points": ops, "inputs": len(inputs),
-                "rows": cfg.robustness_rows, "batch_size": cfg.robustness_batch_size,
-                "wall_s": {k: round(v, 1) for k, v in wall.items()}}, dst / "manifest.json")  # fmt: skip
-    return {"methods": [n for n, _ in runs], "inputs": len(inputs)}
+                "rows": cfg.robustness_rows, "batch_size": cfg.robustness_batch_size, "spec": shared,
+                "engine_skipped": skipped, "wall_s": {k: round(v, 1) for k, v in wall.items()}},
+               dst / "manifest.json")  # fmt: skip
+    return {"methods": [n for n, _ in runs], "inputs": len(inputs), "engine": engine,
+            **({"engine_skipped": skipped} if skipped else {})}
+
+
+def robustness_engine(cfg: ReproduceConfig) -> tuple[str, str | None]:
+    """The grid's engine, and why another was not used: the graphs engine captures CUDA graphs, so
+    without CUDA the grid is decoded by the eager engine and the manifest says so."""
+    import torch
+
+    check_choice("robustness_engine", cfg.robustness_engine, ENGINES)
+    if cfg.robustness_engine == "graphs" and not torch.cuda.is_available():
+        return "eager", "graphs needs CUDA"
+    return cfg.robustness_engine, None
 
 
 def report_stage(ctx: Context) -> dict:

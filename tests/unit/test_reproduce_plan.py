@@ -194,3 +194,25 @@ def test_a_speculative_run_this_configuration_does_not_train_is_skipped(tmp_path
     """As robustness_runs: a settings file with fewer runs keeps its profile's speculative_runs."""
     plans = _plans(_ctx(tmp_path, "smoke", runs=("deebert:semi",)), ["eager"])
     assert not any("speculative" in n for n in plans) and "live-deebert-semi-b1" in plans
+
+
+def test_the_robustness_grid_names_its_engine_and_decodes_eagerly_without_cuda(monkeypatch) -> None:
+    """The gpu profile decodes its grid on the graphs engine; without CUDA the grid falls to the eager
+    engine with the reason recorded, and a name that is no engine is refused."""
+    import dataclasses
+
+    import torch
+
+    from free_bench.config import get_profile
+    from free_bench.core.errors import FreeBenchError
+    from free_bench.pipeline.stages import robustness_engine
+
+    gpu = get_profile("gpu").reproduce
+    assert gpu.robustness_engine == "graphs"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert robustness_engine(gpu) == ("eager", "graphs needs CUDA")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert robustness_engine(gpu) == ("graphs", None)
+    assert robustness_engine(get_profile("cpu").reproduce) == ("eager", None)
+    with pytest.raises(FreeBenchError, match="robustness_engine"):
+        robustness_engine(dataclasses.replace(gpu, robustness_engine="fast"))
