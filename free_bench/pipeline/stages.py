@@ -276,13 +276,11 @@ def robustness_stage(ctx: Context) -> dict:
     dst = ctx.results / "sweeps" / "robustness"
     write_parquet(pd.concat(frames, ignore_index=True), dst / "sweep.parquet", SWEEP)
     write_parquet(pd.concat(samples, ignore_index=True), dst / "samples.parquet", SWEEP_SAMPLES)
-    # `spec`: what every sweep of the grid shares, as a sweep's manifest names it (analyses read compact, engine)
-    shared = {"mode": "live", "batch_size": cfg.robustness_batch_size, "compact": cfg.robustness_compact,
-              "engine": engine, "max_rows": cfg.robustness_rows}  # fmt: skip
+    # no `spec` (a sweep's): the grid's rows stay apart from the batch sweeps at the same operating point
     write_json({"sweep": "robustness", "seed": cfg.seeds[0], "operating_points": ops, "inputs": len(inputs),
-                "rows": cfg.robustness_rows, "batch_size": cfg.robustness_batch_size, "spec": shared,
-                "engine_skipped": skipped, "wall_s": {k: round(v, 1) for k, v in wall.items()}},
-               dst / "manifest.json")  # fmt: skip
+                "rows": cfg.robustness_rows, "batch_size": cfg.robustness_batch_size,
+                "compact": cfg.robustness_compact, "engine": engine, "engine_skipped": skipped,
+                "wall_s": {k: round(v, 1) for k, v in wall.items()}}, dst / "manifest.json")  # fmt: skip
     return {"methods": [n for n, _ in runs], "inputs": len(inputs), "engine": engine,
             **({"engine_skipped": skipped} if skipped else {})}
 
