@@ -242,32 +242,21 @@ def graph_decoder(
     input_ids: torch.Tensor | None,
     max_new_tokens: int,
     batch_size: int = 1,
-) -> GraphDecoder:
-    """The captured decoder for this method, policy, KV capacity and bucket of rows, built once and
-    kept on the method (or the backbone for the full model): capturing costs far more than a decode."""
-    if backbone.device.type != "cuda":
-        raise FreeBenchError(
-            f"engine 'graphs' captures CUDA graphs and needs a CUDA device; the backbone is on "
-            f"{backbone.device} (use engine 'eager')"
-        )
-    return cached_decoder(backbone, exits, kv_policy, threshold, input_ids, max_new_tokens, batch_size)
-
-
-def cached_decoder(
-    backbone: Backbone,
-    exits: ExitMethod | None,
-    kv_policy: str,
-    threshold: float | None,
-    input_ids: torch.Tensor | None,
-    max_new_tokens: int,
-    batch_size: int = 1,
     **options,
 ) -> GraphDecoder:
-    """`graph_decoder` on any device (`options` override the engine's: the CPU tests pass capture=False).
+    """The captured decoder for this method, policy, KV capacity and bucket of rows, built once and
+    kept on the method (or the backbone for the full model): capturing costs far more than a decode.
+    `options` override the engine's (`GraphDecoder`'s; the CPU tests pass capture=False, which runs the
+    same fixed-shape code uncaptured on any device).
 
     OPT: the KV capacity holds prompt + new tokens (rounded up to 128 slots, at most the model's
     positions). T5: the decoder's holds the start token + new tokens, and `cross_capacity` the encoder
     slots (the prompt, rounded up to 32)."""
+    if backbone.device.type != "cuda" and options.get("capture", True):
+        raise FreeBenchError(
+            f"engine 'graphs' captures CUDA graphs and needs a CUDA device; the backbone is on "
+            f"{backbone.device} (use engine 'eager')"
+        )
     if exits is None:
         kv_policy = "full"  # no exits, nothing skipped: every policy is the full model
     prompt = input_ids.shape[1] if input_ids is not None else backbone.model.config.num_query_tokens + 1

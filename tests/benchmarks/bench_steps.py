@@ -33,7 +33,7 @@ import torch
 from bench_engine import machine_state
 
 from free_bench.engine import generate, time_region
-from free_bench.engine.generate import cached_decoder, special_tokens
+from free_bench.engine.generate import graph_decoder, special_tokens
 from free_bench.engine.graphs.batched import decode_batch
 from free_bench.engine.graphs.decoupled import decoupled_ticks, layer_count, replay_ticks, riding_ticks
 from free_bench.methods import get_method, parse_placement
@@ -84,7 +84,7 @@ def _decode(bb, method, inputs, threshold, n: int, options: dict, rows: int = 1,
     args = (inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"])
 
     def decoder_for(b: int):
-        return cached_decoder(bb, method, "propagate", threshold, inputs["input_ids"], NEW_TOKENS, b, **options)
+        return graph_decoder(bb, method, "propagate", threshold, inputs["input_ids"], NEW_TOKENS, b, **options)
 
     if rows == 1:
         return lambda: decoder_for(1).decode(*args, max_new_tokens=n, threshold=threshold, eos_ids=[], pad_id=pad)
@@ -122,7 +122,7 @@ def test_one_graph_per_step_against_one_per_segment(benchmark, lm: str) -> None:
                 results[key] = regions[key]()  # the first call builds, compiles and captures
                 built[key] = time.perf_counter() - start
     regions["eager/full/32"] = lambda: generate(bb, **inputs, max_new_tokens=NEW_TOKENS)
-    decoder = cached_decoder(bb, None, "full", None, inputs["input_ids"], NEW_TOKENS, 1, **VARIANTS["step"])
+    decoder = graph_decoder(bb, None, "full", None, inputs["input_ids"], NEW_TOKENS, 1, **VARIANTS["step"])
     regions["prefix"] = lambda: decoder.prefix(inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"])
     for name in methods:  # the two variants replay the same kernels: the same tokens and exits
         a, b = results[f"segments/{name}/{NEW_TOKENS}"], results[f"step/{name}/{NEW_TOKENS}"]
@@ -203,7 +203,7 @@ def test_decoupled_rows_against_rows_riding_along(benchmark) -> None:
     for b in BATCHES[1:]:
         inputs = _inputs(bb, b, seed=b)
         t = _mixed(bb, deebert, inputs)
-        decoder = cached_decoder(bb, deebert, "propagate", t, inputs["input_ids"], NEW_TOKENS, b, **VARIANTS["step"])
+        decoder = graph_decoder(bb, deebert, "propagate", t, inputs["input_ids"], NEW_TOKENS, b, **VARIANTS["step"])
         args = (inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"])
         out = decoder.decode(*args, max_new_tokens=NEW_TOKENS, threshold=t, eos_ids=[])
         ends = [end for _, end in decoder.bounds]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from free_bench.engine import generate
-from free_bench.engine.generate import cached_decoder, special_tokens
+from free_bench.engine.generate import graph_decoder, special_tokens
 from free_bench.engine.graphs import conditional as cond
 from free_bench.methods import get_method
 from free_bench.models import Backbone, from_hf
@@ -54,7 +54,7 @@ def _decode(bb: Backbone, m, inputs: dict, t, policy: str = "propagate", **optio
     """Captured without inductor (compiling every decoder of these loops would take minutes; the compiled
     path is checked in tests/gpu/test_graphs.py and below)."""
     eos, pad = special_tokens(bb)
-    decoder = cached_decoder(bb, m, policy, t, inputs["input_ids"], N_NEW, compile_segments=False, **options)
+    decoder = graph_decoder(bb, m, policy, t, inputs["input_ids"], N_NEW, compile_segments=False, **options)
     return decoder.decode(inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"),
                           max_new_tokens=N_NEW, threshold=t, eos_ids=eos, pad_id=pad)  # fmt: skip
 
@@ -75,7 +75,7 @@ def test_one_graph_per_step_decodes_as_one_per_segment_and_the_eager_engine(lm: 
                 assert torch.equal(got["tokens"], eager.tokens), (name, t)
                 assert torch.equal(got["exit_layers"], eager.exit_layers), (name, t)
                 assert got["cost_layers"] == pytest.approx(eager.cost_layers), (name, t)
-    decoder = cached_decoder(bb, m, policy, t, inputs["input_ids"], N_NEW, compile_segments=False, conditional=True)
+    decoder = graph_decoder(bb, m, policy, t, inputs["input_ids"], N_NEW, compile_segments=False, conditional=True)
     assert decoder.conditional and decoder.step.whole is not None and decoder.step.whole.graph is not None
     # and compiled by inductor before capture, as generate(engine="graphs") runs it
     got = generate(bb, m, **inputs, max_new_tokens=N_NEW, threshold=t, kv_policy=policy, engine="graphs")

@@ -13,7 +13,7 @@ import torch
 from test_engine_exits import ALWAYS, NEVER, TIE_MARGIN, _method, _mid_threshold, live_scores  # noqa: F401
 
 from free_bench.engine import generate
-from free_bench.engine.generate import cached_decoder, special_tokens
+from free_bench.engine.generate import graph_decoder, special_tokens
 from free_bench.engine.graphs.batched import decode_batch
 from free_bench.engine.graphs.speculative import speculative_graphs
 from free_bench.methods import ExitMethod
@@ -35,11 +35,11 @@ def bb() -> Backbone:
 
 def _graphs(bb: Backbone, m: ExitMethod | None, inputs: dict, t, *, policy: str = "propagate",
             compact: bool = True, conditional: bool = False) -> dict:  # fmt: skip
-    """`generate(engine="graphs")`'s route (bucket decoders from `cached_decoder`), uncaptured."""
+    """`generate(engine="graphs")`'s route (bucket decoders from `graph_decoder`), uncaptured."""
     eos, pad = special_tokens(bb)
 
     def decoder_for(rows: int):
-        return cached_decoder(bb, m, policy, t, inputs["input_ids"], N_NEW, rows, **_PLAIN,
+        return graph_decoder(bb, m, policy, t, inputs["input_ids"], N_NEW, rows, **_PLAIN,
                               conditional=conditional)  # fmt: skip
 
     args = (inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"))
@@ -128,7 +128,7 @@ def test_t5_speculative_gives_the_full_models_tokens(bb: Backbone, live_scores: 
         m = _method(bb, name)
         for k in (1, 3):
             t = _clear(m, inputs, live_scores, k)
-            decoder = cached_decoder(bb, m, "propagate", t, inputs["input_ids"], N_NEW + k + 1, **_PLAIN)
+            decoder = graph_decoder(bb, m, "propagate", t, inputs["input_ids"], N_NEW + k + 1, **_PLAIN)
             got = speculative_graphs(decoder, inputs["pixel_values"], inputs["input_ids"],
                                      inputs.get("attention_mask"), max_new_tokens=N_NEW, threshold=t,
                                      draft_len=k, eos_ids=eos)  # fmt: skip
@@ -144,7 +144,7 @@ def test_a_t5_decoder_reused_across_prompts_forgets_the_last_one(bb: Backbone) -
     m = _method(bb, "free")
     long_prompt = tiny_inputs(bb.model, 1, text_len=9, seed=1)
     short_prompt = tiny_inputs(bb.model, 1, text_len=3, seed=3)
-    decoder = cached_decoder(bb, m, "propagate", 0.5, long_prompt["input_ids"], N_NEW, **_PLAIN)
+    decoder = graph_decoder(bb, m, "propagate", 0.5, long_prompt["input_ids"], N_NEW, **_PLAIN)
     eos, pad = special_tokens(bb)
     for inputs in (long_prompt, short_prompt):
         got = decoder.decode(inputs["pixel_values"], inputs["input_ids"], None, max_new_tokens=N_NEW,
