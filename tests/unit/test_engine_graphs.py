@@ -349,6 +349,14 @@ def test_when_runs_its_body_as_the_predicate_says_or_always_when_warming() -> No
     assert ran == ["True-False", "False-True"]
 
 
+def record_calls(decoder: GraphDecoder, log: list[str], segment: str = "segment ", fill: str = "fill ") -> None:
+    """Wrap the token step's segments and fills so that each call appends `<segment><i>` / `<fill><k>` to `log`."""
+    for i, seg in enumerate(decoder.step.segments):
+        seg.run = (lambda f, tag: lambda: (log.append(tag), f())[1])(seg.run, f"{segment}{i}")
+    for k, part in decoder.step.fills.items():
+        part.run = (lambda f, tag: lambda: (log.append(tag), f())[1])(part.run, f"{fill}{k}")
+
+
 def test_one_graph_per_step_enters_only_the_segments_and_fills_a_row_needs(bb: Backbone) -> None:
     """The step as one function: segment i + 1 runs only while a row is undecided, a fill only where a
     row left; every token leaving at the first exit runs segment 0 and that exit's fill, a threshold
@@ -356,10 +364,7 @@ def test_one_graph_per_step_enters_only_the_segments_and_fills_a_row_needs(bb: B
     m = _method(bb, "deebert")
     decoder = GraphDecoder(bb, m, capture=False, conditional=True)
     ran: list[str] = []
-    for i, seg in enumerate(decoder.step.segments):
-        seg.run = (lambda f, tag: lambda: (ran.append(tag), f())[1])(seg.run, f"segment {i}")
-    for k, fill in decoder.step.fills.items():
-        fill.run = (lambda f, tag: lambda: (ran.append(tag), f())[1])(fill.run, f"fill {k}")
+    record_calls(decoder, ran)
     inputs = tiny_inputs(bb.model, 1, seed=5)
     first = m.layers[0]
     _decode(decoder, inputs, 1e9)  # entropy below 1e9: every token leaves at the first exit

@@ -8,6 +8,7 @@ import random
 
 import pytest
 from test_engine_exits import _method
+from test_engine_graphs import record_calls  # same folder
 
 from free_bench.engine.graphs.decoder import GraphDecoder
 from free_bench.engine.graphs.decoupled import Tick, decoupled_ticks, layer_count, replay_ticks, riding_ticks
@@ -53,10 +54,7 @@ def test_a_schedule_replays_its_segments_and_fills() -> None:
     m = _method(bb, "deebert")
     decoder = GraphDecoder(bb, m, capture=False, batch_size=4)
     calls: list[str] = []
-    for i, seg in enumerate(decoder.step.segments):
-        seg.run = (lambda f, tag: lambda: (calls.append(tag), f())[1])(seg.run, f"s{i}")
-    for k, fill in decoder.step.fills.items():
-        fill.run = (lambda f, tag: lambda: (calls.append(tag), f())[1])(fill.run, f"f{k}")
+    record_calls(decoder, calls, segment="s", fill="f")
     inputs = tiny_inputs(bb.model, 4, seed=3)
     decoder.start(inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"], max_new_tokens=4,
                   threshold=0.5)  # fmt: skip

@@ -150,8 +150,8 @@ class GraphDecoder:
         # per process and shape rather than once per segment
         layer_fn = shared_layer(tune) if compile_layers else None
         self.fused = FusedOPT(backbone, layer_fn=layer_fn, split_bias=tune) if fuse else None
-        self.lm = lm_steps(backbone, capacity, B, self.kv, self.gen_kv, self.generators, self.fused, cross_capacity)
-        self.lm.capture = self.capture
+        self.lm = lm_steps(backbone, capacity, B, self.kv, self.gen_kv, self.generators, self.fused, cross_capacity,
+                           self.capture)  # fmt: skip
 
         def token_input() -> torch.Tensor:  # (B, 1, D): the tokens in flight at `lm.position`
             return self.lm.embed(self.bb.embed_tokens(self.ids), self.lm.position)

@@ -102,7 +102,8 @@ class T5Steps:
     """T5 decoder steps over an encoder output of at most `cross_capacity` positions."""
 
     def __init__(self, backbone: Backbone, capacity: int, batch_size: int, kv: StaticKV,
-                 gen_kv: StaticKV | None, generators: nn.Module | None, cross_capacity: int) -> None:  # fmt: skip
+                 gen_kv: StaticKV | None, generators: nn.Module | None, cross_capacity: int,
+                 capture: bool) -> None:  # fmt: skip
         if backbone.lm_type != "t5":
             raise FreeBenchError(f"T5Steps decodes T5 backbones; {backbone.spec!r} is {backbone.lm_type}")
         self.bb, self.kv, self.gen_kv, self.capacity, self.cross_capacity = backbone, kv, gen_kv, capacity, cross_capacity
@@ -129,7 +130,7 @@ class T5Steps:
         self.cache = _T5Cache(kv, self.cross_k, self.cross_v)
         self.gen_cache = None if gen_kv is None else _T5Cache(gen_kv, self.gen_cross_k, self.gen_cross_v)
         self.encoders: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, Graphed]] = {}
-        self.capture = dev.type == "cuda"
+        self.capture = capture  # the encoder replayed as a graph per prompt shape
         start = runner_t5.decoder_start_id(backbone)
         self.start_ids = torch.full((batch_size, 1), start, dtype=torch.long, device=dev)  # (B, 1)
 
@@ -224,12 +225,13 @@ class T5Steps:
 
 
 def lm_steps(backbone: Backbone, capacity: int, batch_size: int, kv: StaticKV, gen_kv: StaticKV | None,
-             generators: Any, fused: FusedOPT | None, cross_capacity: int | None) -> OPTSteps | T5Steps:  # fmt: skip
-    """The family object for `backbone`'s LM."""
+             generators: Any, fused: FusedOPT | None, cross_capacity: int | None,
+             capture: bool) -> OPTSteps | T5Steps:  # fmt: skip
+    """The family object for `backbone`'s LM (`capture`: T5's encoder as CUDA graphs)."""
     if backbone.lm_type == "t5":
         if fused is not None:
             raise FreeBenchError("fused q/k/v layers are OPT's: a T5 graphs decoder runs its blocks (fuse=False)")
         if cross_capacity is None:
             raise FreeBenchError("a T5 graphs decoder needs cross_capacity: the encoder slots it holds")
-        return T5Steps(backbone, capacity, batch_size, kv, gen_kv, generators, cross_capacity)
+        return T5Steps(backbone, capacity, batch_size, kv, gen_kv, generators, cross_capacity, capture)
     return OPTSteps(backbone, capacity, batch_size, kv, gen_kv, fused)
