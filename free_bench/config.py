@@ -143,6 +143,8 @@ class ReproduceConfig:
     # every live run and static also decoded at these batch sizes on every live engine, compacted and with
     # exited rows riding along: which of the two is faster is then measured per method, never assumed
     batch_sizes: tuple[int, ...] = (8, 32)
+    # the engines that decode the batch sizes (None: every live engine); the others decode batch 1 alone
+    batch_engines: tuple[str, ...] | None = None
     # Self-speculative decoding (lossless: the exits draft, one full pass verifies) at each run's batch-1 live
     # thresholds, beside a lossy greedy twin on the same rows, so the report can set the speedup that keeps
     # the full model's answers against the one that trades quality. Most tokens drafted per verification:
@@ -153,6 +155,8 @@ class ReproduceConfig:
     # VQA on the live rows; captions (caption_rows images, only where "caption" is in tasks) with their
     # lossy greedy twin: a caption is long enough for drafts to pay, a VQA answer is a token or two
     speculative_tasks: tuple[str, ...] = ("vqa", "caption")
+    # the engines that decode speculatively (None: every live engine)
+    speculative_engines: tuple[str, ...] | None = None
     robustness_runs: tuple[str, ...] = ("free:semi", "deebert:semi", "pabee:semi", "distill:semi")
     robustness_rows: int = 64  # rows per perturbation x severity, decoded live at the operating point
     robustness_batch_size: int = 8
@@ -170,6 +174,7 @@ class ReproduceConfig:
     calibration_delta: float = 0.1
     calibration_risk: str = "consistency"
     calibration_rows: int | None = None  # val questions calibrated on (None: all)
+    calibration_batch_size: int = 16  # rows per decode while calibrating and evaluating the certified threshold
     # slowdown attack at each run's operating point (the calibration runs): test questions, L-inf budget, steps
     attack_rows: int = 64
     attack_eps: float = 8 / 255
@@ -330,25 +335,25 @@ PROFILES: dict[str, Profile] = {
         ),
         exits=ExitTrainConfig(steps=600, batch_size=64, dense="every:2", sparse="4,8,12,16,20",
                               keep_mib=None),
-        # the 20-minute budget on one H200 (measured: 16.9 min at b33db10; 20.9 at 8c2b62a; 21.1 at cc101e5):
-        # backbone 6.8 min, 3 seeds of 6 exit trainings with their evaluations and simulated sweeps 4.6
-        # min six at a time (400 steps here; `train-exits` alone takes the profile's 600), sweeps 3.2
-        # (live on both engines 2.6), robustness riding along 1.5. With the query-cell loss and the
-        # compiled graphs engine: 19.3 min (commit 058e16a; the live graphs sweeps 159 s, 75 s before,
-        # most of it compiling). Not yet timed on a GPU: every method batched at 8, 32 and 64 and decoded
-        # speculatively with its lossy caption twin, on both engines (86 more live sweeps). Scaled from the
-        # batch-1 sweeps of 058e16a by the caption / VQA cost per sample the cpu profile measured (3.3x),
-        # they add an estimated 22-33 min, most of it the 20 caption sweeps, before the graphs engine's
-        # captures for batches of 8-64 rows
+        # One device loan: backbone 7.5 min and each wave of six exit trainings 1.6 min (commit 058e16a, whose
+        # run took 19.3 min with three seeds); the live sweeps on both engines at batch 1, the batch sizes on
+        # the graphs engine alone (the engine a batch would run on; eager batches measured 0.6-1.1x at
+        # cc101e5), speculative decoding of FREE and static (LayerSkip's fixed exit) with their lossy caption
+        # twins on the graphs engine (its full model took 3.9 ms a question against the eager engine's 26.9
+        # at 058e16a, and a caption is some 20 tokens), calibration and the slowdown attack at 64 rows a decode. One exit seed: three add 3.2 min
         reproduce=ReproduceConfig(
-            seeds=(0, 1, 2),
+            seeds=(0,),
             exit_steps=400,
             exit_workers=6,
             live_rows=100,
             live_points=2,
             live_runs=("free:semi", "deebert:semi", "pabee:semi", "distill:semi"),
             live_engines=("eager", "graphs"),
-            batch_sizes=(8, 32, 64),  # every live run and static, on both engines, compacted and riding along
+            batch_sizes=(8, 32, 64),  # every live run and static, compacted and riding along
+            batch_engines=("graphs",),
+            speculative_runs=("free:semi", "static"),
+            speculative_engines=("graphs",),
+            calibration_batch_size=64,
             robustness_rows=64,
             robustness_batch_size=64,
             # compaction loses on the H200 at this width (commit cc101e5: b8 1.09x compacted, 1.28x riding

@@ -55,7 +55,7 @@ def guarantees_stage(ctx: Context) -> dict:
             calibrate_run(exits, work, method=method, split="val", epsilon=cfg.calibration_epsilon,
                           delta=cfg.calibration_delta, risk=cfg.calibration_risk, data=ctx.data,
                           max_rows=cfg.calibration_rows, test_split="test", test_rows=cfg.robustness_rows,
-                          perturbations=_grid(ctx), overwrite=True)  # fmt: skip
+                          perturbations=_grid(ctx), batch_size=cfg.calibration_batch_size, overwrite=True)  # fmt: skip
         for f in CALIBRATION_FILES:
             if (work / f).is_file():  # no evaluation.parquet when nothing was certified
                 copy_file(work / f, ctx.results / "calibration" / name / f)

@@ -2,7 +2,7 @@
 engine, at which batch size and how, under a folder name that says so.
 
 Per live run (seed 0) and static, on every live engine that can run here (the graphs engine's folders
-carry `-graphs`):
+carry `-graphs`; `batch_engines` and `speculative_engines` narrow the batched and speculative sweeps to some):
 
 - `live-<run>-b1[-graphs]`: batch 1 at the val operating point and its neighbours (`live_points`);
 - `live-<run>-b<B>-compact[-graphs]`, `live-<run>-b<B>-no-compact[-graphs]`: each of `batch_sizes` at the
@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from free_bench.config import METHODS, REGIMES, TASKS, ReproduceConfig
+from free_bench.config import ENGINES, METHODS, REGIMES, TASKS, ReproduceConfig
 from free_bench.core.errors import FreeBenchError, check_choice
 from free_bench.pipeline.context import Context
 from free_bench.pipeline.plans import plan_spec, sweep_plan
@@ -69,6 +69,9 @@ def live_plans(ctx: Context, runs: list[LiveRun], engines: list[str], deferred: 
     cfg = ctx.settings.reproduce
     for task in cfg.speculative_tasks:
         check_choice("speculative_tasks", task, TASKS)
+    for field in ("batch_engines", "speculative_engines"):
+        for engine in getattr(cfg, field) or ():
+            check_choice(field, engine, ENGINES)
     speculative = set(speculative_names(cfg, runs))
     plans = []
     for run in runs:
@@ -92,11 +95,11 @@ def _run_plans(ctx: Context, run: LiveRun, engine: str, speculative: bool) -> li
                           engine=engine, **opts)  # fmt: skip
 
     plans = [plan(f"b1{tag}", run.live, max_rows=cfg.live_rows)]
-    for b in cfg.batch_sizes:
+    for b in cfg.batch_sizes if cfg.batch_engines is None or engine in cfg.batch_engines else ():
         for compact in (True, False):
             plans.append(plan(f"b{b}-{'compact' if compact else 'no-compact'}{tag}", [run.threshold],
                               batch_size=b, compact=compact, max_rows=max(cfg.live_rows, 4 * b)))  # fmt: skip
-    if not speculative:
+    if not speculative or (cfg.speculative_engines is not None and engine not in cfg.speculative_engines):
         return plans
     drafts = {"decode": "speculative", "draft_len": cfg.draft_len}
     if "vqa" in cfg.speculative_tasks:

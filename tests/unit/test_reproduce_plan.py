@@ -25,8 +25,7 @@ from free_bench.pipeline.stages import (
 
 
 def test_gpu_chains_heaviest_first_and_captions_on_test_only(tmp_path: Path) -> None:
-    ctx = Context(profile="gpu", seed=0, results=tmp_path / "results", cache=tmp_path / "cache",
-                  settings=get_profile("gpu"), backbone="embedded:gpu")
+    ctx = _ctx(tmp_path, seeds=(0, 1, 2))
     plans = [chain_plan(ctx, *r) for r in run_names(ctx)]
     order = [p["name"] for p in sorted(plans, key=lambda p: -p["weight"])]  # as run_chains queues them
     assert order[:2] == ["free-semi-s0", "free-unsupervised-s0"]  # FREE's first seed: the longest chains
@@ -127,11 +126,12 @@ def _plans(ctx: Context, engines: list[str]) -> dict[str, dict]:
     return {p["name"]: p for p in plans}
 
 
-def test_gpu_decodes_every_live_run_batched_and_speculatively_on_both_engines(tmp_path: Path) -> None:
-    """Every live run and static, on each engine: batch 1 at its live points; 8, 32 and 64 rows at the
-    operating point, compacted and riding along; speculative VQA and captions at the batch-1 thresholds,
-    each beside its lossy twin on the same rows. The first run also deferred (eager)."""
-    ctx = _ctx(tmp_path)
+def test_every_live_run_is_decoded_batched_and_speculatively_on_every_engine(tmp_path: Path) -> None:
+    """With batch_engines, speculative_engines and speculative_runs unset, every live run and static on each
+    engine: batch 1 at its live points; 8, 32 and 64 rows at the operating point, compacted and riding
+    along; speculative VQA and captions at the batch-1 thresholds, each beside its lossy twin on the same
+    rows. The first run also deferred (eager)."""
+    ctx = _ctx(tmp_path, seeds=(0, 1, 2), batch_engines=None, speculative_engines=None, speculative_runs=None)
     plans = _plans(ctx, ["eager", "graphs"])
     runs = ["free-semi-s0", "deebert-semi-s0", "pabee-semi-s0", "distill-semi-s0", "static"]
     per_engine = ["b1", "b8-compact", "b8-no-compact", "b32-compact", "b32-no-compact", "b64-compact",
@@ -161,6 +161,20 @@ def test_gpu_decodes_every_live_run_batched_and_speculatively_on_both_engines(tm
     assert plans["live-free-semi-s0-b1-deferred"]["spec"]["kv_policy"] == "deferred"
 
 
+def test_the_gpu_profile_batches_and_drafts_on_the_graphs_engine(tmp_path: Path) -> None:
+    """The gpu profile: batch 1 on both engines for every live run and static; the batch sizes, and FREE's and
+    static's speculative decodes with their lossy twins, on the graphs engine alone."""
+    plans = _plans(_ctx(tmp_path), ["eager", "graphs"])
+    runs = ["free-semi", "deebert-semi", "pabee-semi", "distill-semi", "static"]
+    batched = [f"b{b}-{c}-graphs" for b in (8, 32, 64) for c in ("compact", "no-compact")]
+    drafted = ["b1-graphs-speculative", "b1-graphs-speculative-caption", "b1-graphs-caption"]
+    want = {f"live-{r}-{s}" for r in runs for s in ["b1", "b1-graphs", *batched]}
+    want |= {f"live-{r}-{s}" for r in ("free-semi", "static") for s in drafted}
+    assert set(plans) == want | {"live-free-semi-b1-deferred"}
+    assert _plans(_ctx(tmp_path), ["eager"]).keys() == {n for n in want if "graphs" not in n} | {
+        "live-free-semi-b1-deferred"}  # without CUDA: batch 1 and deferred alone
+
+
 def test_a_machine_without_cuda_plans_no_graphs_sweeps_and_smoke_stays_small(tmp_path: Path) -> None:
     smoke = _plans(_ctx(tmp_path, "smoke"), ["eager"])
     assert not any("graphs" in n for n in smoke)
@@ -184,6 +198,8 @@ def test_a_machine_without_cuda_plans_no_graphs_sweeps_and_smoke_stays_small(tmp
     ({"speculative_tasks": ("vqa", "captions")}, "captions"),
     ({"draft_len": 0}, "draft-len"),
     ({"batch_sizes": (0,)}, "batch size"),
+    ({"batch_engines": ("graph",)}, "graph"),
+    ({"speculative_engines": ("eagre",)}, "eagre"),
 ])  # fmt: skip
 def test_bad_live_settings_stop_the_stage_before_any_decoding(tmp_path: Path, changes, match) -> None:
     with pytest.raises(FreeBenchError, match=match):
