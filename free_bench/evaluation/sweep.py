@@ -2,7 +2,7 @@
 
 Every finished point (task, threshold) is written at once to `points/` (a small JSON of its records,
 and a `.samples.npy` of its per-sample numbers); a rerun with the same spec skips them, so a killed
-sweep resumes. `sweep.parquet` (schema `records.SWEEP`) gathers them, with the full model as a
+sweep resumes (a live sweep decodes its thresholds together, batch by batch, and writes them when it ends). `sweep.parquet` (schema `records.SWEEP`) gathers them, with the full model as a
 reference point (`method="full"`) per task; `samples.parquet` (`records.SWEEP_SAMPLES`) holds the
 per-sample values that bootstrap CIs resample.
 """
@@ -443,24 +443,22 @@ def _simulated(spec, method, cost, rows, task, out, base, progress) -> dict:
 
 
 def _live(spec, method, rows, task, out, base, progress) -> dict:
-    """Each threshold, with the full model timed beside it on every batch; the full model's own point
-    comes from the first threshold's run (the same decodes), or alone when only it is missing."""
+    """Every threshold not yet on disk, decoded batch by batch with the full model, the prefix (and HF
+    `generate()`) timed once per batch beside them (`live_points`); the full model's own point comes
+    from those decodes. Points are written when the sweep ends, the full model's first: a killed sweep
+    redoes the thresholds it had not written."""
     bb = method.backbone
-    args = (rows, task, spec.batch_size)
     todo = [t for t in spec.thresholds if not _point_file(out, task, t).exists()]
-    if not _point_file(out, task, "full").exists() and not todo:
-        todo = [None]
-    full_point = ("full", bb.num_layers)  # the full model's (method, threshold)
-    for t in todo:
-        res, full = S.live_outputs(bb, None if t is None else method, *args, t, spec.kv_policy, spec.warmup,
-                                   spec.repeats, compact=spec.compact, engine=spec.engine,
-                                   hf=spec.hf_baseline, decode=spec.decode, draft_len=spec.draft_len)  # fmt: skip
-        if t is None:
-            _write_live_point(out, task, "full", full_point, res, full, base, rows)
-            continue
-        if not _point_file(out, task, "full").exists():  # before t's: a kill between them leaves t to redo
-            _write_live_point(out, task, "full", full_point, res.full_model, full, base, rows)
-        _write_live_point(out, task, t, (method.name, t), res, full, base, rows)
+    need_full = not _point_file(out, task, "full").exists()
+    if todo or need_full:
+        points, full_out, full = S.live_points(bb, method if todo else None, rows, task, spec.batch_size, todo,
+                                               spec.kv_policy, spec.warmup, spec.repeats, compact=spec.compact,
+                                               engine=spec.engine, hf=spec.hf_baseline, decode=spec.decode,
+                                               draft_len=spec.draft_len, progress=progress)  # fmt: skip
+        if need_full:
+            _write_live_point(out, task, "full", ("full", bb.num_layers), full_out, full, base, rows)
+        for t in todo:
+            _write_live_point(out, task, t, (method.name, t), points[t], full, base, rows)
     return {f.name.split("__")[1].removesuffix(".full_ms.json"): json.loads(f.read_text())
             for f in sorted((out / "points").glob(f"{task}__*.full_ms.json"))}  # fmt: skip
 

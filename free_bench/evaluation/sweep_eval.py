@@ -3,8 +3,8 @@
 Simulated: one teacher-forced pass per batch over prompt + continuation (VQA: the labelled answer,
 so the first token is the engine's exact decision; captions: the full model's own caption) records
 every consulted exit's token and scores (`simulate.exit_scores`); a threshold is then `choose` plus
-a table lookup. Live: `engine.generate` per batch, timed; the full model is timed beside it through
-the same engine and through HF `generate()`.
+a table lookup. Live: `engine.generate` per batch at every threshold, timed; the full model is timed
+once per batch beside them, through the same engine and through HF `generate()`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import datasets
 import torch
+from tqdm.auto import tqdm
 
 from free_bench.data import examples as E
 from free_bench.data.inputs import pixel_values, prompt_batch
@@ -295,26 +296,43 @@ def live_outputs(
     threshold: float | None, policy: str, warmup: int, repeats: int, compact: bool = True, engine: str = "eager",
     hf: bool = True, decode: str = "greedy", draft_len: int = 4,
 ) -> tuple[Outputs, dict[str, float]]:  # fmt: skip
-    """Decode every batch through the engine (timed), with the full model timed beside it on the same
-    batch, interleaved (HF `generate()`, the engine with exits off, then the early-exit decode), so
-    that clock or load drift hits all three alike; the prefix alone (vision tower, Q-Former: what no
-    exit can skip) is timed beside them. Returns the decode's outputs (with exits, the full model's
-    outputs from the same decodes in `.full_model`) and the summed times {"engine_ms", "hf_ms",
-    "prefix_ms"}. `hf=False` leaves HF `generate()` out (at BLIP-2 size it is the slowest of the
-    three and the engine's full model is the faster baseline): its times are then NaN."""
-    out = Outputs()
+    """One threshold's live point (`live_points` with one threshold, or none when `method` is None):
+    its outputs (with exits, the full model's in `.full_model`) and the references' summed times."""
+    thresholds = [] if method is None else [threshold]
+    points, full, times = live_points(backbone, method, rows, task, batch_size, thresholds, policy, warmup,
+                                      repeats, compact=compact, engine=engine, hf=hf, decode=decode,
+                                      draft_len=draft_len)  # fmt: skip
+    if method is None:
+        return full, times
+    out = points[threshold]
+    out.full_model = full
+    return out, times
+
+
+def live_points(
+    backbone: Backbone, method: ExitMethod | None, rows: datasets.Dataset, task: str, batch_size: int,
+    thresholds: list[float], policy: str, warmup: int, repeats: int, compact: bool = True, engine: str = "eager",
+    hf: bool = True, decode: str = "greedy", draft_len: int = 4, progress: bool = False,
+) -> tuple[dict[float, Outputs], Outputs, dict[str, float]]:  # fmt: skip
+    """Decode every batch through the engine at each threshold (timed), with the references timed once
+    per batch beside them, interleaved: HF `generate()`, the engine with exits off, the prefix alone
+    (vision tower, Q-Former: what no exit can skip), then the early-exit decode at every threshold, so
+    that clock or load drift hits them alike and every threshold's speedup is paired with the same
+    references. Timing the references once per batch rather than once per threshold makes a sweep of
+    T thresholds cost T early-exit decodes and one set of references per batch.
+
+    Returns each threshold's outputs, the full model's (from the timed decodes) and the references'
+    summed times {"engine_ms", "hf_ms", "prefix_ms"}. `hf=False` leaves HF `generate()` out (at BLIP-2
+    size it is the slowest of the three and the engine's full model is the faster baseline): its times
+    are then NaN."""
     batches = []
     for start in range(0, len(rows), batch_size):
         chunk = rows.select(range(start, min(start + batch_size, len(rows))))
-        batches.append(
-            (
-                pixel_values(backbone, chunk["image"]),
-                prompt_batch(backbone, prompts_for(backbone, chunk, task)),
-            )
-        )
+        batches.append((pixel_values(backbone, chunk["image"]), prompt_batch(backbone, prompts_for(backbone, chunk, task))))
     new = MAX_NEW[task]
+    thresholds = [] if method is None else list(thresholds)
 
-    def runners(pv: torch.Tensor, prompts: dict, last: dict) -> dict:
+    def references(pv: torch.Tensor, prompts: dict, last: dict) -> dict:
         def hf_generate() -> None:
             backbone.model.generate(pixel_values=pv, **prompts, do_sample=False, max_new_tokens=new)
 
@@ -329,35 +347,44 @@ def live_outputs(
                 else:
                     runner.prefix(backbone, pv, ids, am)
 
-        def early() -> None:
-            last["res"] = generate(backbone, method, pixel_values=pv, **prompts, max_new_tokens=new,
-                                   threshold=threshold, kv_policy=policy, compact=compact, engine=engine,
-                                   decode=decode, draft_len=draft_len)  # fmt: skip
+        return {**({"hf_ms": hf_generate} if hf else {}), "engine_ms": full_model, "prefix_ms": prefix}
 
-        return {**({"hf_ms": hf_generate} if hf else {}), "engine_ms": full_model, "prefix_ms": prefix,
-                **({"early": early} if method is not None else {})}  # fmt: skip
+    def early(pv: torch.Tensor, prompts: dict, last: dict, t: float):
+        def run() -> None:
+            last[t] = generate(backbone, method, pixel_values=pv, **prompts, max_new_tokens=new, threshold=t,
+                               kv_policy=policy, compact=compact, engine=engine, decode=decode,
+                               draft_len=draft_len)  # fmt: skip
+
+        return run
+
+    def runners(pv: torch.Tensor, prompts: dict, last: dict) -> dict:
+        return {**references(pv, prompts, last), **{t: early(pv, prompts, last, t) for t in thresholds}}
 
     shapes = [(tuple(pv.shape), tuple(p["input_ids"].shape)) for pv, p in batches]
-    seen = warmed_shapes(backbone, method, engine, policy, threshold, decode=decode, draft_len=draft_len,
-                         compact=compact)  # fmt: skip
-    for k in warm_batches(shapes, warmup, seen):
+    warm: set[int] = set()  # each decoder's shapes not yet warmed in this process (the references' with the first)
+    for t in thresholds or [None]:
+        seen = warmed_shapes(backbone, method, engine, policy, t, decode=decode, draft_len=draft_len,
+                             compact=compact)  # fmt: skip
+        warm.update(warm_batches(shapes, warmup, seen))
+    for k in sorted(warm):
         for fn in runners(*batches[k], {}).values():  # allocator, kernels, lazy init, graph captures
             fn()
-    lat: dict[str, list[float]] = {"hf_ms": [], "engine_ms": [], "prefix_ms": [], "early": []}
-    full_out = Outputs() if method is not None else out  # with exits, the full model's point rides along
-    for index, (pv, prompts) in enumerate(batches):
+    lat: dict = {key: [] for key in ("hf_ms", "engine_ms", "prefix_ms", *thresholds)}
+    points = {t: Outputs() for t in thresholds}
+    full_out = Outputs()
+    label = f"live {'full model' if method is None else method.name} {task}, {len(thresholds)} threshold(s)"
+    for index, (pv, prompts) in enumerate(tqdm(batches, desc=label, disable=not progress, leave=False)):
         last: dict = {}
         for name, fn in runners(pv, prompts, last).items():
             timing = time_region(fn, warmup=0, repeats=repeats, device=backbone.device, dtype=backbone.dtype,
                                  batch_size=len(pv))  # fmt: skip
-            out.timer = full_out.timer = timing.timer
+            full_out.timer = timing.timer
             lat[name].append(timing.median_ms)
         if not hf:
             lat["hf_ms"].append(float("nan"))
         times = {key: lat[key][-1] for key in ("engine_ms", "hf_ms", "prefix_ms")}
         full_out.add(last["full"], index, lat["engine_ms"][-1], times)
-        if method is not None:
-            out.add(last["res"], index, lat["early"][-1], times)
-    if method is not None:
-        out.full_model = full_out
-    return out, {key: sum(lat[key]) for key in ("engine_ms", "hf_ms", "prefix_ms")}
+        for t in thresholds:
+            points[t].timer = full_out.timer
+            points[t].add(last[t], index, lat[t][-1], times)
+    return points, full_out, {key: sum(lat[key]) for key in ("engine_ms", "hf_ms", "prefix_ms")}

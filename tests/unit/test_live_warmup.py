@@ -97,3 +97,34 @@ def test_every_prompt_shape_runs_untimed_before_it_is_timed(tmp_path, monkeypatc
     untimed = [shape for shape, t in seen if not t]
     assert len(untimed) == 2  # the first batch only: its full-model and early-exit decodes
     assert len(seen) == len(untimed) + 2 * len(rows)
+
+
+def test_thresholds_decoded_together_share_the_references_and_decode_as_alone(tmp_path, monkeypatch):
+    """A sweep's thresholds are decoded batch by batch with the full model timed once per batch for
+    all of them: the same outputs as one threshold at a time, a third of the full-model decodes."""
+    torch.manual_seed(0)
+    prof = get_profile("smoke")
+    proc = build_processor(prof.scenes.image_size, prof.backbone.num_query_tokens)
+    bb = backbone_from_model(build_model("smoke", "opt", seed=0).eval(), tokenizer=proc.tokenizer,
+                             processor=proc, spec="embedded:smoke")  # fmt: skip
+    rows = load_scenes("smoke", 0, root=tmp_path, progress=False)["test"].select(range(6))
+    method = get_method("deebert")(bb, (1, 2)).eval()
+    calls = {"full": 0, "early": 0}
+    real_generate = S.generate
+
+    def generate(backbone, exits=None, **kw):
+        calls["early" if exits is not None else "full"] += 1
+        return real_generate(backbone, exits, **kw)
+
+    monkeypatch.setattr(S, "generate", generate)
+    thresholds = [0.1, 3.0, 100.0]  # entropy: no exit, some, every token at the first exit
+    points, full, times = S.live_points(bb, method, rows, "vqa", 2, thresholds, "propagate", warmup=0,
+                                        repeats=1, hf=False)  # fmt: skip
+    assert calls == {"full": 3, "early": 9}  # 3 batches: one full decode each, one per threshold
+    assert len(full.texts) == len(rows) and full.rows["engine_ms"] == points[3.0].rows["engine_ms"]
+    for t in thresholds:
+        alone, _ = S.live_outputs(bb, method, rows, "vqa", 2, t, "propagate", warmup=0, repeats=1, hf=False)
+        assert points[t].texts == alone.texts and points[t].exit_layers == alone.exit_layers
+        assert points[t].spent == alone.spent and alone.full_model.texts == full.texts
+    assert len({tuple(points[t].exit_layers) for t in thresholds}) > 1  # the thresholds differ, or this shows nothing
+    assert times["engine_ms"] > 0 and times["hf_ms"] != times["hf_ms"]  # hf off: NaN

@@ -143,6 +143,7 @@ def test_every_live_run_is_decoded_batched_and_speculatively_on_every_engine(tmp
     for name, p in plans.items():
         spec, tag = p["spec"], "graphs" if "graphs" in name else "eager"
         assert spec["split"] == "test" and spec["mode"] == "live" and spec.get("engine", "eager") == tag
+        assert spec.get("hf_baseline", True) == (tag == "eager")  # HF timed beside the eager engine's sweeps
         run = name.removeprefix("live-").split("-b")[0]
         assert spec["exits"] == str(ctx.cache / "exits" / ("free-semi-s0" if run == "static" else run))
         b1 = plans[f"live-{run}-b1" + ("-graphs" if tag == "graphs" else "")]["spec"]
