@@ -335,12 +335,14 @@ PROFILES: dict[str, Profile] = {
         ),
         exits=ExitTrainConfig(steps=600, batch_size=64, dense="every:2", sparse="4,8,12,16,20",
                               keep_mib=None),
-        # One device loan: backbone 7.5 min and each wave of six exit trainings 1.6 min (commit 058e16a, whose
-        # run took 19.3 min with three seeds); the live sweeps on both engines at batch 1, the batch sizes on
-        # the graphs engine alone (the engine a batch would run on; eager batches measured 0.6-1.1x at
-        # cc101e5), speculative decoding of FREE and static (LayerSkip's fixed exit) with their lossy caption
-        # twins on the graphs engine (its full model took 3.9 ms a question against the eager engine's 26.9
-        # at 058e16a, and a caption is some 20 tokens), calibration and the slowdown attack at 64 rows a decode. One exit seed: three add 3.2 min
+        # One device loan (30 device minutes, nothing kept between loans). Measured at 058e16a on an H200:
+        # backbone 7.5 min, a wave of six exit trainings 1.6 min, a live VQA question at batch 1 26.9 ms on
+        # the eager engine's full model and 3.9 on the graphs engine's. So: one exit seed (three add 3.2
+        # min); batch 1 on both engines; the batch sizes on the graphs engine alone (the engine a batch
+        # would run on; eager batches measured 0.6-1.1x at cc101e5); speculative decoding of FREE and static
+        # (LayerSkip's fixed exit) with their lossy caption twins on the graphs engine (a caption is some 20
+        # tokens); calibration and the slowdown attack at 64 rows a decode. Estimated 19-23 min, the graphs
+        # engine's captures per batch bucket and the guarantees stage not yet timed on a GPU
         reproduce=ReproduceConfig(
             seeds=(0,),
             exit_steps=400,
