@@ -294,7 +294,9 @@ PROFILES: dict[str, Profile] = {
         # measured at commit 61b366f on 2 Xeon cores, 2026-12-07, a live batch sweep took 1.6-2.3 s, a
         # speculative VQA sweep (200 questions, 3 thresholds) 21-25 s, a speculative caption sweep (100
         # images) 32-43 s and its lossy twin 30-40 s: every run speculative added 12.7 min, so FREE and
-        # static (LayerSkip's fixed exit) are decoded speculatively, about 4 min with every method's batches
+        # static (LayerSkip's fixed exit) are decoded speculatively, about 4 min with every method's batches.
+        # The whole run at 31a4667 on 2 AMD EPYC cores: 25.4 min (backbone 10.2, exits 5.3, sweeps 4.4,
+        # robustness 2.4, calibration and attack 2.7; results/cpu/README.md)
         reproduce=ReproduceConfig(speculative_runs=("free:semi", "static")),
     ),
     "gpu": Profile(
