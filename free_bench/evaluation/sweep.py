@@ -2,9 +2,10 @@
 
 Every finished point (task, threshold) is written at once to `points/` (a small JSON of its records,
 and a `.samples.npy` of its per-sample numbers); a rerun with the same spec skips them, so a killed
-sweep resumes (a live sweep decodes its thresholds together, batch by batch, and writes them when it ends). `sweep.parquet` (schema `records.SWEEP`) gathers them, with the full model as a
-reference point (`method="full"`) per task; `samples.parquet` (`records.SWEEP_SAMPLES`) holds the
-per-sample values that bootstrap CIs resample.
+sweep resumes (a live sweep decodes its thresholds together, batch by batch, and writes them when it
+ends). `sweep.parquet` (schema `records.SWEEP`) gathers them, with the full model as a reference point
+(`method="full"`) per task; `samples.parquet` (`records.SWEEP_SAMPLES`) holds the per-sample values
+that bootstrap CIs resample.
 """
 
 from __future__ import annotations

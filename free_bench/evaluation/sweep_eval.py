@@ -46,8 +46,6 @@ class Outputs:
     timer: str = "none"
     rows: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ROW_FIELDS})
     depths: list[list[int]] = field(default_factory=list)  # per row, the exit layer of each generated token
-    # live, with exits: the full model's own outputs from the decodes timed beside them (its sweep point)
-    full_model: Outputs | None = None
     speculative: dict[str, int] = field(default_factory=dict)  # summed drafted / accepted / verify_passes
     batch_spent: float = 0.0  # live: the batches' own count, each layer once per step if any row ran it
     batch_full: float = 0.0
@@ -291,24 +289,6 @@ def warmed_shapes(backbone: Backbone, method: ExitMethod | None, engine: str, po
     return owner.__dict__.setdefault("_warmed_shapes", {}).setdefault(key, set())
 
 
-def live_outputs(
-    backbone: Backbone, method: ExitMethod | None, rows: datasets.Dataset, task: str, batch_size: int,
-    threshold: float | None, policy: str, warmup: int, repeats: int, compact: bool = True, engine: str = "eager",
-    hf: bool = True, decode: str = "greedy", draft_len: int = 4,
-) -> tuple[Outputs, dict[str, float]]:  # fmt: skip
-    """One threshold's live point (`live_points` with one threshold, or none when `method` is None):
-    its outputs (with exits, the full model's in `.full_model`) and the references' summed times."""
-    thresholds = [] if method is None else [threshold]
-    points, full, times = live_points(backbone, method, rows, task, batch_size, thresholds, policy, warmup,
-                                      repeats, compact=compact, engine=engine, hf=hf, decode=decode,
-                                      draft_len=draft_len)  # fmt: skip
-    if method is None:
-        return full, times
-    out = points[threshold]
-    out.full_model = full
-    return out, times
-
-
 def live_points(
     backbone: Backbone, method: ExitMethod | None, rows: datasets.Dataset, task: str, batch_size: int,
     thresholds: list[float], policy: str, warmup: int, repeats: int, compact: bool = True, engine: str = "eager",
@@ -371,20 +351,21 @@ def live_points(
             fn()
     lat: dict = {key: [] for key in ("hf_ms", "engine_ms", "prefix_ms", *thresholds)}
     points = {t: Outputs() for t in thresholds}
-    full_out = Outputs()
+    full_out, timer = Outputs(), "none"
     label = f"live {'full model' if method is None else method.name} {task}, {len(thresholds)} threshold(s)"
     for index, (pv, prompts) in enumerate(tqdm(batches, desc=label, disable=not progress, leave=False)):
         last: dict = {}
         for name, fn in runners(pv, prompts, last).items():
             timing = time_region(fn, warmup=0, repeats=repeats, device=backbone.device, dtype=backbone.dtype,
                                  batch_size=len(pv))  # fmt: skip
-            full_out.timer = timing.timer
             lat[name].append(timing.median_ms)
+            timer = timing.timer
         if not hf:
             lat["hf_ms"].append(float("nan"))
         times = {key: lat[key][-1] for key in ("engine_ms", "hf_ms", "prefix_ms")}
         full_out.add(last["full"], index, lat["engine_ms"][-1], times)
         for t in thresholds:
-            points[t].timer = full_out.timer
             points[t].add(last[t], index, lat[t][-1], times)
+    for out in [full_out, *points.values()]:
+        out.timer = timer
     return points, full_out, {key: sum(lat[key]) for key in ("engine_ms", "hf_ms", "prefix_ms")}

@@ -90,15 +90,9 @@ def _run_plans(ctx: Context, run: LiveRun, engine: str, speculative: bool) -> li
     cfg = ctx.settings.reproduce
     tag = "" if engine == "eager" else f"-{engine}"
 
-    # HF `generate()` is timed beside the eager engine's sweeps of the same rows; beside the graphs engine's
-    # it would be most of the sweep's time (the gpu profile at 058e16a: the eager engine's full model 26.9 ms a
-    # question, HF's slower, the graphs engine's 3.9) for a reference no table reads: the graphs engine's
-    # own full model is the faster one
-    reference = {} if engine == "eager" else {"hf_baseline": False}
-
     def plan(suffix: str, thresholds, **opts) -> dict:
         return sweep_plan(ctx, f"live-{run.name}-{suffix}", run.method, run.exits, "test", "live", thresholds,
-                          engine=engine, **reference, **opts)  # fmt: skip
+                          engine=engine, **opts)  # fmt: skip
 
     plans = [plan(f"b1{tag}", run.live, max_rows=cfg.live_rows)]
     for b in cfg.batch_sizes if cfg.batch_engines is None or engine in cfg.batch_engines else ():

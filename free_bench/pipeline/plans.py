@@ -36,6 +36,11 @@ def sweep_plan(ctx: Context, name: str, method: str, exits: Path, split: str, mo
                seed: int = 0, **opts) -> dict:  # fmt: skip
     """One sweep as plain data: its spec, its work folder in the cache, where its tables are copied."""
     profile = ctx.settings
+    if opts.get("engine", "eager") != "eager":
+        # HF `generate()` is timed beside the eager engine's sweeps of the same rows; beside another
+        # engine's it would be most of the sweep's time (the gpu profile at 058e16a: HF over 30 ms a
+        # question, the graphs engine's full model 3.9) for a reference no table reads
+        opts.setdefault("hf_baseline", False)
     spec = {"method": method, "exits": str(exits), "split": split, "mode": mode,
             "thresholds": [float(t) for t in thresholds], "exits_at": profile.exits.sparse, **opts}  # fmt: skip
     dst = None if name.startswith("rob/") else str(ctx.results / "sweeps" / name)  # rob/: gathered instead

@@ -246,10 +246,8 @@ def robustness_stage(ctx: Context) -> dict:
     inputs = [("test", None), *novel] + [
         ("test", f"{p}:{s}") for p in names for s in cfg.severities
     ]
-    # HF generate() timed beside the eager engine alone, as in the live sweeps (pipeline.live)
     opts = {"max_rows": cfg.robustness_rows, "batch_size": cfg.robustness_batch_size,
-            "compact": cfg.robustness_compact, "engine": engine,
-            **({} if engine == "eager" else {"hf_baseline": False})}  # fmt: skip
+            "compact": cfg.robustness_compact, "engine": engine}  # fmt: skip
     frames, samples, wall = [], [], {}  # wall: seconds summed over the grid's sweeps, by part
     runs = [
         (n, m) for n, m, r, s in run_names(ctx) if s == cfg.seeds[0] and f"{m}:{r}" in cfg.robustness_runs

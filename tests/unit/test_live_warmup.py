@@ -60,13 +60,18 @@ def test_warmed_shapes_follow_the_decoders():
     assert S.warmed_shapes(bb, free, "graphs", "propagate", 0.5, draft_len=3) is graphs  # greedy: no drafts
 
 
-def test_every_prompt_shape_runs_untimed_before_it_is_timed(tmp_path, monkeypatch):
+def _smoke(tmp_path, n: int):
+    """The smoke profile's randomly initialised backbone and the first `n` test rows of its scenes."""
     torch.manual_seed(0)
     prof = get_profile("smoke")
     proc = build_processor(prof.scenes.image_size, prof.backbone.num_query_tokens)
     bb = backbone_from_model(build_model("smoke", "opt", seed=0).eval(), tokenizer=proc.tokenizer,
                              processor=proc, spec="embedded:smoke")  # fmt: skip
-    rows = load_scenes("smoke", 0, root=tmp_path, progress=False)["test"].select(range(24))
+    return bb, load_scenes("smoke", 0, root=tmp_path, progress=False)["test"].select(range(n))
+
+
+def test_every_prompt_shape_runs_untimed_before_it_is_timed(tmp_path, monkeypatch):
+    bb, rows = _smoke(tmp_path, 24)
     method = get_method("deebert")(bb, (2,)).eval()
     timed = {"now": False}
     seen: list[tuple[tuple[int, ...], bool]] = []  # (prompt shape, inside a timed call) per decode
@@ -85,7 +90,7 @@ def test_every_prompt_shape_runs_untimed_before_it_is_timed(tmp_path, monkeypatc
 
     monkeypatch.setattr(S, "time_region", time_region)
     monkeypatch.setattr(S, "generate", generate)
-    S.live_outputs(bb, method, rows, "vqa", 1, 0.5, "propagate", warmup=1, repeats=1)
+    S.live_points(bb, method, rows, "vqa", 1, [0.5], "propagate", warmup=1, repeats=1)
     shapes = {shape for shape, _ in seen}
     assert len(shapes) > 2  # the rows' questions differ in length, or this test shows nothing
     for shape in shapes:
@@ -93,7 +98,7 @@ def test_every_prompt_shape_runs_untimed_before_it_is_timed(tmp_path, monkeypatc
         assert not first, f"prompt shape {shape} first decoded inside a timed call"
     # the next threshold point on the same backbone: its first batch is warmed, the shapes are not again
     seen.clear()
-    S.live_outputs(bb, method, rows, "vqa", 1, 0.6, "propagate", warmup=1, repeats=1)
+    S.live_points(bb, method, rows, "vqa", 1, [0.6], "propagate", warmup=1, repeats=1)
     untimed = [shape for shape, t in seen if not t]
     assert len(untimed) == 2  # the first batch only: its full-model and early-exit decodes
     assert len(seen) == len(untimed) + 2 * len(rows)
@@ -102,12 +107,7 @@ def test_every_prompt_shape_runs_untimed_before_it_is_timed(tmp_path, monkeypatc
 def test_thresholds_decoded_together_share_the_references_and_decode_as_alone(tmp_path, monkeypatch):
     """A sweep's thresholds are decoded batch by batch with the full model timed once per batch for
     all of them: the same outputs as one threshold at a time, a third of the full-model decodes."""
-    torch.manual_seed(0)
-    prof = get_profile("smoke")
-    proc = build_processor(prof.scenes.image_size, prof.backbone.num_query_tokens)
-    bb = backbone_from_model(build_model("smoke", "opt", seed=0).eval(), tokenizer=proc.tokenizer,
-                             processor=proc, spec="embedded:smoke")  # fmt: skip
-    rows = load_scenes("smoke", 0, root=tmp_path, progress=False)["test"].select(range(6))
+    bb, rows = _smoke(tmp_path, 6)
     method = get_method("deebert")(bb, (1, 2)).eval()
     calls = {"full": 0, "early": 0}
     real_generate = S.generate
@@ -123,8 +123,9 @@ def test_thresholds_decoded_together_share_the_references_and_decode_as_alone(tm
     assert calls == {"full": 3, "early": 9}  # 3 batches: one full decode each, one per threshold
     assert len(full.texts) == len(rows) and full.rows["engine_ms"] == points[3.0].rows["engine_ms"]
     for t in thresholds:
-        alone, _ = S.live_outputs(bb, method, rows, "vqa", 2, t, "propagate", warmup=0, repeats=1, hf=False)
-        assert points[t].texts == alone.texts and points[t].exit_layers == alone.exit_layers
-        assert points[t].spent == alone.spent and alone.full_model.texts == full.texts
+        alone, alone_full, _ = S.live_points(bb, method, rows, "vqa", 2, [t], "propagate", warmup=0, repeats=1,
+                                             hf=False)  # fmt: skip
+        assert points[t].texts == alone[t].texts and points[t].exit_layers == alone[t].exit_layers
+        assert points[t].spent == alone[t].spent and alone_full.texts == full.texts
     assert len({tuple(points[t].exit_layers) for t in thresholds}) > 1  # the thresholds differ, or this shows nothing
     assert times["engine_ms"] > 0 and times["hf_ms"] != times["hf_ms"]  # hf off: NaN
